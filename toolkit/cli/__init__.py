@@ -1,0 +1,1 @@
+"""Command-line entry points: thin wrappers that parse, validate, run and map errors to exit codes."""

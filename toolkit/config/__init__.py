@@ -1,0 +1,1 @@
+"""Typed configuration: dataclass schemas, command-line parsing and validation."""

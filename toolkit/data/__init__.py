@@ -1,0 +1,1 @@
+"""Data: downloads, corpus recipes, binary datasets, batching and resumable iteration."""

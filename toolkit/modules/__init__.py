@@ -1,0 +1,1 @@
+"""Reusable neural network building blocks (attention variants, memories, embeddings, softmaxes)."""
