@@ -1,0 +1,64 @@
+"""tk-train config=PRESET [key=value ...]: train a registered model on a registered task."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from toolkit.cli.common import pop_config_name, run_cli
+from toolkit.config.compose import GROUPS, compose_train_config, load_registries, presets
+
+log = logging.getLogger("toolkit.train")
+
+HELP = """usage: tk-train config=PRESET [key=value ...] [--cfg job]
+
+Train a registered model on a registered task. Short keys: data=DIR run_dir=DIR max_update=N seed=N
+device=cpu|cuda|auto dry_run=true. Any config key can be set with dotted paths (model.n_layers=4).
+  --cfg job     print the resolved config and exit
+  dry_run=true  build task and model, print a summary (last line: JSON) and exit
+"""
+
+
+def print_help() -> None:
+    load_registries()
+    print(HELP)
+    print("config groups (choose with GROUP=NAME):")
+    for group, registry in GROUPS.items():
+        print(f"  {group}: {', '.join(registry.names())}")
+    print(f"presets (config=NAME): {', '.join(presets())}")
+
+
+def _body(args: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):
+        print_help()
+        return 0
+    show_config = False
+    if "--cfg" in args:
+        i = args.index("--cfg")
+        show_config = True
+        del args[i : i + 2]
+    preset = pop_config_name(args)
+    cfg = compose_train_config(preset, args)
+    if show_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    from toolkit.train.run import dry_run, train
+
+    if cfg.dry_run:
+        summary = dry_run(cfg)
+        print(json.dumps(summary))
+        return 0
+    return train(cfg, preset, list(sys.argv))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(_body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Compose the training config: train.yaml + a preset (`config=NAME`) + command-line overrides.
+
+Hydra composes the defaults (config groups backed by the registries' dataclasses, presets in
+configs/config/); plain `key=value` overrides are then applied with OmegaConf so that every error names the
+key in one line (unknown key with close matches, wrong type, missing value).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.errors import ConfigError, close_matches
+from toolkit.registry import CRITERIONS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS, Registry
+
+GROUPS: dict[str, Registry] = {
+    "task": TASKS,
+    "model": MODELS,
+    "criterion": CRITERIONS,
+    "optimizer": OPTIMIZERS,
+    "lr_scheduler": LR_SCHEDULERS,
+}
+
+
+def config_dir() -> Path:
+    """configs/ at the repository root (or $TOOLKIT_CONFIG_DIR)."""
+    env = os.environ.get("TOOLKIT_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_registries() -> None:
+    """Import every component so its registration (and ConfigStore entry) exists."""
+    import toolkit.config.schema  # noqa: F401
+    import toolkit.train.lr_schedulers  # noqa: F401
+    import toolkit.train.optimizers  # noqa: F401
+    from toolkit import criterions, models, tasks
+
+    for package in (models, tasks, criterions):
+        package.load_all()
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "config").glob("*.yaml"))
+
+
+def check_preset(name: str | None) -> str:
+    valid = presets()
+    if name is None or name == "":
+        raise ConfigError(f"no config given: pass config=NAME, one of: {', '.join(valid)}")
+    if name not in valid:
+        raise ConfigError(f"unknown config '{name}'{close_matches(name, valid)}; valid: {', '.join(valid)}")
+    return name
+
+
+def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
+    """The resolved, validated training config for a preset plus `key=value` overrides."""
+    load_registries()
+    check_preset(preset)
+    pairs = split_overrides(overrides)
+    group_choices, plain = [], []
+    for key, value in pairs:
+        if key in GROUPS:
+            GROUPS[key].get(value)  # unknown option -> ConfigError listing the valid ones
+            group_choices.append(f"{key}={value}")
+        else:
+            plain.append((key, value))
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="tk-train"):
+            cfg = compose(config_name="train", overrides=[f"config={preset}", *group_choices])
+    except (HydraException, OmegaConfBaseException) as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(f"preset '{preset}': {lines[-1] if lines else error}") from None
+    OmegaConf.set_struct(cfg, True)
+    apply_overrides(cfg, plain)
+    check_complete(cfg)
+    return cfg

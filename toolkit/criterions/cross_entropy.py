@@ -1,0 +1,56 @@
+"""Next-token cross-entropy, reporting loss, nll and bits (nll / ln 2) per token."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toolkit.criterions.aux_terms import weighted_aux
+from toolkit.registry import CRITERIONS
+from toolkit.train.schedules import AuxWeights
+
+
+@dataclass
+class CrossEntropyConfig:
+    name: str = "cross_entropy"
+
+
+@CRITERIONS.register("cross_entropy", CrossEntropyConfig)
+class CrossEntropyCriterion:
+    """loss = sum of token NLLs + ntokens * sum_k w_k(step) * aux_k; sample_size = ntokens.
+
+    The trainer divides gradients by the total sample size of an update (over micro-batches and ranks),
+    so accumulation and data parallelism give the same update as one large batch.
+    """
+
+    def __init__(self, cfg: Any, task: Any, aux_weights: AuxWeights | None = None):
+        self.cfg, self.task, self.aux_weights = cfg, task, aux_weights
+        self.ignore_index = task.pad_idx if task.pad_idx is not None else -100
+
+    def token_nll(self, model: nn.Module, output: Tensor, target: Tensor) -> Tensor:
+        """Summed next-token NLL; models with their own output layer (adaptive softmax) provide `nll`."""
+        if hasattr(model, "output_nll"):
+            return model.output_nll(output, target).sum()
+        return F.cross_entropy(
+            output.reshape(-1, output.size(-1)).float(), target.reshape(-1), ignore_index=self.ignore_index, reduction="sum"
+        )
+
+    def __call__(self, model: nn.Module, batch: Dict[str, Any], step: int) -> tuple[Tensor, int, Dict[str, float]]:
+        output, aux = model(**batch["net_input"], target=batch["target"])
+        ntokens = int(batch["ntokens"])
+        nll = self.token_nll(model, output, batch["target"])
+        aux_total, logs = weighted_aux(aux, self.aux_weights, step)
+        loss = nll + ntokens * aux_total
+        logs.update({"loss": float(loss.detach()), "nll_loss": float(nll.detach()), "ntokens": ntokens})
+        return loss, ntokens, logs
+
+
+def summarize(logs: Dict[str, float]) -> Dict[str, float]:
+    """Per-token metrics from summed logs: loss, nll, ppl and bits per token."""
+    n = max(logs.get("ntokens", 0), 1)
+    nll = logs.get("nll_loss", 0.0) / n
+    return {"loss": logs.get("loss", 0.0) / n, "nll": nll, "bpc": nll / math.log(2), "ppl": math.exp(min(nll, 50))}

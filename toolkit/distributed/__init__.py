@@ -1,0 +1,1 @@
+"""torch.distributed (torchrun/DDP) setup and the collective helpers the trainer uses."""

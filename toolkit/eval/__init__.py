@@ -1,0 +1,1 @@
+"""Evaluation: LM scoring, beam search, BLEU."""

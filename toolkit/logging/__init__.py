@@ -1,0 +1,1 @@
+"""Logging: progress lines or bars, tensorboard, JSON metrics."""

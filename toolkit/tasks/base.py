@@ -1,0 +1,62 @@
+"""What every task provides to the trainer and to tk-eval."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from toolkit.registry import MODELS
+
+Batch = Dict[str, Any]  # {"net_input": {...}, "target": Tensor, "ntokens": int}
+
+
+class Task:
+    """A task owns its data, batching, model construction, metrics and evaluation.
+
+    Training batches are a pure function of (epoch, index) and the seed, which makes resuming exact: the
+    trainer stores only the position. `rank`/`world_size` select this process's share of a global batch.
+    """
+
+    valid_metric = "loss"  # lower is better
+    vocab_size: int = 0
+    pad_idx: Optional[int] = None
+
+    def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
+        self.cfg, self.data_dir, self.seed = cfg, data_dir, seed
+        self.rank, self.world_size = rank, world_size
+
+    def build_model(self, model_cfg: Any) -> nn.Module:
+        return MODELS.get(model_cfg.name).builder.build(model_cfg, self)
+
+    def epoch_length(self, epoch: int) -> int:
+        raise NotImplementedError
+
+    def train_batch(self, epoch: int, index: int) -> Batch:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, subset: str, device: torch.device) -> Dict[str, Any]:
+        """Metrics on a subset; must include self.valid_metric and "tokens"."""
+        raise NotImplementedError
+
+    def summary(self) -> Dict[str, Any]:
+        return {"task": self.cfg.name, "vocab_size": self.vocab_size}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Extra iteration state beyond (epoch, index), e.g. stream caches. Empty for stateless tasks."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return move(batch)

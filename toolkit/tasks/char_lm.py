@@ -1,0 +1,83 @@
+"""Character-level language modelling (text8, enwik8): random windows for training, bpc for evaluation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolkit.errors import ConfigError
+from toolkit.eval.lm_scoring import score_stream
+from toolkit.registry import TASKS
+from toolkit.tasks.base import Batch, Task
+
+
+@dataclass
+class CharLMConfig:
+    name: str = "char_lm"
+    tokens_per_sample: int = 256  # training window length
+    batch_size: int = 16  # windows per batch and process
+    vocab_size: int = 27  # used only when no data folder is prepared yet (dry runs): 27 text8, 256 enwik8
+    batches_per_epoch: int = 0  # 0 = train tokens / (batch_size * world_size * tokens_per_sample)
+    eval_window: int = 0  # evaluation context window (0 = tokens_per_sample)
+    eval_stride: int = 0  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
+    eval_batch_size: int = 32  # windows per evaluation batch
+    valid_max_tokens: int = 0  # score at most this many tokens during training validation (0 = all)
+
+
+@TASKS.register("char_lm", CharLMConfig)
+class CharLMTask(Task):
+    valid_metric = "bpc"
+
+    def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, data_dir, seed, rank, world_size)
+        self.splits: Dict[str, np.ndarray] = {}
+        if data_dir is not None and Path(data_dir).exists():
+            from toolkit.data.char_corpus import load_char_split, load_vocab
+
+            self.vocab = load_vocab(data_dir)
+            self.vocab_size = len(self.vocab)
+            for split in ("train", "valid", "test"):
+                self.splits[split] = load_char_split(data_dir, split)
+            if len(self.splits["train"]) <= cfg.tokens_per_sample + 1:
+                raise ConfigError(
+                    f"task.tokens_per_sample={cfg.tokens_per_sample} is longer than the training data in {data_dir}"
+                )
+        else:
+            self.vocab_size = cfg.vocab_size
+
+    def epoch_length(self, epoch: int) -> int:
+        if self.cfg.batches_per_epoch:
+            return self.cfg.batches_per_epoch
+        per_batch = self.cfg.batch_size * self.world_size * self.cfg.tokens_per_sample
+        return max(1, len(self.splits["train"]) // per_batch)
+
+    def train_batch(self, epoch: int, index: int) -> Batch:
+        """Windows at random offsets; the global batch is drawn from (seed, epoch, index), each rank takes its rows."""
+        data, window, size = self.splits["train"], self.cfg.tokens_per_sample, self.cfg.batch_size
+        rng = np.random.default_rng([self.seed, epoch, index])
+        offsets = rng.integers(0, len(data) - window - 1, size=size * self.world_size)
+        offsets = offsets[self.rank * size : (self.rank + 1) * size]
+        chunk = torch.from_numpy(data[offsets[:, None] + np.arange(window + 1)].astype(np.int64))
+        return {"net_input": {"tokens": chunk[:, :-1]}, "target": chunk[:, 1:], "ntokens": size * window}
+
+    def evaluate(
+        self, model: nn.Module, subset: str, device: torch.device, max_tokens: int = 0
+    ) -> Dict[str, Any]:
+        if subset not in self.splits:
+            raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.splits)})")
+        window = self.cfg.eval_window or self.cfg.tokens_per_sample
+        stride = self.cfg.eval_stride or window
+        if not 1 <= stride <= window:
+            raise ConfigError(f"task.eval_stride={stride} must be between 1 and the window ({window})")
+        nll, count = score_stream(
+            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device, max_tokens
+        )
+        loss = nll / max(count, 1)
+        return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
+                "window": window, "stride": stride}

@@ -1,0 +1,1 @@
+"""Training: the loop, optimizers and parameter groups, schedules, checkpoints, signals."""

@@ -1,0 +1,115 @@
+"""Pure functions of the global step: auxiliary-loss weights and block-coordinate-descent phases.
+
+No schedule keeps state: the value at step s is computed from (s, config), so resuming needs nothing saved.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from omegaconf import OmegaConf
+
+from toolkit.errors import ConfigError
+
+SCHEDULE_KINDS = ("constant", "step_off", "linear_decay", "linear_warmup")
+
+
+@dataclass
+class WeightScheduleConfig:
+    """A weight over training: `value` until `end` (step_off), or decaying linearly to 0 at `end`."""
+
+    kind: str = "constant"  # constant | step_off | linear_decay | linear_warmup
+    value: float = 1.0  # the weight while the schedule is on (start value for linear_decay)
+    start: int = 0  # linear_warmup: update where the ramp from 0 starts
+    end: Optional[int] = None  # update where the schedule ends (off / reaches 0 / reaches value)
+    end_fraction: Optional[float] = None  # `end` as a fraction of max_update (used when end is null)
+    per_layer_fraction: bool = False  # end_fraction * l / n for a term named ..._<l>_... (T64: 1/2 * l/n)
+    n_layers: int = 0  # n for per_layer_fraction
+
+
+def end_step(cfg: WeightScheduleConfig, max_update: int, layer: Optional[int] = None) -> float:
+    if cfg.end is not None:
+        return float(cfg.end)
+    if cfg.end_fraction is None:
+        return float("inf")
+    fraction = cfg.end_fraction
+    if cfg.per_layer_fraction:
+        if layer is None or cfg.n_layers <= 0:
+            raise ConfigError("per_layer_fraction needs a layer number in the term name and n_layers > 0")
+        fraction = fraction * layer / cfg.n_layers
+    return fraction * max_update
+
+
+def weight_at(cfg: WeightScheduleConfig, step: int, max_update: int, layer: Optional[int] = None) -> float:
+    """The weight at update `step` (0-based count of updates already done)."""
+    end = end_step(cfg, max_update, layer)
+    if cfg.kind == "constant":
+        return cfg.value
+    if cfg.kind == "step_off":
+        return cfg.value if step < end else 0.0
+    if cfg.kind == "linear_decay":
+        return cfg.value * max(0.0, 1.0 - step / end) if end > 0 else 0.0
+    if cfg.kind == "linear_warmup":
+        span = end - cfg.start
+        return cfg.value * min(1.0, max(0.0, (step - cfg.start) / span)) if span > 0 else cfg.value
+    raise ConfigError(f"unknown schedule kind '{cfg.kind}' (valid: {', '.join(SCHEDULE_KINDS)})")
+
+
+class AuxWeights:
+    """Maps auxiliary-term names to their schedules. Keys are exact names or regexes (full match)."""
+
+    def __init__(self, raw: Mapping[str, Any], max_update: int):
+        self.max_update = max_update
+        self.rules: list[tuple[re.Pattern[str], WeightScheduleConfig]] = []
+        for key, value in raw.items():
+            cfg = OmegaConf.structured(WeightScheduleConfig)
+            try:
+                cfg = OmegaConf.merge(cfg, value if isinstance(value, Mapping) else {"value": value})
+            except Exception as error:  # noqa: BLE001 - OmegaConf raises several types
+                raise ConfigError(f"aux_weights.{key}: {str(error).splitlines()[0]}") from None
+            if cfg.kind not in SCHEDULE_KINDS:
+                raise ConfigError(f"aux_weights.{key}.kind: '{cfg.kind}' (valid: {', '.join(SCHEDULE_KINDS)})")
+            self.rules.append((re.compile(key), OmegaConf.to_object(cfg)))
+
+    def weight(self, term: str, step: int) -> Optional[float]:
+        """The weight of `term` at `step`, or None when no rule names it."""
+        for pattern, cfg in self.rules:
+            match = pattern.fullmatch(term)
+            if match:
+                numbers = re.findall(r"\d+", term)
+                layer = int(numbers[0]) if numbers else None
+                return weight_at(cfg, step, self.max_update, layer)
+        return None
+
+
+def active_groups(phases: Any, step: int, epoch: int, all_groups: list[str]) -> list[str]:
+    """Which parameter groups train at this point of a block-coordinate-descent cycle.
+
+    `phases.cycle` is a list of {groups, length}; the position in the cycle is `step` (unit=update) or
+    `epoch` (unit=epoch, 1-based epochs) modulo the cycle length.
+    """
+    cycle = list(phases.cycle)
+    if not cycle:
+        return list(all_groups)
+    total = sum(int(p.length) for p in cycle)
+    position = (step if phases.unit == "update" else epoch - 1) % total
+    for phase in cycle:
+        if position < phase.length:
+            return list(phase.groups)
+        position -= phase.length
+    raise AssertionError("unreachable")
+
+
+def validate_phases(phases: Any, all_groups: list[str]) -> None:
+    if phases.unit not in ("update", "epoch"):
+        raise ConfigError(f"phases.unit: '{phases.unit}' (valid: update, epoch)")
+    for i, phase in enumerate(phases.cycle):
+        if phase.length <= 0:
+            raise ConfigError(f"phases.cycle.{i}.length must be positive, got {phase.length}")
+        for group in phase.groups:
+            if group not in all_groups:
+                raise ConfigError(
+                    f"phases.cycle.{i}.groups: unknown parameter group '{group}' (valid: {', '.join(all_groups)})"
+                )

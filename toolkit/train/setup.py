@@ -1,0 +1,62 @@
+"""Build a run from its resolved config: seeds, device, task, model, criterion, parameter groups."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from torch import nn
+
+from toolkit.errors import ConfigError
+from toolkit.registry import CRITERIONS, TASKS
+from toolkit.tasks.base import Task
+from toolkit.train.schedules import AuxWeights
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device: '{name}' (valid: cpu, cuda, auto)")
+    return torch.device(name)
+
+
+def parameter_summary(model: nn.Module) -> Dict[str, int]:
+    """Total parameters (shared tensors counted once) and any named sub-totals the model reports."""
+    total = sum(p.numel() for p in model.parameters())
+    summary = {"parameters": total}
+    if hasattr(model, "parameter_breakdown"):
+        summary.update(model.parameter_breakdown())
+    return summary
+
+
+@dataclass
+class Run:
+    task: Task
+    model: nn.Module
+    criterion: Any
+
+
+def build_run(cfg: Any, rank: int = 0, world_size: int = 1) -> Run:
+    """Task, model and criterion for a config. The data folder may be absent for a dry run."""
+    seed_everything(cfg.seed)
+    task_entry = TASKS.get(cfg.task.name)
+    task: Task = task_entry.builder(cfg.task, cfg.data, cfg.seed, rank, world_size)
+    model = task.build_model(cfg.model)
+    aux = AuxWeights(cfg.aux_weights, cfg.max_update)
+    criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, aux)
+    return Run(task, model, criterion)

@@ -1,0 +1,281 @@
+"""The training loop: updates, validation, checkpoints, logging, signals.
+
+One update = `update_freq` micro-batches. Gradients are sums over tokens, divided once by the update's total
+sample size (all-reduced under DDP), so accumulation and data parallelism equal one large batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from toolkit.criterions.cross_entropy import summarize
+from toolkit.errors import DIVERGED_EXIT, INTERRUPTED_EXIT
+from toolkit.logging.progress import Progress, format_metrics
+from toolkit.logging.tensorboard import Scalars
+from toolkit.tasks.base import Task, to_device
+from toolkit.train import checkpoint as ckpt
+from toolkit.train.param_groups import ParamGroup
+from toolkit.train.precision import autocast, grad_scaler
+from toolkit.train.schedules import active_groups, validate_phases
+from toolkit.train.signals import StopRequest
+from toolkit.distributed import comm
+
+log = logging.getLogger(__name__)
+
+SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Any,
+        task: Task,
+        model: nn.Module,
+        criterion: Any,
+        groups: List[ParamGroup],
+        device: torch.device,
+        run_dir: Path,
+        ddp_model: Optional[nn.Module] = None,
+    ):
+        self.cfg, self.task, self.model, self.criterion = cfg, task, model, criterion
+        self.forward_model = ddp_model if ddp_model is not None else model  # what computes the loss
+        self.groups = {g.name: g for g in groups}
+        self.device, self.run_dir = device, run_dir
+        self.is_main = comm.rank() == 0
+        self.scaler = grad_scaler(cfg.precision, device)
+        validate_phases(cfg.phases, list(self.groups))
+        self.step, self.epoch, self.index = 0, 1, 0
+        self.best: Optional[float] = None
+        self.bad_validations = 0
+        self.nonfinite_in_row = self.nonfinite_total = 0
+        self.active: Optional[tuple[str, ...]] = None
+        self.tb = Scalars(run_dir / "tb", cfg.tensorboard and self.is_main)
+        self.metrics_log = run_dir / "train_log.jsonl"
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {name: g.optimizer.state_dict() for name, g in self.groups.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": comm.gather_objects(ckpt.rng_state()),
+            "position": {"step": self.step, "epoch": self.epoch, "index": self.index},
+            "task": comm.gather_objects(self.task.state_dict()),
+            "trainer": {
+                "best": self.best,
+                "bad_validations": self.bad_validations,
+                "nonfinite_total": self.nonfinite_total,
+                "world_size": comm.world_size(),
+            },
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for name, group in self.groups.items():
+            if name in state["optimizers"]:
+                group.optimizer.load_state_dict(state["optimizers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.index = (state["position"][k] for k in ("step", "epoch", "index"))
+        trainer = state["trainer"]
+        self.best, self.bad_validations = trainer["best"], trainer["bad_validations"]
+        self.nonfinite_total = trainer["nonfinite_total"]
+        saved_world = trainer.get("world_size", 1)
+        rank = comm.rank()
+        if saved_world == comm.world_size():
+            ckpt.set_rng_state(state["rng"][rank])
+            self.task.load_state_dict(state["task"][rank])
+        else:
+            log.warning(
+                "resuming a run saved with world_size=%d on world_size=%d: the data order continues from the "
+                "same position with the new sharding, and RNG streams restart from rank 0's; the run is not "
+                "bit-identical to an uninterrupted one",
+                saved_world,
+                comm.world_size(),
+            )
+            ckpt.set_rng_state(state["rng"][0])
+
+    def save(self, name: str) -> None:
+        state = self.state_dict()  # collective (gathers every rank's RNG): all ranks call it
+        if self.is_main:
+            ckpt.save_checkpoint(state, self.run_dir / name)
+
+    # ---- one update ----------------------------------------------------------------------------------
+    def _set_trainable(self) -> List[ParamGroup]:
+        """Freeze the groups outside the current block-coordinate-descent phase (no grads, no step)."""
+        active = tuple(active_groups(self.cfg.phases, self.step, self.epoch, list(self.groups)))
+        if active != self.active:
+            for name, group in self.groups.items():
+                for param in group.params:
+                    param.requires_grad_(name in active)
+            if self.active is not None:
+                log.info("step %d: training parameter groups %s", self.step, ", ".join(active))
+            self.active = active
+        return [self.groups[name] for name in active]
+
+    def _next_position(self) -> None:
+        self.index += 1
+        if self.index >= self.task.epoch_length(self.epoch):
+            self.epoch, self.index = self.epoch + 1, 0
+
+    def train_step(self) -> Optional[Dict[str, float]]:
+        """Run one update; returns its summed logs, or None when skipped for a non-finite loss."""
+        groups = self._set_trainable()
+        summed: Dict[str, float] = {k: 0.0 for k in SUMMED_LOGS}
+        latest: Dict[str, float] = {}
+        sample_size = 0
+        for micro in range(self.cfg.update_freq):
+            batch = to_device(self.task.train_batch(self.epoch, self.index), self.device)
+            self._next_position()
+            last = micro == self.cfg.update_freq - 1
+            with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
+                loss, size, logs = self.criterion(self.forward_model, batch, self.step)
+                self.scaler.scale(loss).backward()
+            sample_size += size
+            for key, value in logs.items():
+                if key in summed:
+                    summed[key] += value
+                else:
+                    latest[key] = value
+        summed = comm.all_reduce_sums(summed)
+        params = [p for g in groups for p in g.params if p.grad is not None]
+        if not math.isfinite(summed["loss"]):
+            for g in groups:
+                g.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_row += 1
+            self.nonfinite_total += 1
+            return None
+        self.nonfinite_in_row = 0
+        for group in groups:
+            self.scaler.unscale_(group.optimizer)
+        # DDP averaged gradients over ranks; turn the sum over this update's tokens into a mean
+        scale = comm.world_size() / max(summed["ntokens"], 1)
+        torch._foreach_mul_([p.grad for p in params if not p.grad.is_sparse], scale)
+        for p in params:
+            if p.grad.is_sparse:
+                p.grad.mul_(scale)
+        for group in groups:
+            group.set_lr(self.step, self.cfg.max_update)
+            clip = self.cfg.clip_norm if group.name == "main" else group.clip_norm
+            if clip > 0:
+                latest[f"gnorm/{group.name}"] = float(
+                    torch.nn.utils.clip_grad_norm_([p for p in group.params if p.grad is not None], clip)
+                )
+            self.scaler.step(group.optimizer)
+            group.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        if hasattr(self.model, "after_update"):
+            self.model.after_update()  # e.g. clamp adaptive spans into range
+        self.step += 1
+        summed.update(latest)
+        return summed
+
+    # ---- the loop ------------------------------------------------------------------------------------
+    def _done(self) -> bool:
+        if self.step >= self.cfg.max_update:
+            return True
+        return bool(self.cfg.max_epoch) and self.epoch > self.cfg.max_epoch
+
+    def validate(self) -> Dict[str, Any]:
+        self.model.eval()
+        metrics = self.task.evaluate(self.model, "valid", self.device, max_tokens=self.task.cfg.valid_max_tokens)
+        self.model.train()
+        return metrics
+
+    def _log(self, kind: str, metrics: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.tb.add(kind, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, self.step)
+        with open(self.metrics_log, "a") as handle:
+            handle.write(json.dumps({"kind": kind, "step": self.step, **metrics}) + "\n")
+
+    def train(self) -> int:
+        """Train until max_update/max_epoch, patience, a signal or divergence; returns the exit code."""
+        stop = StopRequest().install()
+        progress = Progress(self.cfg.max_update, self.step, self.cfg.progress, enabled=self.is_main)
+        self.model.train()
+        window: Dict[str, float] = {}
+        tokens_since, clock = 0, time.perf_counter()
+        try:
+            while not self._done():
+                logs = self.train_step()
+                if logs is None:
+                    progress.write(f"step={self.step} non-finite loss, update skipped ({self.nonfinite_in_row} in a row)")
+                    if self.nonfinite_in_row >= self.cfg.max_nonfinite:
+                        progress.write(
+                            f"error: {self.nonfinite_in_row} non-finite losses in a row; stopping "
+                            f"(last good checkpoint: {self.run_dir / ckpt.LAST})"
+                        )
+                        return DIVERGED_EXIT
+                    continue
+                for key, value in logs.items():
+                    window[key] = window.get(key, 0.0) + value if key in SUMMED_LOGS else value
+                tokens_since += int(logs["ntokens"])
+                if self.step % self.cfg.log_interval == 0 or self._done():
+                    elapsed = time.perf_counter() - clock
+                    metrics = summarize(window)
+                    metrics.update({k: v for k, v in window.items() if k not in SUMMED_LOGS})
+                    metrics.update({
+                        "lr": self.groups["main"].optimizer.param_groups[0]["lr"] if "main" in self.groups else 0.0,
+                        "tokens_per_s": tokens_since / max(elapsed, 1e-9),
+                        "epoch": self.epoch,
+                        "nonfinite": self.nonfinite_total,
+                    })
+                    self._log("train", metrics)
+                    progress.update(self.step, {k: metrics[k] for k in ("loss", self.task.valid_metric, "lr", "tokens_per_s") if k in metrics})
+                    window, tokens_since, clock = {}, 0, time.perf_counter()
+                should_stop = self._after_update(progress)
+                if comm.any_rank(stop.requested):
+                    self.save(ckpt.LAST)
+                    progress.write(f"stopped by signal at step {self.step}; saved {self.run_dir / ckpt.LAST}")
+                    return INTERRUPTED_EXIT
+                if should_stop:
+                    break
+            if self.cfg.validate_interval == 0 or self.step % self.cfg.validate_interval:
+                self._validate_and_keep_best(progress)
+            self.save(ckpt.LAST)
+            return 0
+        finally:
+            stop.restore()
+            progress.close()
+            self.tb.close()
+
+    def _after_update(self, progress: Progress) -> bool:
+        """Validation, checkpoints, early stopping after an update; True when patience ran out."""
+        stop = False
+        if self.cfg.validate_interval and self.step % self.cfg.validate_interval == 0:
+            stop = self._validate_and_keep_best(progress)
+        if self.cfg.save_interval and self.step % self.cfg.save_interval == 0:
+            self.save(ckpt.LAST)
+            if self.cfg.keep_interval_checkpoints > 0:
+                self.save(f"checkpoint_{self.step}.pt")
+                if self.is_main:
+                    ckpt.prune_interval_checkpoints(self.run_dir, self.cfg.keep_interval_checkpoints)
+        return stop
+
+    def _validate_and_keep_best(self, progress: Progress) -> bool:
+        metrics = self.validate()
+        value = metrics[self.task.valid_metric]
+        improved = self.best is None or value < self.best
+        if improved:
+            self.best, self.bad_validations = value, 0
+        else:
+            self.bad_validations += 1
+        metrics["best"] = self.best
+        self._log("valid", metrics)
+        progress.write(f"valid step={self.step} {format_metrics(metrics)}")
+        if improved:
+            self.save(ckpt.BEST)
+        if self.cfg.patience and self.bad_validations >= self.cfg.patience:
+            progress.write(f"early stop: no improvement in {self.cfg.patience} validations")
+            return True
+        return False
