@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict
+from typing import Dict, Iterable
 
-import torch
 from torch import Tensor
 
 from toolkit.train.schedules import AuxWeights
@@ -38,5 +37,8 @@ def weighted_aux(aux: Dict[str, Tensor], weights: AuxWeights | None, step: int) 
 _warned: set[str] = set()
 
 
-def zero_like_loss() -> Tensor:
-    return torch.zeros(())
+def active_aux_terms(names: Iterable[str], weights: AuxWeights | None, step: int) -> set[str]:
+    """The auxiliary terms whose weight at `step` is non-zero (models may skip computing the others)."""
+    if weights is None:
+        return set()
+    return {name for name in names if (weights.weight(name, step) or 0.0) != 0.0}

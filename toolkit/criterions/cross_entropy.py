@@ -9,7 +9,7 @@ from typing import Any, Dict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.criterions.aux_terms import weighted_aux
+from toolkit.criterions.aux_terms import active_aux_terms, weighted_aux
 from toolkit.registry import CRITERIONS
 from toolkit.train.schedules import AuxWeights
 
@@ -33,14 +33,20 @@ class CrossEntropyCriterion:
 
     def token_nll(self, model: nn.Module, output: Tensor, target: Tensor) -> Tensor:
         """Summed next-token NLL; models with their own output layer (adaptive softmax) provide `nll`."""
-        if hasattr(model, "output_nll"):
-            return model.output_nll(output, target).sum()
+        inner = getattr(model, "module", model)
+        if hasattr(inner, "output_nll"):
+            return inner.output_nll(output, target).sum()
         return F.cross_entropy(
             output.reshape(-1, output.size(-1)).float(), target.reshape(-1), ignore_index=self.ignore_index, reduction="sum"
         )
 
     def __call__(self, model: nn.Module, batch: Dict[str, Any], step: int) -> tuple[Tensor, int, Dict[str, float]]:
-        output, aux = model(**batch["net_input"], target=batch["target"])
+        extra = {}
+        inner = getattr(model, "module", model)  # the bare model under DDP
+        if hasattr(inner, "aux_term_names"):
+            # only terms with a non-zero weight now are computed (and so get gradient work)
+            extra["active_aux"] = active_aux_terms(inner.aux_term_names(), self.aux_weights, step)
+        output, aux = model(**batch["net_input"], target=batch["target"], **extra)
         ntokens = int(batch["ntokens"])
         nll = self.token_nll(model, output, batch["target"])
         aux_total, logs = weighted_aux(aux, self.aux_weights, step)

@@ -12,6 +12,12 @@ from typing import Iterator
 from toolkit.errors import DataError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -32,6 +38,7 @@ def atomic_output_dir(destdir: str | os.PathLike, overwrite: bool = False) -> It
         raise DataError(f"{dest} already exists and is not empty (pass overwrite=true to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder the user's usual permissions
     try:
         yield tmp
         for file in tmp.iterdir():
@@ -55,6 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file through a temporary name, fsync it, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

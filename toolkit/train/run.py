@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.distributed import comm
+from toolkit.errors import ConfigError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.param_groups import build_param_groups
@@ -41,6 +42,10 @@ def _write_run_files(cfg: Any, run_dir: Path, preset: str, argv: List[str]) -> N
 
 def train(cfg: Any, preset: str, argv: List[str]) -> int:
     """Train (resuming from run_dir/checkpoint_last.pt when present); returns the exit code."""
+    if cfg.data is None:
+        raise ConfigError("missing required value for key 'data' (a folder made by tk-preprocess)")
+    if not Path(cfg.data).is_dir():
+        raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
