@@ -28,6 +28,8 @@ GROUPS: dict[str, Registry] = {
     "lr_scheduler": LR_SCHEDULERS,
 }
 
+OPEN_MAPPINGS = ("param_groups", "aux_weights")
+
 
 def config_dir() -> Path:
     """configs/ at the repository root (or $TOOLKIT_CONFIG_DIR)."""
@@ -59,6 +61,16 @@ def check_preset(name: str | None) -> str:
     return name
 
 
+def describe_composition_error(text: str) -> str:
+    """One line from Hydra's multi-line composition error: the problem and the key it names."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    problem = next((line for line in lines[1:] if not line.startswith(("full_key:", "object_type"))), lines[0] if lines else text)
+    if key and "not in" in problem:
+        return f"unknown key '{key}' ({problem}; did the preset set it for another {key.split('.')[0]} choice?)"
+    return f"{problem} (key '{key}')" if key else problem
+
+
 def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     """The resolved, validated training config for a preset plus `key=value` overrides."""
     load_registries()
@@ -75,9 +87,10 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="tk-train"):
             cfg = compose(config_name="train", overrides=[f"config={preset}", *group_choices])
     except (HydraException, OmegaConfBaseException) as error:
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        raise ConfigError(f"preset '{preset}': {lines[-1] if lines else error}") from None
+        raise ConfigError(f"preset '{preset}': {describe_composition_error(str(error))}") from None
     OmegaConf.set_struct(cfg, True)
+    for open_mapping in OPEN_MAPPINGS:  # user-named entries: param_groups.NAME=..., aux_weights.TERM=...
+        OmegaConf.set_struct(cfg[open_mapping], False)
     apply_overrides(cfg, plain)
     check_complete(cfg)
     return cfg

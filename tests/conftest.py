@@ -1,0 +1,60 @@
+"""Shared fixtures: small real datasets prepared from the shipped samples, in-process CLI runs."""
+
+from __future__ import annotations
+
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT8_SAMPLE = REPO / "data" / "text8" / "text8-prefix-5M.xz"
+
+
+@pytest.fixture(scope="session")
+def text8_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """text8 prepared from the first 200,000 characters of the shipped sample (180k/10k/10k)."""
+    from toolkit.data.char_corpus import preprocess_char_corpus
+
+    root = tmp_path_factory.mktemp("text8_small")
+    raw = root / "text8_200k"
+    with lzma.open(TEXT8_SAMPLE, "rb") as handle:
+        raw.write_bytes(handle.read(200_000))
+    dest = root / "bin"
+    preprocess_char_corpus("text8", raw, dest)
+    return dest
+
+
+def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
+    """tk-train arguments for a 1-layer d32 char LM that trains in a fraction of a second per update."""
+    args = {
+        "data": data,
+        "run_dir": run_dir,
+        "max_update": 8,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "save_interval": 4,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
+        # cosine with min_lr_scale 1: a constant lr that does not depend on max_update
+        "lr_scheduler.warmup_updates": 0,
+        "lr_scheduler.min_lr_scale": 1.0,
+        "model.n_layers": 1,
+        "model.d_model": 32,
+        "model.n_heads": 2,
+        "model.d_ff": 64,
+        "model.dropout": 0.1,
+        "task.tokens_per_sample": 33,
+        "task.batch_size": 4,
+        "task.valid_max_tokens": 2000,
+    }
+    args.update(overrides)
+    return ["config=text8_char_tiny"] + [f"{k}={v}" for k, v in args.items()]
+
+
+def read_log(run_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (run_dir / "train_log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
