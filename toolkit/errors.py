@@ -8,6 +8,7 @@ from typing import Iterable
 USER_ERROR_EXIT = 2  # bad input from the user (config, files)
 INTERRUPTED_EXIT = 3  # SIGTERM/SIGINT: state saved, run can resume
 DIVERGED_EXIT = 4  # too many non-finite losses in a row
+DISTRIBUTED_EXIT = 5  # a collective failed: another rank died or timed out
 
 
 class UserError(Exception):

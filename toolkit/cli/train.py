@@ -42,12 +42,17 @@ def _body(args: list[str]) -> int:
         i = args.index("--cfg")
         show_config = True
         del args[i : i + 2]
+    original = list(args)
     preset = pop_config_name(args)
     cfg = compose_train_config(preset, args)
     if show_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
+    from toolkit.distributed.launch import launch_local, under_torchrun
     from toolkit.train.run import dry_run, train
+
+    if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():
+        return launch_local(cfg.distributed.world_size, original)
 
     if cfg.dry_run:
         summary = dry_run(cfg)

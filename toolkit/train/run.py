@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.distributed import comm
-from toolkit.errors import ConfigError
+from toolkit.errors import DISTRIBUTED_EXIT, ConfigError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.param_groups import build_param_groups
@@ -50,6 +51,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
         run_dir = Path(cfg.run_dir)
+        if rank != 0:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports; the others only warn
         if rank == 0:
             _write_run_files(cfg, run_dir, preset, argv)
         run = build_run(cfg, rank, world_size)
@@ -59,13 +62,22 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
         for group in groups:
             log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
-        ddp_model = comm.wrap_ddp(model, device, cfg.distributed) if world_size > 1 else None
-        trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, ddp_model)
+        wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
+        trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
         resume = ckpt.find_resume(run_dir)
         if resume is not None:
             trainer.load_state_dict(ckpt.load_checkpoint(resume))
             log.info("resumed from %s at step %d (epoch %d)", resume, trainer.step, trainer.epoch)
-        code = trainer.train()
+        try:
+            code = trainer.train()
+        except RuntimeError as error:
+            if world_size == 1:
+                raise
+            # a collective failed: another rank died, or did not answer within distributed.timeout_s
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
+                  f"after {cfg.distributed.timeout_s}s)", file=sys.stderr, flush=True)
+            return DISTRIBUTED_EXIT
         if code == 0 and cfg.final_subset:
             best = run_dir / ckpt.BEST
             if best.is_file():

@@ -11,12 +11,13 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from toolkit.criterions.aux_terms import active_aux_terms
 from toolkit.criterions.cross_entropy import summarize
 from toolkit.errors import DIVERGED_EXIT, INTERRUPTED_EXIT
 from toolkit.logging.progress import Progress, format_metrics
@@ -44,10 +45,11 @@ class Trainer:
         groups: List[ParamGroup],
         device: torch.device,
         run_dir: Path,
-        ddp_model: Optional[nn.Module] = None,
+        wrap_ddp: Optional[Callable[[nn.Module], nn.Module]] = None,
     ):
         self.cfg, self.task, self.model, self.criterion = cfg, task, model, criterion
-        self.forward_model = ddp_model if ddp_model is not None else model  # what computes the loss
+        self.wrap_ddp = wrap_ddp  # rebuilds DistributedDataParallel when the set of trained parameters changes
+        self.forward_model: nn.Module = model  # what computes the loss: the model, or its DDP wrapper
         self.groups = {g.name: g for g in groups}
         self.device, self.run_dir = device, run_dir
         self.is_main = comm.rank() == 0
@@ -57,7 +59,7 @@ class Trainer:
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
-        self.active: Optional[tuple[str, ...]] = None
+        self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
         self.tb = Scalars(run_dir / "tb", cfg.tensorboard and self.is_main)
         self.metrics_log = run_dir / "train_log.jsonl"
 
@@ -111,15 +113,31 @@ class Trainer:
 
     # ---- one update ----------------------------------------------------------------------------------
     def _set_trainable(self) -> List[ParamGroup]:
-        """Freeze the groups outside the current block-coordinate-descent phase (no grads, no step)."""
+        """Freeze what this step does not train; rebuild DDP when that set changes.
+
+        Groups outside the current block-coordinate-descent phase, and the parameters of auxiliary terms whose
+        weight is 0 now (a model lists them with `aux_term_parameters(name)`), get requires_grad=False: no
+        gradient work, no optimizer step. DDP is rebuilt over the parameters that do train, so no parameter is
+        ever "unused" in a step (no hang, no find_unused_parameters cost).
+        """
         active = tuple(active_groups(self.cfg.phases, self.step, self.epoch, list(self.groups)))
-        if active != self.active:
+        aux_names = self.model.aux_term_names() if hasattr(self.model, "aux_term_names") else []
+        aux_on = frozenset(active_aux_terms(aux_names, self.criterion.aux_weights, self.step)) if aux_names else frozenset()
+        signature = (active, aux_on)
+        if signature != self.graph_signature:
             for name, group in self.groups.items():
                 for param in group.params:
                     param.requires_grad_(name in active)
-            if self.active is not None:
-                log.info("step %d: training parameter groups %s", self.step, ", ".join(active))
-            self.active = active
+            if hasattr(self.model, "aux_term_parameters"):
+                for term in aux_names:
+                    if term not in aux_on:
+                        for param in self.model.aux_term_parameters(term):
+                            param.requires_grad_(False)
+            if self.graph_signature is not None:
+                log.info("step %d: training groups %s; auxiliary terms on: %s", self.step, ", ".join(active), ", ".join(sorted(aux_on)) or "none")
+            if self.wrap_ddp is not None:
+                self.forward_model = self.wrap_ddp(self.model)
+            self.graph_signature = signature
         return [self.groups[name] for name in active]
 
     def _next_position(self) -> None:
