@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 from omegaconf import OmegaConf
 
 from toolkit.cli.common import pop_config_name, run_cli
-from toolkit.config.compose import GROUPS, compose_train_config, load_registries, presets
+from toolkit.config.compose import GROUPS, compose_train_config, group_options, load_registries, presets
 
 log = logging.getLogger("toolkit.train")
 
@@ -28,8 +28,8 @@ def print_help() -> None:
     load_registries()
     print(HELP)
     print("config groups (choose with GROUP=NAME):")
-    for group, registry in GROUPS.items():
-        print(f"  {group}: {', '.join(registry.names())}")
+    for group in GROUPS:
+        print(f"  {group}: {', '.join(group_options(group))}")
     print(f"presets (config=NAME): {', '.join(presets())}")
 
 

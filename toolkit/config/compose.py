@@ -48,6 +48,12 @@ def load_registries() -> None:
         package.load_all()
 
 
+def group_options(group: str) -> list[str]:
+    """A group's choices: the registered components plus YAML variants in configs/GROUP/ (e.g. transformer_base)."""
+    files = [p.stem for p in (config_dir() / group).glob("*.yaml")]
+    return sorted(set(GROUPS[group].names()) | set(files))
+
+
 def presets() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "config").glob("*.yaml"))
 
@@ -79,7 +85,9 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     group_choices, plain = [], []
     for key, value in pairs:
         if key in GROUPS:
-            GROUPS[key].get(value)  # unknown option -> ConfigError listing the valid ones
+            valid = group_options(key)
+            if value not in valid:
+                raise ConfigError(f"unknown {key} '{value}'{close_matches(value, valid)}; valid: {', '.join(valid)}")
             group_choices.append(f"{key}={value}")
         else:
             plain.append((key, value))

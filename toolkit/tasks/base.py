@@ -36,8 +36,14 @@ class Task:
     def train_batch(self, epoch: int, index: int) -> Batch:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, subset: str, device: torch.device) -> Dict[str, Any]:
-        """Metrics on a subset; must include self.valid_metric and "tokens"."""
+    def evaluate(
+        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+    ) -> Dict[str, Any]:
+        """Metrics on a subset; must include self.valid_metric and "tokens".
+
+        `during_training` marks validation inside a run, where a task may score a cheaper share of the subset
+        (e.g. char_lm's valid_max_tokens, translation without BLEU).
+        """
         raise NotImplementedError
 
     def summary(self) -> Dict[str, Any]:

@@ -26,8 +26,11 @@ class CharLMConfig:
     batches_per_epoch: int = 0  # 0 = train tokens / (batch_size * world_size * tokens_per_sample)
     eval_window: int = 0  # evaluation context window (0 = tokens_per_sample)
     eval_stride: int = 0  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
+    eval_protocol: str = "windows"  # 'windows' (eval_stride as set), 'exact' (stride 1: every character sees
+    #                                 a full window) or 'fast' (eval_stride, default window // 4)
     eval_batch_size: int = 32  # windows per evaluation batch
     valid_max_tokens: int = 0  # score at most this many tokens during training validation (0 = all)
+    eval_max_tokens: int = 0  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
 
 
 @TASKS.register("char_lm", CharLMConfig)
@@ -67,17 +70,31 @@ class CharLMTask(Task):
         return {"net_input": {"tokens": chunk[:, :-1]}, "target": chunk[:, 1:], "ntokens": size * window}
 
     def evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, max_tokens: int = 0
+        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
         if subset not in self.splits:
             raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.splits)})")
         window = self.cfg.eval_window or self.cfg.tokens_per_sample
-        stride = self.cfg.eval_stride or window
-        if not 1 <= stride <= window:
-            raise ConfigError(f"task.eval_stride={stride} must be between 1 and the window ({window})")
+        stride = eval_stride(self.cfg.eval_protocol, self.cfg.eval_stride, window)
         nll, count = score_stream(
-            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device, max_tokens
+            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device,
+            self.cfg.valid_max_tokens if during_training else self.cfg.eval_max_tokens,
         )
         loss = nll / max(count, 1)
         return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
-                "window": window, "stride": stride}
+                "protocol": self.cfg.eval_protocol, "window": window, "stride": stride, "context": window - stride}
+
+
+PROTOCOLS = ("windows", "exact", "fast")
+
+
+def eval_stride(protocol: str, stride: int, window: int) -> int:
+    """The stride of an evaluation protocol; every character after the first window sees >= window - stride."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"task.eval_protocol: '{protocol}' (valid: {', '.join(PROTOCOLS)})")
+    if protocol == "exact":
+        return 1
+    stride = stride or (max(1, window // 4) if protocol == "fast" else window)
+    if not 1 <= stride <= window:
+        raise ConfigError(f"task.eval_stride={stride} must be between 1 and the window ({window})")
+    return stride

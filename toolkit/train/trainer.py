@@ -205,7 +205,7 @@ class Trainer:
 
     def validate(self) -> Dict[str, Any]:
         self.model.eval()
-        metrics = self.task.evaluate(self.model, "valid", self.device, max_tokens=self.task.cfg.valid_max_tokens)
+        metrics = self.task.evaluate(self.model, "valid", self.device, during_training=True)
         self.model.train()
         return metrics
 
