@@ -58,3 +58,26 @@ def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
 def read_log(run_dir: Path, kind: str = "train") -> list[dict]:
     lines = (run_dir / "train_log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="session")
+def iwslt_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped IWSLT14 sample, prepared once (train 4,698 / valid 1,165 / test 887 pairs)."""
+    from toolkit.cli.preprocess import main as preprocess_main
+
+    dest = tmp_path_factory.mktemp("iwslt") / "bin"
+    assert preprocess_main(["config=iwslt14_sample", f"destdir={dest}"]) == 0
+    return dest
+
+
+def tiny_mt_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
+    """tk-train arguments for a 1+1-layer d32 translation model on the IWSLT sample."""
+    args = {
+        "data": data, "run_dir": run_dir, "max_update": 4, "log_interval": 1, "validate_interval": 0,
+        "save_interval": 2, "final_subset": "null", "tensorboard": "false", "progress": "plain", "device": "cpu",
+        "model.encoder_layers": 1, "model.decoder_layers": 1, "model.d_model": 32, "model.ffn_dim": 64,
+        "model.n_heads": 2, "task.max_tokens": 600, "task.generation.max_len_a": 0, "task.generation.max_len_b": 6,
+        "task.generation.beam": 2,
+    }
+    args.update(overrides)
+    return ["config=iwslt14_tiny"] + [f"{k}={v}" for k, v in args.items()]

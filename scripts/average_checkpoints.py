@@ -1,0 +1,53 @@
+"""Average the model weights of the last N interval checkpoints of a run (as fairseq's average_checkpoints).
+
+  python scripts/average_checkpoints.py RUN_DIR --last 5 --output RUN_DIR/checkpoint_avg5.pt
+
+The output is a checkpoint that tk-eval and tk-translate read (the newest checkpoint's config and position,
+averaged model weights), written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List
+
+import torch
+
+from toolkit.train.checkpoint import interval_checkpoints, load_checkpoint, save_checkpoint
+
+
+def average(paths: List[Path]) -> dict:
+    """The newest checkpoint's state with every floating-point model tensor replaced by the mean over `paths`."""
+    states = [load_checkpoint(p)["model"] for p in paths]
+    newest = load_checkpoint(paths[-1])
+    averaged = {}
+    for key, value in states[-1].items():
+        if value.is_floating_point():
+            averaged[key] = torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
+        else:
+            averaged[key] = value
+    return {"model": averaged, "config": newest["config"], "position": newest.get("position", {}),
+            "averaged_from": [str(p) for p in paths]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--last", type=int, default=5, help="average this many newest checkpoint_<step>.pt")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    paths = interval_checkpoints(args.run_dir)[-args.last :]
+    if len(paths) < args.last:
+        print(f"error: {args.run_dir} has {len(paths)} interval checkpoints, fewer than --last {args.last} "
+              "(train with keep_interval_checkpoints=N)", file=sys.stderr)
+        return 2
+    output = args.output or args.run_dir / f"checkpoint_avg{args.last}.pt"
+    save_checkpoint(average(paths), output)
+    print(f"averaged {', '.join(p.name for p in paths)} -> {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

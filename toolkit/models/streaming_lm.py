@@ -1,0 +1,195 @@
+"""Streamed (cached) language model of adaptive attention span and all-attention (Sukhbaatar et al. 2019).
+
+The corpus is read as contiguous streams in blocks of M tokens; every layer keeps a cache of its own inputs
+at the most recent positions (detached), and the next block attends to them. The layer layout is the
+reference's (facebookresearch/adaptive-span): attention without biases, learned relative-position keys
+shared by all layers, post-LayerNorm, ReLU FFN (dropped in all-attention layers), dropout on the attention
+weights and the FFN hidden units, optional dropout on the input embeddings and the final hidden states.
+
+The model returns logits and a dict of auxiliary terms ('span_l1': sum over layers of the mean span, when
+the span is adaptive); weighting them is the criterion's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from toolkit.errors import ConfigError
+from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
+from toolkit.modules.relative_attention import RelativeAttention
+from toolkit.modules.transformer_layer import FeedForward
+
+Cache = List[Tensor]  # one (B, C_l, D) tensor of layer inputs per layer
+
+
+@dataclass
+class StreamingLMConfig:
+    """Architecture of the streamed LM; defaults are the 12-layer text8 model of the adaptive-span paper."""
+
+    vocab_size: int = MISSING
+    """Output classes (set by the task from its dictionary)."""
+    d_model: int = 512
+    """Hidden size."""
+    n_layers: int = 12
+    """Number of layers."""
+    n_heads: int = 8
+    """Attention heads per layer."""
+    d_ff: int = 2048
+    """Inner size of the ReLU FFN."""
+    block_size: int = 512
+    """Tokens per streamed block (M); the task cuts streams into blocks of this length."""
+    attn_span: int = 8192
+    """Maximum span S: the most keys a query can see, and the size of the position-key table."""
+    adaptive_span: bool = True
+    """Learn a span per head (soft ramp mask, trimming); false: a fixed hard window of attn_span keys."""
+    span_ramp: int = 32
+    """Ramp R of the soft mask."""
+    span_init: float = 0.0
+    """Initial span parameter r in [0, 1] (z = r * S; 0 starts every head at span R)."""
+    dynamic_span: bool = False
+    """Predict the span per position from the input (paper section 2.2); needs adaptive_span."""
+    cache_margin: int = 64
+    """Cached positions kept beyond the current window (L - 1 positions back), so a span that grows at the
+    next step still finds its keys (the reference keeps 64 extra). With dynamic spans the window is the
+    current block's (largest predicted span + R, rounded up); a later block whose spans reach farther than
+    the cache sees only the cached keys."""
+    persistent_memory: int = 0
+    """N persistent key/value vectors per layer and head (all-attention); 0 = off."""
+    keep_ffn: bool = False
+    """Keep the FFN sublayer in all-attention layers (ablation); layers without persistent memory always
+    have one."""
+    dropout: float = 0.3
+    """Dropout on attention weights (context and persistent) and on FFN hidden units."""
+    emb_dropout: float = 0.0
+    """Dropout on the input embeddings and on the last hidden states."""
+
+
+def validate_config(cfg: StreamingLMConfig) -> None:
+    """Raise ConfigError naming the first inconsistent key."""
+    if not isinstance(cfg.vocab_size, int) or cfg.vocab_size <= 0:
+        raise ConfigError(f"model.vocab_size must be a positive integer, got {cfg.vocab_size!r}")
+    if cfg.d_model % cfg.n_heads:
+        raise ConfigError(f"model.d_model={cfg.d_model} is not divisible by model.n_heads={cfg.n_heads}")
+    for key in ("n_layers", "n_heads", "d_ff", "block_size", "attn_span"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"model.{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("span_ramp", "cache_margin", "persistent_memory"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"model.{key} must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.span_init <= 1.0:
+        raise ConfigError(f"model.span_init must be in [0, 1], got {cfg.span_init}")
+    if cfg.dynamic_span and not cfg.adaptive_span:
+        raise ConfigError("model.dynamic_span=true needs model.adaptive_span=true")
+
+
+def build_span(cfg: StreamingLMConfig) -> Optional[nn.Module]:
+    """The span mask of one layer (None for a fixed window)."""
+    if not cfg.adaptive_span:
+        return None
+    if cfg.dynamic_span:
+        return DynamicSpanMask(cfg.d_model, cfg.n_heads, cfg.attn_span, cfg.span_ramp, cfg.span_init)
+    return AdaptiveMask(cfg.n_heads, cfg.attn_span, cfg.span_ramp, cfg.span_init)
+
+
+class StreamingLayer(nn.Module):
+    """Cached relative attention then (optionally) a ReLU FFN, each as LayerNorm(x + sublayer(x))."""
+
+    def __init__(self, cfg: StreamingLMConfig, use_ffn: bool):
+        super().__init__()
+        self.attn = RelativeAttention(
+            cfg.d_model, cfg.n_heads, cfg.attn_span, cfg.dropout, build_span(cfg), cfg.persistent_memory
+        )
+        self.attn_norm = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout) if use_ffn else None
+        self.ffn_norm = nn.LayerNorm(cfg.d_model) if use_ffn else None
+
+    def forward(self, h: Tensor, cache: Tensor, key_pe: Tensor) -> tuple[Tensor, Optional[Tensor], int]:
+        """Returns the layer output, its span cost (or None) and the attention window it used."""
+        attn = self.attn(h, cache, key_pe)
+        h = self.attn_norm(h + attn.out)
+        if self.ffn is not None:
+            h = self.ffn_norm(h + self.ffn(h))
+        return h, attn.span_cost, attn.window
+
+
+def keep_last(cache: Tensor, h: Tensor, length: int) -> Tensor:
+    """The last `length` positions of [cache ; h], detached (the next block's cache)."""
+    if length <= h.size(1):
+        return h[:, h.size(1) - length :].detach()
+    older = cache[:, max(0, cache.size(1) - (length - h.size(1))) :]
+    return torch.cat([older, h], dim=1).detach()
+
+
+class StreamingLM(nn.Module):
+    """Decoder-only LM over streamed blocks with per-layer caches (see the module docstring)."""
+
+    def __init__(self, cfg: StreamingLMConfig):
+        super().__init__()
+        validate_config(cfg)
+        self.cfg = cfg
+        head_dim = cfg.d_model // cfg.n_heads
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # one table for all layers and heads, column S-1-x for distance x (the reference's N(0, 1) init)
+        self.key_pe = nn.Parameter(torch.randn(head_dim, cfg.attn_span))
+        use_ffn = cfg.persistent_memory == 0 or cfg.keep_ffn
+        self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn) for _ in range(cfg.n_layers))
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size)
+
+    def cache_length(self, window: int) -> int:
+        """Inputs to keep for the next block: a window of L keys reaches L - 1 positions back, plus the
+        margin for spans that grow at the next optimizer step; never more than S - 1."""
+        return min(self.cfg.attn_span, window + self.cfg.cache_margin) - 1
+
+    def init_cache(self, batch: int) -> Cache:
+        """Empty caches (nothing before the start of a stream; such keys are masked, not zeros)."""
+        weight = self.embed.weight
+        return [weight.new_zeros(batch, 0, self.cfg.d_model) for _ in self.layers]
+
+    def forward(
+        self, tokens: Tensor, cache: Optional[Cache] = None
+    ) -> tuple[Tensor, Dict[str, Tensor], Cache]:
+        """tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of these streams."""
+        if cache is None:
+            cache = self.init_cache(tokens.size(0))
+        if len(cache) != len(self.layers):
+            raise ValueError(f"cache has {len(cache)} entries for {len(self.layers)} layers")
+        h = F.dropout(self.embed(tokens), self.cfg.emb_dropout, self.training)
+        new_cache: Cache = []
+        span_costs: List[Tensor] = []
+        for layer, layer_cache in zip(self.layers, cache):
+            out, span_cost, window = layer(h, layer_cache, self.key_pe)
+            new_cache.append(keep_last(layer_cache, h, self.cache_length(window)))
+            if span_cost is not None:
+                span_costs.append(span_cost)
+            h = out
+        h = F.dropout(h, self.cfg.emb_dropout, self.training)
+        aux = {"span_l1": torch.stack(span_costs).sum()} if span_costs else {}
+        return self.output(h), aux, new_cache
+
+    @torch.no_grad()
+    def clamp_spans(self) -> None:
+        """Keep every span parameter in [0, 1]; call after each optimizer step."""
+        for layer in self.layers:
+            if layer.attn.span is not None:
+                layer.attn.span.clamp_()
+
+    @torch.no_grad()
+    def span_stats(self) -> Tensor:
+        """Span z per layer and head, (n_layers, n_heads) on CPU: the learned span (static), the mean
+        predicted span of the last forward (dynamic), or S everywhere for a fixed window."""
+        fixed = torch.full((self.cfg.n_heads,), float(self.cfg.attn_span))
+        spans = [layer.attn.span for layer in self.layers]
+        return torch.stack([fixed if span is None else span.stats() for span in spans])
+
+    def current_windows(self) -> List[int]:
+        """Keys per query each layer uses now (static spans; S for fixed or dynamic spans)."""
+        return [
+            layer.attn.span.window_length() if layer.attn.span is not None else self.cfg.attn_span
+            for layer in self.layers
+        ]
