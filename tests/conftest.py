@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests use tiny models, for which one thread is fastest and least sensitive to a loaded machine;
+# subprocesses (CLI runs, DDP ranks) inherit the setting through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT8_SAMPLE = REPO / "data" / "text8" / "text8-prefix-5M.xz"

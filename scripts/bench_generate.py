@@ -1,0 +1,154 @@
+"""Generation speed (sentences/s, tokens/s) of beam search for several beam and batch sizes, plus BLEU.
+
+    python scripts/bench_generate.py --data DIR [--checkpoint RUN/checkpoint_best.pt] \
+        [--split test] [--beams 1,5] [--batch-sizes 16,64,128] [--limit 400]
+
+DIR is a dataset folder from tk-preprocess (meta.json, spm.model, SPLIT.SRC-TGT.{SRC,TGT}.{bin,idx},
+SPLIT.TGT.txt). The model comes from a run checkpoint ("model" state dict, "config" with the model section),
+or, without one, is built from --layers/--d-model/... and trained for --train-steps updates on the folder's
+train split (label-smoothed cross-entropy, Adam, inverse-sqrt schedule), so that the timing reflects a model
+that stops its hypotheses, not a random one that always runs to the maximum length. Not a test: no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from toolkit.criterions.label_smoothed_cross_entropy import label_smoothed_nll
+from toolkit.data.indexed_dataset import IndexedDataset
+from toolkit.data.spm import SpmVocab
+from toolkit.data.token_batching import batches_for_epoch, collate
+from toolkit.eval.beam_search import GenerationConfig, generate
+from toolkit.eval.bleu import corpus_bleu
+from toolkit.models.transformer import TransformerConfig, TransformerModel
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="dataset folder from tk-preprocess")
+    p.add_argument("--checkpoint", help="run checkpoint; without it a model is trained for --train-steps")
+    p.add_argument("--split", default="test")
+    p.add_argument("--beams", default="1,5")
+    p.add_argument("--batch-sizes", default="16,64,128", help="sentences per generation batch")
+    p.add_argument("--limit", type=int, default=0, help="first N sentences of the split only (0 = all)")
+    p.add_argument("--lenpen", type=float, default=1.0)
+    p.add_argument("--max-len-a", type=float, default=1.2)
+    p.add_argument("--max-len-b", type=int, default=10)
+    p.add_argument("--protocol", default="sacrebleu", help="BLEU protocol (toolkit/eval/bleu.py)")
+    p.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (no checkpoint)")
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--ffn-dim", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per training batch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    p.add_argument("--json", help="also write the results here")
+    return p.parse_args()
+
+
+def load_model(args: argparse.Namespace, task: SimpleNamespace, data: Path, src: str, tgt: str) -> TransformerModel:
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        fields = {f for f in TransformerConfig.__dataclass_fields__}
+        cfg = TransformerConfig(**{k: v for k, v in state["config"]["model"].items() if k in fields})
+        model = TransformerModel.build(cfg, task)
+        model.load_state_dict(state["model"])
+        return model.to(args.device)
+    cfg = TransformerConfig(
+        encoder_layers=args.layers, decoder_layers=args.layers, d_model=args.d_model,
+        ffn_dim=args.ffn_dim, n_heads=args.heads, dropout=0.1,
+    )
+    model = TransformerModel.build(cfg, task).to(args.device)
+    quick_train(model, args, task, data, src, tgt)
+    return model
+
+
+def quick_train(model: TransformerModel, args: argparse.Namespace, task, data: Path, src: str, tgt: str) -> None:
+    src_ds = IndexedDataset(data / f"train.{src}-{tgt}.{src}")
+    tgt_ds = IndexedDataset(data / f"train.{src}-{tgt}.{tgt}")
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / args.warmup, (args.warmup / (s + 1)) ** 0.5)
+    )
+    model.train()
+    step, epoch, start = 0, 1, time.perf_counter()
+    while step < args.train_steps:
+        for idx in batches_for_epoch(src_ds.sizes, tgt_ds.sizes, args.max_tokens, seed=1, epoch=epoch,
+                                     max_source_positions=1024, max_target_positions=1024):
+            batch = collate(idx, src_ds, tgt_ds, task.pad_idx, task.eos_idx)
+            logits, _ = model(batch["src_tokens"].to(args.device), batch["prev_output_tokens"].to(args.device))
+            lprobs = F.log_softmax(logits.float(), -1)
+            loss, nll = label_smoothed_nll(lprobs, batch["target"].to(args.device), 0.1, task.pad_idx)
+            opt.zero_grad()
+            (loss / batch["ntokens"]).backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 50 == 0 or step == args.train_steps:
+                print(f"train step {step} epoch {epoch} nll/token {float(nll.detach()) / batch['ntokens']:.3f} "
+                      f"({time.perf_counter() - start:.0f}s)", flush=True)
+            if step >= args.train_steps:
+                break
+        epoch += 1
+    model.eval()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data)
+    meta = json.loads((data / "meta.json").read_text())
+    src, tgt = meta["src_lang"], meta["tgt_lang"]
+    vocab = SpmVocab(data / "spm.model")
+    task = SimpleNamespace(vocab_size=len(vocab), pad_idx=vocab.pad, eos_idx=vocab.eos, bos_idx=vocab.bos)
+    model = load_model(args, task, data, src, tgt)
+    src_ds = IndexedDataset(data / f"{args.split}.{src}-{tgt}.{src}")
+    refs = (data / f"{args.split}.{tgt}.txt").read_text(encoding="utf-8").split("\n")[: len(src_ds)]
+    n = min(args.limit or len(src_ds), len(src_ds))
+    order = np.argsort(src_ds.sizes[:n], kind="stable")  # length-sorted batches waste little padding
+    print(f"{n} {args.split} sentences, device {args.device}, threads {torch.get_num_threads()}, "
+          f"model {sum(p.numel() for p in model.parameters()):,} parameters")
+    results = []
+    for beam in map(int, args.beams.split(",")):
+        cfg = GenerationConfig(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+        for batch_size in map(int, args.batch_sizes.split(",")):
+            hyps: dict[int, list[int]] = {}
+            generate(model, collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
+                     .to(args.device), cfg)  # warm-up
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(0, n, batch_size):
+                ids = order[i : i + batch_size]
+                tokens = collate(ids, src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device)
+                for j, nbest in zip(ids.tolist(), generate(model, tokens, cfg)):
+                    hyps[j] = nbest[0].tokens.tolist()
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            out_tokens = sum(len(h) for h in hyps.values())
+            bleu = corpus_bleu([vocab.decode(hyps[j]) for j in range(n)], refs[:n], args.protocol, tgt)
+            row = dict(beam=beam, batch_size=batch_size, sentences=n, seconds=round(seconds, 3),
+                       sentences_per_s=round(n / seconds, 1), tokens_per_s=round(out_tokens / seconds, 1),
+                       bleu=round(bleu.score, 2))
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"BLEU signature: {bleu.signature}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Encoder-decoder Transformer for translation (Vaswani et al. 2017), with incremental decoding.
+
+The decoder reads `prev_output_tokens` = [start] + target[:-1] (teacher forcing) and predicts target, which ends
+with eos. The start symbol is eos (fairseq's convention, toolkit/data/token_batching.collate's default) unless the
+task sets `decoder_start_idx` (e.g. to bos, when it collates with bos); generation starts from the same symbol.
+
+For generation, `init_decoder_state` creates per-layer key/value caches: each `decode` call then takes only the
+newest token(s), appends their self-attention keys/values, and computes the encoder-decoder keys once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from toolkit.errors import ConfigError, close_matches
+from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
+from toolkit.modules.positional import build_positions
+from toolkit.modules.transformer_layer import AttentionFactory, TransformerLayer
+from toolkit.registry import MODELS
+
+# Attention variants by config name: factory(d_model, n_heads, attention_dropout) -> module.
+ATTENTIONS: Dict[str, AttentionFactory] = {"standard": MultiheadAttention}
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes and options of the encoder-decoder Transformer (defaults: transformer_base)."""
+
+    name: str = "transformer"
+    encoder_layers: int = 6
+    """Number of encoder layers."""
+    decoder_layers: int = 6
+    """Number of decoder layers."""
+    d_model: int = 512
+    """Model width (embedding and residual stream size)."""
+    ffn_dim: int = 2048
+    """Hidden size of the position-wise feed-forward sublayers."""
+    n_heads: int = 8
+    """Attention heads per attention module."""
+    dropout: float = 0.1
+    """Dropout on embeddings and on every sublayer output before the residual add."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
+    activation_dropout: float = 0.0
+    """Dropout after the FFN activation."""
+    pre_ln: bool = False
+    """LayerNorm before each sublayer plus a final LayerNorm (True), or after each sublayer (False, the paper)."""
+    positions: str = "sinusoidal"
+    """Position embeddings: 'sinusoidal' (fixed) or 'learned'."""
+    max_positions: int = 1024
+    """Longest source or target sequence (tokens, eos included) the position tables cover."""
+    share_all_embeddings: bool = True
+    """One embedding matrix for source, target and output projection (requires a joint vocabulary)."""
+    share_decoder_input_output_embed: bool = True
+    """Without share_all_embeddings: tie the decoder's input embedding and output projection."""
+    scale_embedding: bool = True
+    """Multiply token embeddings by sqrt(d_model) before adding positions."""
+    activation: str = "relu"
+    """FFN activation: 'relu' or 'gelu'."""
+    attention: str = "standard"
+    """Attention module for every attention slot, by name (see ATTENTIONS)."""
+
+
+@dataclass
+class EncoderOut:
+    """Encoder states (B, S, D) and the source padding mask (B, S), True at padding."""
+
+    out: Tensor
+    padding_mask: Tensor
+    any_padding: bool = True  # False: attention may skip the mask (SDPA's faster unmasked path)
+
+    def index_select(self, order: Tensor) -> "EncoderOut":
+        rows = (self.out.index_select(0, order), self.padding_mask.index_select(0, order))
+        return EncoderOut(*rows, self.any_padding)
+
+
+@dataclass
+class DecoderState:
+    """Incremental decoding state: per-layer self- and cross-attention caches, the encoder output, the length."""
+
+    encoder_out: Optional[EncoderOut]
+    self_caches: List[Cache]
+    cross_caches: List[Cache]
+    length: int = 0  # target tokens already fed; the next position index
+
+
+def resolve_attention(name: str) -> AttentionFactory:
+    if name not in ATTENTIONS:
+        raise ConfigError(
+            f"model.attention: unknown attention '{name}'{close_matches(name, ATTENTIONS)}; "
+            f"valid: {', '.join(sorted(ATTENTIONS))}"
+        )
+    return ATTENTIONS[name]
+
+
+def build_embedding(vocab_size: int, dim: int, pad_idx: int) -> nn.Embedding:
+    embed = nn.Embedding(vocab_size, dim, padding_idx=pad_idx)
+    nn.init.normal_(embed.weight, mean=0.0, std=dim**-0.5)
+    nn.init.zeros_(embed.weight[pad_idx])
+    return embed
+
+
+@MODELS.register("transformer", TransformerConfig)
+class TransformerModel(nn.Module):
+    """Embeddings + positions -> encoder layers; decoder layers with causal self- and cross-attention -> logits."""
+
+    def __init__(
+        self,
+        cfg: TransformerConfig,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        pad_idx: int,
+        eos_idx: int,
+        bos_idx: int,
+        decoder_start_idx: Optional[int] = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.pad_idx, self.eos_idx, self.bos_idx = pad_idx, eos_idx, bos_idx
+        self.decoder_start_idx = eos_idx if decoder_start_idx is None else decoder_start_idx
+        if cfg.positions not in ("sinusoidal", "learned"):
+            raise ConfigError(f"model.positions: unknown '{cfg.positions}'; valid: learned, sinusoidal")
+        if cfg.share_all_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ConfigError(
+                f"model.share_all_embeddings=true needs a joint vocabulary, but the source has {src_vocab_size} "
+                f"and the target {tgt_vocab_size} symbols"
+            )
+        attention = resolve_attention(cfg.attention)
+        d = cfg.d_model
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
+        self.encoder_embed = build_embedding(src_vocab_size, d, pad_idx)
+        self.decoder_embed = (
+            self.encoder_embed if cfg.share_all_embeddings else build_embedding(tgt_vocab_size, d, pad_idx)
+        )
+        self.encoder_positions = build_positions(cfg.positions, cfg.max_positions, d)
+        self.decoder_positions = build_positions(cfg.positions, cfg.max_positions, d)
+
+        def layer(cross: bool) -> TransformerLayer:
+            return TransformerLayer(
+                d,
+                cfg.n_heads,
+                cfg.ffn_dim,
+                dropout=cfg.dropout,
+                attention_dropout=cfg.attention_dropout,
+                activation_dropout=cfg.activation_dropout,
+                pre_ln=cfg.pre_ln,
+                cross_attention=cross,
+                activation=cfg.activation,
+                self_attention_cls=attention,
+                cross_attention_cls=attention,
+            )
+
+        self.encoder_layers = nn.ModuleList(layer(False) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(layer(True) for _ in range(cfg.decoder_layers))
+        # pre-LN leaves the residual stream unnormalised: normalise once at the end of each stack
+        self.encoder_norm = nn.LayerNorm(d) if cfg.pre_ln else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d) if cfg.pre_ln else nn.Identity()
+        self.output_projection: Optional[nn.Linear] = None
+        if not (cfg.share_all_embeddings or cfg.share_decoder_input_output_embed):
+            self.output_projection = nn.Linear(d, tgt_vocab_size, bias=False)
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=d**-0.5)
+
+    @classmethod
+    def build(cls, cfg: TransformerConfig, task: Any) -> "TransformerModel":
+        """`task` provides vocab_size (or src_vocab_size/tgt_vocab_size), pad_idx, eos_idx, bos_idx and
+        optionally decoder_start_idx (default eos)."""
+        src_vocab = getattr(task, "src_vocab_size", None) or task.vocab_size
+        tgt_vocab = getattr(task, "tgt_vocab_size", None) or task.vocab_size
+        start = getattr(task, "decoder_start_idx", None)
+        return cls(cfg, src_vocab, tgt_vocab, task.pad_idx, task.eos_idx, task.bos_idx, start)
+
+    # ---- encoder -------------------------------------------------------------------------------------
+    def encode(self, src_tokens: Tensor) -> EncoderOut:
+        """Encoder states for (B, S) source tokens; padding may be on either side."""
+        padding_mask = src_tokens.eq(self.pad_idx)
+        # positions count real tokens only, so left or right padding gives the same states
+        positions = ((~padding_mask).cumsum(1) - 1).clamp(min=0)
+        self._check_length(src_tokens.size(1), "source")
+        x = self.encoder_embed(src_tokens) * self.embed_scale + self.encoder_positions(positions)
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        # no mask at all lets SDPA take its fastest path when the batch has no padding
+        any_padding = bool(padding_mask.any())
+        key_mask = padding_mask if any_padding else None
+        for layer in self.encoder_layers:
+            x = layer(x, padding_mask=key_mask)
+        return EncoderOut(self.encoder_norm(x), padding_mask, any_padding)
+
+    # ---- decoder -------------------------------------------------------------------------------------
+    def init_decoder_state(self, encoder_out: Optional[EncoderOut] = None) -> DecoderState:
+        """Empty caches for incremental decoding (one self and one cross cache dict per decoder layer)."""
+        n = len(self.decoder_layers)
+        return DecoderState(encoder_out, [{} for _ in range(n)], [{} for _ in range(n)])
+
+    def reorder_decoder_state(self, state: DecoderState, order: Tensor, static: bool = True) -> None:
+        """Select rows `order` of every cache (in place). `static=False` leaves the encoder output and the
+        cross-attention caches alone: valid when `order` only permutes rows with identical sources (the beams
+        of one sentence), and it saves copying them at every step."""
+        for cache in state.self_caches:
+            reorder_cache(cache, order)
+        if static:
+            for cache in state.cross_caches:
+                reorder_cache(cache, order)
+            if state.encoder_out is not None:
+                state.encoder_out = state.encoder_out.index_select(order)
+
+    def decode(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[EncoderOut] = None,
+        caches: Optional[DecoderState] = None,
+    ) -> Tensor:
+        """Logits (B, T, V). With `caches`, prev_output_tokens holds only the tokens after those already fed
+        (normally the newest one, (B, 1)); positions continue from the cached length."""
+        if encoder_out is None:
+            if caches is None or caches.encoder_out is None:
+                raise ValueError("decode needs encoder_out (directly or in the decoder state)")
+            encoder_out = caches.encoder_out
+        start = caches.length if caches is not None else 0
+        t = prev_output_tokens.size(1)
+        self._check_length(start + t, "target")
+        positions = torch.arange(start, start + t, device=prev_output_tokens.device)
+        x = self.decoder_embed(prev_output_tokens) * self.embed_scale + self.decoder_positions(positions)
+        x = F.dropout(x, self.cfg.dropout, self.training)
+        # the decoder input is right-padded: causal attention keeps real positions off the padding
+        enc_mask = encoder_out.padding_mask if encoder_out.any_padding else None
+        for i, layer in enumerate(self.decoder_layers):
+            x = layer(
+                x,
+                causal=True,
+                encoder_out=encoder_out.out,
+                encoder_padding_mask=enc_mask,
+                self_cache=caches.self_caches[i] if caches is not None else None,
+                cross_cache=caches.cross_caches[i] if caches is not None else None,
+            )
+        if caches is not None:
+            caches.length += t
+        return self.output_layer(self.decoder_norm(x))
+
+    def output_layer(self, x: Tensor) -> Tensor:
+        if self.output_projection is not None:
+            return self.output_projection(x)
+        return F.linear(x, self.decoder_embed.weight)
+
+    def forward(
+        self, src_tokens: Tensor, prev_output_tokens: Tensor, src_lengths: Optional[Tensor] = None
+    ) -> tuple[Tensor, Dict[str, Tensor]]:
+        """Teacher-forced logits (B, T, V) and named auxiliary terms (none for this model).
+        `src_lengths` is accepted for fairseq-style batches and unused: padding is read from pad_idx."""
+        return self.decode(prev_output_tokens, self.encode(src_tokens)), {}
+
+    def max_decoder_positions(self) -> int:
+        """Longest decoder input (start symbol + generated tokens) the position table covers."""
+        return self.cfg.max_positions
+
+    def _check_length(self, length: int, side: str) -> None:
+        if length > self.cfg.max_positions:
+            raise ValueError(
+                f"{side} length {length} exceeds model.max_positions={self.cfg.max_positions}"
+            )
