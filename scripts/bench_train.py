@@ -1,10 +1,12 @@
 """Training throughput of the toolkit's trainer vs a minimal plain-PyTorch loop over the same model.
 
-Both run in this process on the same data, alternating in rounds so that machine load affects both alike;
-the report is the median tokens/s of each and their ratio. Default workload (the foundation issue's): char LM,
-2 layers, d_model 256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam, 2 threads.
+Both run in this process on the task's own batches, alternating in rounds so that machine load affects both
+alike; the report is the median tokens/s of each and their ratio. Workloads: text8_char_tiny (char LM, 2 layers,
+d256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam) and iwslt14_tiny (2+2 layers, d256, 2048 tokens per
+batch, label smoothing 0.1); 2 threads.
 
-  python scripts/bench_train.py [--data data-bin/text8_sample] [--rounds 5] [--steps 20] [key=value ...]
+  python scripts/bench_train.py [--config text8_char_tiny] [--data data-bin/text8_sample] [--rounds 5] [--steps 20]
+  python scripts/bench_train.py --config iwslt14_tiny --data data-bin/iwslt14_sample
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,23 +25,28 @@ from toolkit.train.param_groups import build_param_groups
 from toolkit.train.setup import build_run
 from toolkit.train.trainer import Trainer
 
-WORKLOAD = [
-    "model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.dropout=0.0",
-    "task.tokens_per_sample=256", "task.batch_size=16", "clip_norm=0.0", "tensorboard=false",
-    "lr_scheduler.warmup_updates=0",
-]
+WORKLOADS = {
+    # the foundation issue's workload
+    "text8_char_tiny": ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024",
+                        "model.dropout=0.0", "task.tokens_per_sample=256", "task.batch_size=16"],
+    # the translation issue's: a 2+2-layer d256 model on the shipped IWSLT sample
+    "iwslt14_tiny": ["model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=256", "model.ffn_dim=1024",
+                     "model.dropout=0.0", "task.max_tokens=2048"],
+}
+COMMON = ["clip_norm=0.0", "tensorboard=false", "lr_scheduler.warmup_updates=0"]
 
 
-def plain_loop(model: torch.nn.Module, data: np.ndarray, batch: int, window: int, lr: float):
-    """The reference: sample windows, forward, mean cross-entropy, backward, Adam step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
-    rng = np.random.default_rng(0)
+def plain_loop(model: torch.nn.Module, task, lr: float, betas, label_smoothing: float):
+    """The reference: the task's batches, forward, mean cross-entropy, backward, Adam step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
+    ignore = task.pad_idx if task.pad_idx is not None else -100
+    position = iter(range(10**9))
 
     def step() -> None:
-        offsets = rng.integers(0, len(data) - window - 1, size=batch)
-        chunk = torch.from_numpy(data[offsets[:, None] + np.arange(window + 1)].astype(np.int64))
-        logits = model(chunk[:, :-1])[0]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), chunk[:, 1:].reshape(-1))
+        batch = task.train_batch(1, next(position) % task.epoch_length(1))
+        logits = model(**batch["net_input"])[0]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target"].reshape(-1),
+                               ignore_index=ignore, label_smoothing=label_smoothing)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -67,7 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = compose_train_config(args.config, [f"data={args.data}", *WORKLOAD, *args.overrides])
+    workload = WORKLOADS.get(args.config, [])
+    cfg = compose_train_config(args.config, [f"data={args.data}", *workload, *COMMON, *args.overrides])
     run = build_run(cfg)
     groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -76,17 +83,19 @@ def main() -> None:
         reference = run.task.build_model(cfg.model)
         reference.load_state_dict(run.model.state_dict())
         reference.train()
-        plain = plain_loop(reference, run.task.splits["train"], cfg.task.batch_size, cfg.task.tokens_per_sample, cfg.optimizer.lr)
+        smoothing = cfg.criterion.get("label_smoothing", 0.0)
+        plain = plain_loop(reference, run.task, cfg.optimizer.lr, cfg.optimizer.betas, smoothing)
         toolkit_step = trainer.train_step
         timed(plain, args.warmup), timed(toolkit_step, args.warmup)
-        tokens = cfg.task.batch_size * cfg.task.tokens_per_sample * cfg.update_freq
+        # tokens per step, averaged over the batches the timed steps see (token batching varies in size)
+        tokens = statistics.mean(run.task.train_batch(1, i)["ntokens"] for i in range(min(50, run.task.epoch_length(1))))
         plain_tps, toolkit_tps = [], []
         for _ in range(args.rounds):
             plain_tps.append(tokens / timed(plain, args.steps))
             toolkit_tps.append(tokens / timed(toolkit_step, args.steps))
     p, t = statistics.median(plain_tps), statistics.median(toolkit_tps)
     params = sum(x.numel() for x in run.model.parameters())
-    print(f"workload: {cfg.model.name} {params:,} params, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
+    print(f"workload: {args.config}: {cfg.model.name} {params:,} params, {tokens:.0f} tokens per step, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")
