@@ -65,6 +65,8 @@ class TrainConfig:
     final_subset: Optional[str] = "test"  # subset scored after training (null = none)
     progress: str = "auto"  # 'auto' (bar on a terminal), 'bar' or 'plain'
     tensorboard: bool = True  # write tensorboard scalars under run_dir/tb
+    init_from: Optional[str] = None  # fine-tuning: load model weights from this checkpoint (not when resuming)
+    train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
     aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see train/schedules.py)
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)

@@ -17,6 +17,7 @@ from toolkit.distributed import comm
 from toolkit.errors import DISTRIBUTED_EXIT, ConfigError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
+from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
 from toolkit.train.setup import build_run, parameter_summary, resolve_device
 from toolkit.train.trainer import Trainer
@@ -59,12 +60,15 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         model = run.model.to(device)
         params = parameter_summary(model)
         log.info("model %s: %s parameters (%s)", cfg.model.name, f"{params['parameters']:,}", json.dumps(params))
+        resume = ckpt.find_resume(run_dir)
+        if cfg.init_from and resume is None:
+            init_from_checkpoint(model, cfg.init_from)
+        freeze_all_but(model, cfg.train_only)
         groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
         for group in groups:
             log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
         wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
         trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
-        resume = ckpt.find_resume(run_dir)
         if resume is not None:
             trainer.load_state_dict(ckpt.load_checkpoint(resume))
             log.info("resumed from %s at step %d (epoch %d)", resume, trainer.step, trainer.epoch)
