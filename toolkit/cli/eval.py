@@ -35,6 +35,7 @@ def _body(args: list[str]) -> int:
         print(__doc__)
         return 0
     from toolkit.config.compose import load_registries
+    from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
     from toolkit.train import checkpoint as ckpt
     from toolkit.train.setup import build_run, resolve_device
@@ -60,7 +61,9 @@ def _body(args: list[str]) -> int:
     model = run.model.to(device)
     model.load_state_dict(state["model"])
     model.eval()
+    memories = UsageMonitor(model)
     metrics = run.task.evaluate(model, cfg.subset, device)
+    metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
     metrics["checkpoint"] = cfg.checkpoint
     metrics["step"] = state.get("position", {}).get("step")
     for key, value in metrics.items():

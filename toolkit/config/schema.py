@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from toolkit.modules.memory_placement import MemoryPlacementConfig
+
 
 @dataclass
 class PhaseConfig:
@@ -67,6 +69,7 @@ class TrainConfig:
     tensorboard: bool = True  # write tensorboard scalars under run_dir/tb
     init_from: Optional[str] = None  # fine-tuning: load model weights from this checkpoint (not when resuming)
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
+    memory: MemoryPlacementConfig = field(default_factory=MemoryPlacementConfig)  # product-key memory layers
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
     aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see train/schedules.py)
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)

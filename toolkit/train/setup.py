@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ConfigError
+from toolkit.modules.memory_placement import memory_parameter_count, place_memories
 from toolkit.registry import CRITERIONS, TASKS
 from toolkit.tasks.base import Task
 from toolkit.train.schedules import AuxWeights
@@ -39,6 +40,9 @@ def parameter_summary(model: nn.Module) -> Dict[str, int]:
     """Total parameters (shared tensors counted once) and any named sub-totals the model reports."""
     total = sum(p.numel() for p in model.parameters())
     summary = {"parameters": total}
+    memory = memory_parameter_count(model)
+    if memory:
+        summary.update({"memory_parameters": memory, "non_memory_parameters": total - memory})
     if hasattr(model, "parameter_breakdown"):
         summary.update(model.parameter_breakdown())
     return summary
@@ -57,6 +61,7 @@ def build_run(cfg: Any, rank: int = 0, world_size: int = 1) -> Run:
     task_entry = TASKS.get(cfg.task.name)
     task: Task = task_entry.builder(cfg.task, cfg.data, cfg.seed, rank, world_size)
     model = task.build_model(cfg.model)
+    place_memories(model, cfg.get("memory"))
     aux = AuxWeights(cfg.aux_weights, cfg.max_update)
     criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, aux)
     return Run(task, model, criterion)

@@ -22,6 +22,7 @@ from toolkit.criterions.cross_entropy import summarize
 from toolkit.errors import DIVERGED_EXIT, INTERRUPTED_EXIT
 from toolkit.logging.progress import Progress, format_metrics
 from toolkit.logging.tensorboard import Scalars
+from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.tasks.base import Task, to_device
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.param_groups import ParamGroup
@@ -60,6 +61,7 @@ class Trainer:
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
         self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
+        self.memory_monitor = UsageMonitor(model)
         self.tb = Scalars(run_dir / "tb", cfg.tensorboard and self.is_main)
         self.metrics_log = run_dir / "train_log.jsonl"
 
@@ -248,6 +250,10 @@ class Trainer:
                         "epoch": self.epoch,
                         "nonfinite": self.nonfinite_total,
                     })
+                    if hasattr(self.model, "metrics"):
+                        metrics.update(self.model.metrics())  # e.g. learned spans per layer and head
+                    if self.memory_monitor.trackers:
+                        metrics.update(self.memory_monitor.report())  # product-key memory usage since last log
                     self._log("train", metrics)
                     progress.update(self.step, {k: metrics[k] for k in ("loss", self.task.valid_metric, "lr", "tokens_per_s") if k in metrics})
                     window, tokens_since, clock = {}, 0, time.perf_counter()

@@ -1,0 +1,209 @@
+"""Word-level language modelling (WikiText): contiguous token blocks for training, perplexity for evaluation.
+
+The stream of a split is the corpus' ids (`<eos>` at every line end) with one `<eos>` put before it, as
+fairseq does: every token of the split is a target, the first one predicted from that `<eos>`.
+
+Training (fairseq's `--sample-break-mode none`): the train stream is cut into consecutive blocks of
+`tokens_per_sample` targets; each epoch visits them in an order shuffled by (seed, epoch). A global batch
+is `batch_size * world_size` blocks; each rank takes its `batch_size` rows. The last partial block of the
+stream is not trained on (fewer than tokens_per_sample tokens), so no batch holds padding.
+
+Evaluation (fairseq's `eval-lm --context-window C`): the split is cut into blocks of S = tokens_per_sample - C
+new targets; each block is scored after up to C earlier tokens of context, so a window holds at most
+tokens_per_sample inputs and every target is scored exactly once. C = 0 gives non-overlapping blocks.
+Perplexity = exp(mean NLL over all targets of the split, <eos> included). Streaming (contiguous parallel
+streams with a cache, for the cached models) is not part of this task yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from toolkit.errors import ConfigError
+from toolkit.registry import TASKS
+from toolkit.tasks.base import Batch, Task
+
+EOS, PAD = 2, 1  # toolkit.data.word_corpus ids (fairseq's)
+
+
+@dataclass
+class LanguageModelingConfig:
+    name: str = "language_modeling"
+    tokens_per_sample: int = 512  # block length in tokens: training blocks and the longest evaluation window
+    batch_size: int = 8  # blocks per batch and process
+    vocab_size: int = 0  # used only when no data folder is prepared yet (dry runs): 267744 for WikiText-103
+    batches_per_epoch: int = 0  # 0 = train blocks // (batch_size * world_size)
+    context_window: int = 0  # evaluation (tk-eval, final test): blocks of tokens_per_sample - context_window
+    #                          new tokens, each after up to context_window tokens of history; 0 = no overlap
+    valid_context_window: int = 0  # the same for validation during training (0: cheap, non-overlapping)
+    eval_batch_size: int = 8  # windows per evaluation batch
+    valid_max_tokens: int = 0  # score at most this many targets during training validation (0 = all)
+
+
+@TASKS.register("language_modeling", LanguageModelingConfig)
+class LanguageModelingTask(Task):
+    valid_metric = "ppl"
+
+    def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, data_dir, seed, rank, world_size)
+        self.pad_idx = PAD  # never in the data (a literal <pad> is <unk>); the criterion ignores it anyway
+        self.splits: Dict[str, np.ndarray] = {}
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        if cfg.tokens_per_sample < 1 or cfg.batch_size < 1:
+            raise ConfigError("task.tokens_per_sample and task.batch_size must be positive")
+        if data_dir is not None and Path(data_dir).exists():
+            from toolkit.data.word_corpus import load_dictionary, load_word_split
+
+            self.vocab_size = len(load_dictionary(data_dir))
+            for split in ("train", "valid", "test"):
+                self.splits[split] = load_word_split(data_dir, split)
+            if self.n_blocks < cfg.batch_size * world_size:
+                raise ConfigError(
+                    f"{data_dir}: the train split has {self.n_blocks} blocks of task.tokens_per_sample="
+                    f"{cfg.tokens_per_sample}, fewer than one batch (task.batch_size={cfg.batch_size} x "
+                    f"{world_size} processes)"
+                )
+        elif cfg.vocab_size > 0:
+            self.vocab_size = cfg.vocab_size
+        else:
+            raise ConfigError(f"data={data_dir}: no such folder; prepare it with tk-preprocess, or set "
+                              "task.vocab_size for a dry run")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.splits["train"]) // self.cfg.tokens_per_sample
+
+    def build_model(self, model_cfg: Any) -> nn.Module:
+        longest = self.cfg.tokens_per_sample
+        if getattr(model_cfg, "max_positions", longest) < longest:
+            raise ConfigError(
+                f"task.tokens_per_sample={longest} is longer than model.max_positions={model_cfg.max_positions}"
+            )
+        return super().build_model(model_cfg)
+
+    def epoch_length(self, epoch: int) -> int:
+        if self.cfg.batches_per_epoch:
+            return self.cfg.batches_per_epoch
+        return self.n_blocks // (self.cfg.batch_size * self.world_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """The block order of an epoch: a permutation drawn from (seed, epoch), kept for the current epoch."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            self._order_cache = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks))
+        return self._order_cache[1]
+
+    def train_batch(self, epoch: int, index: int) -> Batch:
+        """Rows rank*B..(rank+1)*B of global batch `index` of the epoch's shuffled blocks."""
+        size, length = self.cfg.batch_size, self.cfg.tokens_per_sample
+        order = self._order(epoch)
+        first = (index * self.world_size + self.rank) * size
+        # modulo: batches_per_epoch beyond one pass over the blocks cycles through the same order
+        blocks = order[np.arange(first, first + size) % len(order)]
+        # stream position p is split token p - 1; position 0 is the <eos> before the split
+        chunk = torch.from_numpy(stream_slice(self.splits["train"], blocks * length, length + 1))
+        # no padding in a batch: every target is scored, so ntokens = size * length
+        return {"net_input": {"tokens": chunk[:, :-1]}, "target": chunk[:, 1:], "ntokens": size * length}
+
+    def evaluate(
+        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+    ) -> Dict[str, Any]:
+        if subset not in self.splits:
+            valid = ", ".join(self.splits) or "none: no data folder"
+            raise ConfigError(f"unknown subset '{subset}' (valid: {valid})")
+        context = self.cfg.valid_context_window if during_training else self.cfg.context_window
+        key = "task.valid_context_window" if during_training else "task.context_window"
+        if not 0 <= context < self.cfg.tokens_per_sample:
+            raise ConfigError(f"{key}={context} must be >= 0 and < task.tokens_per_sample={self.cfg.tokens_per_sample}")
+        tokens = self.splits[subset]
+        if during_training and self.cfg.valid_max_tokens:
+            tokens = tokens[: self.cfg.valid_max_tokens]
+        nll, count = score_with_context(
+            model, tokens, self.cfg.tokens_per_sample, context, self.cfg.eval_batch_size, device
+        )
+        loss = nll / max(count, 1)
+        return {"subset": subset, "ppl": math.exp(min(loss, 50.0)), "loss": loss, "tokens": count,
+                "tokens_per_sample": self.cfg.tokens_per_sample, "context_window": context}
+
+    def summary(self) -> Dict[str, Any]:
+        summary = {**super().summary(), "tokens_per_sample": self.cfg.tokens_per_sample}
+        if self.splits:
+            summary.update({f"{name}_tokens": len(tokens) for name, tokens in self.splits.items()})
+        return summary
+
+
+def stream_slice(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """int64 rows stream[s : s + length] of the stream <eos> + tokens; positions past its end repeat its last token.
+
+    One vectorised gather from the (memory-mapped) split; the stream itself is never materialised.
+    """
+    index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length, dtype=np.int64) - 1
+    index = np.minimum(index, len(tokens) - 1)
+    rows = np.asarray(tokens[np.maximum(index, 0)], dtype=np.int64)
+    rows[index < 0] = EOS
+    return rows
+
+
+def context_window_plan(n_targets: int, tokens_per_sample: int, context_window: int) -> tuple[np.ndarray, ...]:
+    """fairseq's eval-lm windows over n_targets targets: per window (input start, first target, end target).
+
+    Window k scores targets [k*S, min((k+1)*S, n)) with S = tokens_per_sample - context_window, after the
+    inputs from max(0, k*S - context_window): up to context_window tokens of context, at most
+    tokens_per_sample inputs. Target t is predicted from stream positions input_start..t (its own history).
+    """
+    if not 0 <= context_window < tokens_per_sample:
+        raise ValueError(f"context_window must be in [0, tokens_per_sample); got {context_window}, {tokens_per_sample}")
+    step = tokens_per_sample - context_window
+    first = np.arange(0, n_targets, step, dtype=np.int64)
+    end = np.minimum(first + step, n_targets)
+    return np.maximum(first - context_window, 0), first, end
+
+
+@torch.no_grad()
+def score_with_context(
+    model: nn.Module,
+    tokens: np.ndarray,
+    tokens_per_sample: int,
+    context_window: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> tuple[float, int]:
+    """Summed NLL (nats, float64) over every token of `tokens` (the stream <eos> + tokens) and the count.
+
+    The model's `output_nll(output, target)` is used when it has one (adaptive softmax: forward returns hidden
+    states), else cross-entropy over forward's logits. Only the scored positions go through the output layer.
+    Windows shorter than tokens_per_sample (the first ones, the last) are filled to the batch width with later
+    tokens; a causal model never lets those affect the scored positions.
+    """
+    n_targets = len(tokens)
+    if n_targets == 0:
+        return 0.0, 0
+    starts, first, end = context_window_plan(n_targets, tokens_per_sample, context_window)
+    width = min(tokens_per_sample, n_targets)
+    output_nll = getattr(model, "output_nll", None)
+    positions = torch.arange(width, device=device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for i in tqdm(range(0, len(starts), batch_size), desc="scoring", unit="batch", disable=None, leave=False):
+        rows = slice(i, i + batch_size)
+        chunk = torch.from_numpy(stream_slice(tokens, starts[rows], width + 1)).to(device)
+        inputs, targets = chunk[:, :-1], chunk[:, 1:]
+        low = torch.from_numpy(first[rows] - starts[rows]).to(device)
+        high = torch.from_numpy(end[rows] - starts[rows]).to(device)
+        keep = (positions[None, :] >= low[:, None]) & (positions[None, :] < high[:, None])
+        output = model(inputs)[0][keep]
+        if output_nll is not None:
+            nll = output_nll(output, targets[keep])
+        else:
+            nll = F.cross_entropy(output.float(), targets[keep], reduction="none")
+        total += nll.double().sum()
+        count += nll.numel()
+    return float(total), count
