@@ -10,9 +10,10 @@ provides `output_nll(output, target)` (per-token NLL; the criterion and the eval
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +21,21 @@ from torch import Tensor, nn
 from toolkit.errors import ConfigError
 from toolkit.modules.adaptive_input import AdaptiveInput, AdaptiveInputConfig
 from toolkit.modules.adaptive_softmax import AdaptiveSoftmax, AdaptiveSoftmaxConfig
+from toolkit.modules.attention import MultiheadAttention
+from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
 from toolkit.modules.positional import build_positions
 from toolkit.modules.transformer_layer import TransformerLayer
 from toolkit.registry import MODELS
+
+
+def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
+    """The attention module of every layer: plain multi-head attention or MAE."""
+    if cfg.attention == "standard":
+        return MultiheadAttention
+    if cfg.attention == "mae":
+        validate_mae_config(cfg.mae, cfg.n_heads)
+        return functools.partial(MAEAttention, cfg=cfg.mae)
+    raise ConfigError(f"model.attention: '{cfg.attention}' (valid: standard, mae)")
 
 
 @dataclass
@@ -38,6 +51,8 @@ class TransformerLMConfig:
     activation: str = "relu"  # 'relu' or 'gelu'
     pre_ln: bool = True  # LayerNorm before each sublayer (True) or after (False, Vaswani et al.)
     final_norm: bool = True  # with pre_ln: a LayerNorm after the last layer (fairseq's wiki103 model has none)
+    attention: str = "standard"  # 'standard' or 'mae' (mixture of attentive experts, causal prefix-mean gate)
+    mae: MAEConfig = field(default_factory=MAEConfig)  # used when attention='mae' 
     positions: str = "learned"  # 'learned' or 'sinusoidal'
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
@@ -99,6 +114,7 @@ class TransformerLM(nn.Module):
                 activation_dropout=cfg.activation_dropout,
                 pre_ln=cfg.pre_ln,
                 activation=cfg.activation,
+                self_attention_cls=self_attention_class(cfg),
             )
             for _ in range(cfg.n_layers)
         )
