@@ -155,7 +155,7 @@ def test_source_padding_on_either_side_does_not_change_outputs():
 
 def test_config_errors_are_one_line():
     with pytest.raises(ConfigError, match=r"^model.attention: unknown attention 'standrd' \(did you mean: "
-                       r"standard\?\); valid: standard$"):
+                       r"standard\?\); valid: mae, standard$"):
         tiny_model(attention="standrd")
     with pytest.raises(ConfigError, match="needs a joint vocabulary, but the source has 10 and the target 12"):
         TransformerModel.build(tiny_cfg(), SimpleNamespace(vocab_size=0, src_vocab_size=10, tgt_vocab_size=12,

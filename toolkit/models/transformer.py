@@ -6,12 +6,17 @@ task sets `decoder_start_idx` (e.g. to bos, when it collates with bos); generati
 
 For generation, `init_decoder_state` creates per-layer key/value caches: each `decode` call then takes only the
 newest token(s), appends their self-attention keys/values, and computes the encoder-decoder keys once.
+
+`attention: mae` (with `mae_slots`, `mae`) makes attention slots mixtures of attentive experts (Peng et al.
+2020, docs/mae.md); `metrics()` then reports per-module gate entropy and expert usage for the trainer's logs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -20,12 +25,27 @@ from torch import Tensor, nn
 
 from toolkit.errors import ConfigError, close_matches
 from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
+from toolkit.modules.mae_attention import MAEAttention, MAEConfig
+from toolkit.modules.mae_gate import (
+    COUNT_KEY,
+    EXPERT_KEY,
+    GATE_PARAM_PATTERN,
+    SUM_KEY,
+    expert_usage,
+    gate_entropy,
+)
 from toolkit.modules.positional import build_positions
 from toolkit.modules.transformer_layer import AttentionFactory, TransformerLayer
 from toolkit.registry import MODELS
 
 # Attention variants by config name: factory(d_model, n_heads, attention_dropout) -> module.
-ATTENTIONS: Dict[str, AttentionFactory] = {"standard": MultiheadAttention}
+ATTENTIONS: Dict[str, AttentionFactory] = {"standard": MultiheadAttention, "mae": MAEAttention}
+
+# Attention slots of the encoder-decoder model that `mae_slots` may name.
+MAE_SLOTS = ("encoder_self", "decoder_self", "encoder_decoder")
+# Per-row decoding state MAE keeps in a cross-attention cache (its gate reads the decoder state, not the
+# source): beam reordering must select these rows even when the static keys/values are left alone.
+MAE_CACHE_KEYS = (SUM_KEY, COUNT_KEY, EXPERT_KEY)
 
 
 @dataclass
@@ -64,7 +84,12 @@ class TransformerConfig:
     activation: str = "relu"
     """FFN activation: 'relu' or 'gelu'."""
     attention: str = "standard"
-    """Attention module for every attention slot, by name (see ATTENTIONS)."""
+    """Attention module by name (see ATTENTIONS): 'standard', or 'mae' in the slots listed in mae_slots."""
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    """MAE options (experts = heads minus `drop`, gate size, inference mode, UNI-MAE); used when attention='mae'."""
+    mae_slots: List[str] = field(default_factory=lambda: list(MAE_SLOTS))
+    """With attention='mae': the slots that use MAE (encoder_self, decoder_self, encoder_decoder); the
+    others keep standard attention."""
 
 
 @dataclass
@@ -99,6 +124,45 @@ def resolve_attention(name: str) -> AttentionFactory:
     return ATTENTIONS[name]
 
 
+def slot_factories(cfg: TransformerConfig) -> Dict[str, AttentionFactory]:
+    """The attention factory of each slot. MAE's gate is per sequence in the encoder and causal (running
+    prefix mean, one gate per position) in the decoder, where its input is the decoder state: cross-attention
+    too, so that incremental decoding sees exactly what full recomputation sees."""
+    attention = resolve_attention(cfg.attention)
+    if attention is not MAEAttention:
+        return {slot: attention for slot in MAE_SLOTS}
+    unknown = [s for s in cfg.mae_slots if s not in MAE_SLOTS]
+    if unknown:
+        raise ConfigError(
+            f"model.mae_slots: unknown slot '{unknown[0]}'{close_matches(unknown[0], MAE_SLOTS)}; "
+            f"valid: {', '.join(MAE_SLOTS)}"
+        )
+    causal = {"encoder_self": False, "decoder_self": True, "encoder_decoder": True}
+    factories: Dict[str, AttentionFactory] = {slot: MultiheadAttention for slot in MAE_SLOTS}
+    for slot in cfg.mae_slots:
+        factories[slot] = partial(MAEAttention, cfg=cfg.mae, causal_gate=causal[slot])
+    return factories
+
+
+def mae_metrics(modules: Dict[str, MAEAttention], target_padding: Optional[Tensor]) -> Dict[str, float]:
+    """Gate statistics of each module's last forward (detached gates it already keeps): `mae/SLOT.I/entropy`
+    (nats; log(E) = uniform), `mae/SLOT.I/top_usage` (largest mean expert weight; 1/E = balanced) and
+    `mae/SLOT.I/usage_entropy` (entropy of the mean usage: low = collapsed onto few experts)."""
+    out: Dict[str, float] = {}
+    for name, module in modules.items():
+        g = module.last_gate
+        if g is None:  # UNI-MAE (no gate) or not run yet
+            continue
+        padding = module.last_gate_padding
+        if padding is None and g.dim() == 3 and target_padding is not None and target_padding.shape == g.shape[:2]:
+            padding = target_padding  # decoder gates: drop padded target positions
+        usage = expert_usage(g, padding)
+        out[f"mae/{name}/entropy"] = float(gate_entropy(g, padding))
+        out[f"mae/{name}/top_usage"] = float(usage.max())
+        out[f"mae/{name}/usage_entropy"] = float(gate_entropy(usage))
+    return out
+
+
 def build_embedding(vocab_size: int, dim: int, pad_idx: int) -> nn.Embedding:
     embed = nn.Embedding(vocab_size, dim, padding_idx=pad_idx)
     nn.init.normal_(embed.weight, mean=0.0, std=dim**-0.5)
@@ -131,7 +195,7 @@ class TransformerModel(nn.Module):
                 f"model.share_all_embeddings=true needs a joint vocabulary, but the source has {src_vocab_size} "
                 f"and the target {tgt_vocab_size} symbols"
             )
-        attention = resolve_attention(cfg.attention)
+        factories = slot_factories(cfg)
         d = cfg.d_model
         self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
         self.encoder_embed = build_embedding(src_vocab_size, d, pad_idx)
@@ -152,8 +216,8 @@ class TransformerModel(nn.Module):
                 pre_ln=cfg.pre_ln,
                 cross_attention=cross,
                 activation=cfg.activation,
-                self_attention_cls=attention,
-                cross_attention_cls=attention,
+                self_attention_cls=factories["decoder_self" if cross else "encoder_self"],
+                cross_attention_cls=factories["encoder_decoder"],
             )
 
         self.encoder_layers = nn.ModuleList(layer(False) for _ in range(cfg.encoder_layers))
@@ -165,6 +229,9 @@ class TransformerModel(nn.Module):
         if not (cfg.share_all_embeddings or cfg.share_decoder_input_output_embed):
             self.output_projection = nn.Linear(d, tgt_vocab_size, bias=False)
             nn.init.normal_(self.output_projection.weight, mean=0.0, std=d**-0.5)
+        # decoder-input padding of the last teacher-forced call: the decoder's per-position gates have no
+        # padding mask of their own (causality keeps real positions clean), metrics() drops padded rows with it
+        self._target_padding: Optional[Tensor] = None
 
     @classmethod
     def build(cls, cfg: TransformerConfig, task: Any) -> "TransformerModel":
@@ -193,9 +260,19 @@ class TransformerModel(nn.Module):
 
     # ---- decoder -------------------------------------------------------------------------------------
     def init_decoder_state(self, encoder_out: Optional[EncoderOut] = None) -> DecoderState:
-        """Empty caches for incremental decoding (one self and one cross cache dict per decoder layer)."""
+        """Empty caches for incremental decoding (one self and one cross cache dict per decoder layer).
+
+        MAE modules in 'random_expert' mode get their expert drawn here, one per source sentence, so that beam
+        search (which expands the state to beams afterwards) decodes every beam of a sentence with one expert."""
         n = len(self.decoder_layers)
-        return DecoderState(encoder_out, [{} for _ in range(n)], [{} for _ in range(n)])
+        state = DecoderState(encoder_out, [{} for _ in range(n)], [{} for _ in range(n)])
+        if encoder_out is not None:
+            rows, device = encoder_out.out.size(0), encoder_out.out.device
+            for i, layer in enumerate(self.decoder_layers):
+                for module, caches in ((layer.self_attn, state.self_caches), (layer.cross_attn, state.cross_caches)):
+                    if isinstance(module, MAEAttention) and module.mode == "random_expert":
+                        caches[i][EXPERT_KEY] = torch.randint(module.n_experts, (rows,), device=device)
+        return state
 
     def reorder_decoder_state(self, state: DecoderState, order: Tensor, static: bool = True) -> None:
         """Select rows `order` of every cache (in place). `static=False` leaves the encoder output and the
@@ -208,6 +285,11 @@ class TransformerModel(nn.Module):
                 reorder_cache(cache, order)
             if state.encoder_out is not None:
                 state.encoder_out = state.encoder_out.index_select(order)
+        else:  # MAE's running gate input in a cross cache follows the hypotheses
+            for cache in state.cross_caches:
+                for key in MAE_CACHE_KEYS:
+                    if key in cache:
+                        cache[key] = cache[key].index_select(0, order)
 
     def decode(
         self,
@@ -240,6 +322,8 @@ class TransformerModel(nn.Module):
             )
         if caches is not None:
             caches.length += t
+        else:
+            self._target_padding = prev_output_tokens.eq(self.pad_idx)
         return self.output_layer(self.decoder_norm(x))
 
     def output_layer(self, x: Tensor) -> Tensor:
@@ -253,6 +337,28 @@ class TransformerModel(nn.Module):
         """Teacher-forced logits (B, T, V) and named auxiliary terms (none for this model).
         `src_lengths` is accepted for fairseq-style batches and unused: padding is read from pad_idx."""
         return self.decode(prev_output_tokens, self.encode(src_tokens)), {}
+
+    def mae_modules(self) -> Dict[str, MAEAttention]:
+        """MAE attention modules by slot name, e.g. 'encoder_self.0', 'encoder_decoder.5'."""
+        named = {}
+        for stack, layers in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
+            for i, layer in enumerate(layers):
+                for attr, slot in (("self_attn", f"{stack}_self"), ("cross_attn", "encoder_decoder")):
+                    module = getattr(layer, attr, None)
+                    if isinstance(module, MAEAttention):
+                        named[f"{slot}.{i}"] = module
+        return named
+
+    def parameter_breakdown(self) -> Dict[str, int]:
+        """Gate parameters (MAE), reported by dry runs beside the total."""
+        if self.cfg.attention != "mae":
+            return {}
+        pattern = re.compile(GATE_PARAM_PATTERN)
+        return {"gate_parameters": sum(p.numel() for n, p in self.named_parameters() if pattern.search(n))}
+
+    def metrics(self) -> Dict[str, float]:
+        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward."""
+        return mae_metrics(self.mae_modules(), self._target_padding)
 
     def max_decoder_positions(self) -> int:
         """Longest decoder input (start symbol + generated tokens) the position table covers."""

@@ -1,0 +1,155 @@
+"""`tk-analyze gates`: the mean MAE gate weight of every attention module (layer) and expert over a subset.
+
+Writes OUTPUT/gates.png (a layers x experts heatmap) and OUTPUT/gates.json (the numbers), both at once (atomic
+folder). The checkpoint's sentences of the subset are read in order (the first `max_sentences` of them) and
+run teacher-forced; a sequence-level gate (encoder self-attention) counts once per sentence, a per-position
+gate (decoder self- and encoder-decoder attention) once per real target position.
+
+  tk-analyze gates checkpoint=PATH [subset=valid] [output=DIR] [max_sentences=N] [batch_size=64] [data=DIR]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING, OmegaConf
+
+from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.data.atomic import atomic_output_dir
+from toolkit.errors import ConfigError
+
+
+@dataclass
+class GatesConfig:
+    """Arguments of `tk-analyze gates`."""
+
+    checkpoint: str = MISSING  # a tk-train checkpoint of a model with MAE attention (model.attention=mae)
+    subset: str = "valid"  # split of the checkpoint's dataset to run
+    output: Optional[str] = None  # folder for gates.png and gates.json (default: <checkpoint name>_gates/ beside it)
+    max_sentences: Optional[int] = None  # only the first N sentences of the subset (None: all)
+    batch_size: int = 64  # sentences per forward pass (the numbers do not depend on it)
+    data: Optional[str] = None  # dataset folder (default: the checkpoint's)
+    device: str = "cpu"  # cpu, cuda or auto
+
+
+def load_run(checkpoint: str, data: Optional[str], device: str) -> tuple[Any, Any, Optional[int]]:
+    """(task, model in eval mode on `device`, step) of a tk-train checkpoint."""
+    from toolkit.config.compose import load_registries
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.setup import build_run, resolve_device
+
+    load_registries()
+    state = load_checkpoint(checkpoint)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{checkpoint} is not a tk-train checkpoint (no config/model inside)")
+    cfg = OmegaConf.create(state["config"])
+    if data is not None:
+        cfg.data = data
+    run = build_run(cfg)
+    if not hasattr(run.model, "mae_modules") or not run.model.mae_modules():
+        raise ConfigError(f"{checkpoint}: model '{cfg.model.name}' has no MAE attention (needs model.attention=mae)")
+    run.model.load_state_dict(state["model"])
+    return run.task, run.model.to(resolve_device(device)).eval(), state.get("position", {}).get("step")
+
+
+@torch.no_grad()
+def mean_gates(task: Any, model: Any, subset: str, max_sentences: Optional[int], batch_size: int) -> Dict[str, Any]:
+    """Sum of gate rows and row counts per MAE module over the subset -> mean gate (modules x experts)."""
+    if subset not in getattr(task, "datasets", {}):
+        raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(getattr(task, 'datasets', {}))})")
+    modules = model.mae_modules()
+    if any(m.mae_gate is None for m in modules.values()):
+        raise ConfigError("mae.uniform=true: UNI-MAE has no gate to analyse")
+    n = len(task.datasets[subset][0])
+    n = min(n, max_sentences) if max_sentences is not None else n
+    device = next(model.parameters()).device
+    sums = {name: torch.zeros(m.n_experts, dtype=torch.float64) for name, m in modules.items()}
+    counts = dict.fromkeys(modules, 0)
+    for start in range(0, n, batch_size):
+        batch = task._collate(subset, np.arange(start, min(start + batch_size, n)))
+        net_input = {k: v.to(device) for k, v in batch["net_input"].items()}
+        model(**net_input)
+        target_padding = net_input["prev_output_tokens"].eq(model.pad_idx)
+        for name, module in modules.items():
+            g = module.last_gate.double()
+            rows = g if g.dim() == 2 else g[~target_padding]  # (rows, E)
+            sums[name] += rows.sum(0).cpu()
+            counts[name] += rows.size(0)
+    names = list(modules)
+    mean = torch.stack([sums[k] / max(counts[k], 1) for k in names])
+    entropy = -(mean * mean.clamp(min=1e-30).log()).sum(-1)
+    membership = next(iter(modules.values())).membership
+    return {
+        "layers": names,
+        "experts": [torch.nonzero(row).flatten().tolist() for row in membership],  # heads of each expert
+        "mean_gate": mean.tolist(),
+        "usage_entropy": entropy.tolist(),  # entropy of each module's mean gate; log(E) = balanced
+        "rows": [counts[k] for k in names],
+        "sentences": n,
+    }
+
+
+def render_png(report: Dict[str, Any]) -> bytes:
+    """Heatmap of the mean gate weight, modules (rows) x experts (columns), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = np.asarray(report["mean_gate"], dtype=float)
+    n_layers, n_experts = mean.shape
+    fig, ax = plt.subplots(figsize=(3 + 0.45 * n_experts, 1.5 + 0.35 * n_layers))
+    image = ax.imshow(mean, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(mean.max()), 1e-9))
+    ax.set_xticks(range(n_experts))
+    ax.set_xlabel("expert")
+    ax.set_yticks(range(n_layers), report["layers"])
+    if mean.size <= 400:
+        for (layer, expert), w in np.ndenumerate(mean):
+            color = "white" if w < mean.max() / 2 else "black"
+            ax.text(expert, layer, f"{w:.2f}", ha="center", va="center", fontsize=6, color=color)
+    fig.colorbar(image, ax=ax, label="mean gate weight")
+    step = f", step {report['step']}" if report.get("step") is not None else ""
+    title = f"{Path(report['checkpoint']).name}{step}: {report['subset']} ({report['sentences']} sentences)"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def analyze_gates(
+    checkpoint: str, subset: str = "valid", output_dir: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """Write gates.png and gates.json for a checkpoint; returns the report plus the paths written.
+    `overrides`: other GatesConfig fields (max_sentences, batch_size, data, device)."""
+    cfg = OmegaConf.structured(GatesConfig(checkpoint=checkpoint, subset=subset, output=output_dir))
+    apply_overrides(cfg, [(k, str(v)) for k, v in (overrides or {}).items() if v is not None])
+    task, model, step = load_run(cfg.checkpoint, cfg.data, cfg.device)
+    report = {"checkpoint": cfg.checkpoint, "step": step, "subset": cfg.subset}
+    report.update(mean_gates(task, model, cfg.subset, cfg.max_sentences, cfg.batch_size))
+    png = render_png(report)
+    folder = Path(cfg.output) if cfg.output else Path(checkpoint).with_name(Path(checkpoint).stem + "_gates")
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        (tmp / "gates.png").write_bytes(png)
+        (tmp / "gates.json").write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "png": str(folder / "gates.png"), "json": str(folder / "gates.json")}
+
+
+def run(args: List[str]) -> int:
+    """`tk-analyze gates checkpoint=PATH ...`; last stdout line: a JSON summary."""
+    cfg = OmegaConf.structured(GatesConfig)
+    apply_overrides(cfg, split_overrides(args))
+    check_complete(cfg)
+    extra = {k: cfg[k] for k in ("max_sentences", "batch_size", "data", "device")}
+    result = analyze_gates(cfg.checkpoint, cfg.subset, cfg.output, extra)
+    for name, row, h in zip(result["layers"], result["mean_gate"], result["usage_entropy"]):
+        print(f"{name}: top expert {int(np.argmax(row))} ({max(row):.3f}), usage entropy {h:.3f}")
+    print(json.dumps({k: result[k] for k in ("checkpoint", "step", "subset", "sentences", "png", "json")}))
+    return 0
