@@ -50,6 +50,9 @@ class CrossEntropyCriterion:
         ntokens = int(batch["ntokens"])
         nll = self.token_nll(model, output, batch["target"])
         aux_total, logs = weighted_aux(aux, self.aux_weights, step)
+        if "active_aux" in extra:
+            for name in inner.aux_term_names():  # a term switched off still shows its weight (0) in the logs
+                logs.setdefault(f"weight/{name}", 0.0)
         loss = nll + ntokens * aux_total
         logs.update({"loss": float(loss.detach()), "nll_loss": float(nll.detach()), "ntokens": ntokens})
         return loss, ntokens, logs

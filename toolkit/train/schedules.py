@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from toolkit.errors import ConfigError
 
@@ -63,6 +63,8 @@ class AuxWeights:
     def __init__(self, raw: Mapping[str, Any], max_update: int):
         self.max_update = max_update
         self.rules: list[tuple[re.Pattern[str], WeightScheduleConfig]] = []
+        if isinstance(raw, DictConfig):  # resolve ${model.n_layers}-style references against the whole config
+            raw = OmegaConf.to_container(raw, resolve=True)
         for key, value in raw.items():
             cfg = OmegaConf.structured(WeightScheduleConfig)
             try:
