@@ -8,13 +8,21 @@ weights and the FFN hidden units, optional dropout on the input embeddings and t
 
 The model returns logits and a dict of auxiliary terms ('span_l1': sum over layers of the mean span, when
 the span is adaptive); weighting them is the criterion's job.
+
+Two ways to call it:
+- `model(tokens, cache)` -> (logits, aux, new_cache): the caller carries the cache (evaluation, tests).
+- `model(tokens, target=..., reset=...)` -> (logits, aux): the trainer's contract (the criterion passes
+  `target`). The model carries the detached cache of the previous block of its streams itself; `reset=True`
+  (the first block of an epoch) starts from an empty cache, `reset=None` (independent windows) uses none.
+  `stream_state` / `load_stream_state` expose that cache so the task can checkpoint it per rank.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
@@ -24,6 +32,7 @@ from toolkit.errors import ConfigError
 from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.relative_attention import RelativeAttention
 from toolkit.modules.transformer_layer import FeedForward
+from toolkit.registry import MODELS
 
 Cache = List[Tensor]  # one (B, C_l, D) tensor of layer inputs per layer
 
@@ -68,6 +77,18 @@ class StreamingLMConfig:
     """Dropout on attention weights (context and persistent) and on FFN hidden units."""
     emb_dropout: float = 0.0
     """Dropout on the input embeddings and on the last hidden states."""
+
+
+@dataclass
+class StreamingLMModelConfig(StreamingLMConfig):
+    """The `model=streaming_lm` config group: StreamingLMConfig with sizes taken from the task when 0."""
+
+    vocab_size: int = 0
+    """Output classes; 0 = the task's vocabulary size."""
+    block_size: int = 0
+    """Tokens per streamed block; 0 = the task's tokens_per_sample (a non-zero value must equal it)."""
+    name: str = "streaming_lm"
+    """Registry name."""
 
 
 def validate_config(cfg: StreamingLMConfig) -> None:
@@ -126,6 +147,7 @@ def keep_last(cache: Tensor, h: Tensor, length: int) -> Tensor:
     return torch.cat([older, h], dim=1).detach()
 
 
+@MODELS.register("streaming_lm", StreamingLMModelConfig)
 class StreamingLM(nn.Module):
     """Decoder-only LM over streamed blocks with per-layer caches (see the module docstring)."""
 
@@ -133,6 +155,7 @@ class StreamingLM(nn.Module):
         super().__init__()
         validate_config(cfg)
         self.cfg = cfg
+        self._stream_cache: Optional[Cache] = None  # training streams' cache (trainer contract), not a buffer
         head_dim = cfg.d_model // cfg.n_heads
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         # one table for all layers and heads, column S-1-x for distance x (the reference's N(0, 1) init)
@@ -151,7 +174,42 @@ class StreamingLM(nn.Module):
         weight = self.embed.weight
         return [weight.new_zeros(batch, 0, self.cfg.d_model) for _ in self.layers]
 
+    @classmethod
+    def build(cls, cfg: Any, task: Any) -> "StreamingLM":
+        """The model of a `model=streaming_lm` config for a task (vocabulary and block length from it)."""
+        values = {f.name: cfg[f.name] for f in fields(StreamingLMConfig)}
+        values["vocab_size"] = cfg.vocab_size or task.vocab_size
+        task_block = int(getattr(task.cfg, "tokens_per_sample", 0) or 0)
+        if cfg.block_size and task_block and cfg.block_size != task_block:
+            raise ConfigError(
+                f"model.block_size={cfg.block_size} differs from task.tokens_per_sample={task_block} "
+                "(the streamed block length); set model.block_size=0 to take the task's"
+            )
+        values["block_size"] = cfg.block_size or task_block or StreamingLMConfig.block_size
+        return cls(StreamingLMConfig(**values))
+
     def forward(
+        self,
+        tokens: Tensor,
+        cache: Optional[Cache] = None,
+        target: Optional[Tensor] = None,
+        reset: Optional[bool] = None,
+    ) -> tuple[Tensor, ...]:
+        """With `target` (the trainer): (logits, aux), carrying the streams' cache itself (module docstring).
+        Without: tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of the streams."""
+        if target is None:
+            return self.forward_block(tokens, cache)
+        if cache is not None:
+            raise ValueError("pass either an explicit cache or target= (the model then carries the cache)")
+        carried = self._stream_cache if reset is not None and not reset else None
+        if carried is not None and carried[0].size(0) != tokens.size(0):
+            raise ValueError(f"the carried cache holds {carried[0].size(0)} streams, the batch {tokens.size(0)}")
+        logits, aux, new_cache = self.forward_block(tokens, carried)
+        if reset is not None:
+            self._stream_cache = new_cache
+        return logits, aux
+
+    def forward_block(
         self, tokens: Tensor, cache: Optional[Cache] = None
     ) -> tuple[Tensor, Dict[str, Tensor], Cache]:
         """tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of these streams."""
@@ -193,3 +251,47 @@ class StreamingLM(nn.Module):
             layer.attn.span.window_length() if layer.attn.span is not None else self.cfg.attn_span
             for layer in self.layers
         ]
+
+    # ---- the trainer's hooks ---------------------------------------------------------------------------
+    def after_update(self) -> None:
+        """Called by the trainer after every optimizer step: spans back into [0, S]."""
+        self.clamp_spans()
+
+    def metrics(self) -> Dict[str, float]:
+        """Learned spans for the training log: per layer and head, their mean and max, the largest window."""
+        if not self.cfg.adaptive_span:
+            return {}
+        spans = self.span_stats()
+        named = {f"span/layer{layer}_head{head}": float(z) for (layer, head), z in np.ndenumerate(spans.numpy())}
+        named.update({"span/mean": float(spans.mean()), "span/max": float(spans.max())})
+        named["span/window_max"] = float(max(self.current_windows()))
+        return named
+
+    def parameter_breakdown(self) -> Dict[str, int]:
+        """Parameter counts by part (for dry runs)."""
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        persistent = sum(count(layer.attn.persistent) for layer in self.layers if layer.attn.persistent is not None)
+        return {
+            "embedding_parameters": count(self.embed),
+            "position_key_parameters": self.key_pe.numel(),
+            "layer_parameters": count(self.layers),
+            "persistent_memory_parameters": persistent,
+            "output_parameters": count(self.output),
+        }
+
+    # ---- the training streams' cache -----------------------------------------------------------------
+    def stream_state(self) -> Optional[List[Tensor]]:
+        """The carried training cache (CPU copies), or None before the first stream block."""
+        if self._stream_cache is None:
+            return None
+        return [c.detach().cpu().clone() for c in self._stream_cache]
+
+    def load_stream_state(self, state: Optional[List[Tensor]]) -> None:
+        """Restore a cache from `stream_state` (None: start the next block without one)."""
+        if state is None:
+            self._stream_cache = None
+            return
+        if len(state) != len(self.layers):
+            raise ValueError(f"stream cache has {len(state)} entries for {len(self.layers)} layers")
+        device = self.embed.weight.device
+        self._stream_cache = [c.to(device) for c in state]

@@ -1,8 +1,14 @@
-"""Character-level language modelling (text8, enwik8): random windows for training, bpc for evaluation."""
+"""Character-level language modelling (text8, enwik8): random windows for training, bpc for evaluation.
+
+`task.mode=stream` trains on contiguous streams instead (toolkit.tasks.stream_lm_data), for models that carry a
+cache across blocks (streaming_lm); the task then checkpoints that cache per rank through its state_dict.
+`task.eval_protocol=stream` scores a split as 8 contiguous sub-streams with the cache carried.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -15,6 +21,7 @@ from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
+from toolkit.tasks.stream_lm_data import StreamLayout, score_substreams
 
 
 @dataclass
@@ -31,6 +38,9 @@ class CharLMConfig:
     eval_batch_size: int = 32  # windows per evaluation batch
     valid_max_tokens: int = 0  # score at most this many tokens during training validation (0 = all)
     eval_max_tokens: int = 0  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
+    mode: str = "random"  # training batches: 'random' windows, or 'stream': batch_size * world_size contiguous
+    #                       streams read block by block (tokens_per_sample), for models with a cache (streaming_lm)
+    eval_streams: int = 8  # eval_protocol=stream: contiguous sub-streams a split is cut into (cache carried)
 
 
 @TASKS.register("char_lm", CharLMConfig)
@@ -53,15 +63,53 @@ class CharLMTask(Task):
                 )
         else:
             self.vocab_size = cfg.vocab_size
+        if cfg.mode not in MODES:
+            raise ConfigError(f"task.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
+        self.streams: Optional[StreamLayout] = None
+        if cfg.mode == "stream" and "train" in self.splits:
+            self.streams = StreamLayout.build(
+                len(self.splits["train"]), cfg.batch_size * world_size, cfg.tokens_per_sample, seed, f"{data_dir}/train"
+            )
+        self.stream_model: Optional[nn.Module] = None  # the model whose training cache this task checkpoints
+
+    def build_model(self, model_cfg: Any) -> nn.Module:
+        model = super().build_model(model_cfg)
+        if self.cfg.mode == "stream":
+            if not hasattr(model, "stream_state"):
+                raise ConfigError(
+                    f"task.mode=stream needs a model that carries a cache across blocks (streaming_lm); "
+                    f"model '{model_cfg.name}' has none"
+                )
+            self.stream_model = model
+        return model
+
+    def state_dict(self) -> Dict[str, Any]:
+        """This rank's training-stream cache (stream mode), so that a resumed run continues exactly."""
+        if self.stream_model is None:
+            return {}
+        return {"stream_cache": self.stream_model.stream_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if self.stream_model is not None and "stream_cache" in state:
+            self.stream_model.load_stream_state(state["stream_cache"])
 
     def epoch_length(self, epoch: int) -> int:
+        if self.streams is not None:
+            blocks = self.streams.blocks(epoch)
+            return min(blocks, self.cfg.batches_per_epoch) if self.cfg.batches_per_epoch else blocks
         if self.cfg.batches_per_epoch:
             return self.cfg.batches_per_epoch
         per_batch = self.cfg.batch_size * self.world_size * self.cfg.tokens_per_sample
         return max(1, len(self.splits["train"]) // per_batch)
 
     def train_batch(self, epoch: int, index: int) -> Batch:
-        """Windows at random offsets; the global batch is drawn from (seed, epoch, index), each rank takes its rows."""
+        """Windows at random offsets; the global batch is drawn from (seed, epoch, index), each rank takes its rows.
+        Stream mode: block `index` of this rank's streams; the first block of an epoch resets the cache."""
+        if self.streams is not None:
+            size = self.cfg.batch_size
+            rows = slice(self.rank * size, (self.rank + 1) * size)
+            inputs, targets = self.streams.batch(self.splits["train"], epoch, index, rows)
+            return {"net_input": {"tokens": inputs, "reset": index == 0}, "target": targets, "ntokens": targets.numel()}
         data, window, size = self.splits["train"], self.cfg.tokens_per_sample, self.cfg.batch_size
         rng = np.random.default_rng([self.seed, epoch, index])
         offsets = rng.integers(0, len(data) - window - 1, size=size * self.world_size)
@@ -75,17 +123,36 @@ class CharLMTask(Task):
         if subset not in self.splits:
             raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.splits)})")
         window = self.cfg.eval_window or self.cfg.tokens_per_sample
+        max_tokens = self.cfg.valid_max_tokens if during_training else self.cfg.eval_max_tokens
+        if self.cfg.eval_protocol == "stream":
+            return self._evaluate_streams(model, subset, device, window, max_tokens)
         stride = eval_stride(self.cfg.eval_protocol, self.cfg.eval_stride, window)
+        start = time.perf_counter()
         nll, count = score_stream(
-            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device,
-            self.cfg.valid_max_tokens if during_training else self.cfg.eval_max_tokens,
+            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device, max_tokens
         )
         loss = nll / max(count, 1)
         return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
-                "protocol": self.cfg.eval_protocol, "window": window, "stride": stride, "context": window - stride}
+                "protocol": self.cfg.eval_protocol, "window": window, "stride": stride, "context": window - stride,
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    def _evaluate_streams(
+        self, model: nn.Module, subset: str, device: torch.device, block: int, max_tokens: int
+    ) -> Dict[str, Any]:
+        """bpc over every target, the split read as eval_streams sub-streams in blocks, cache carried."""
+        if not hasattr(model, "init_cache"):
+            raise ConfigError("task.eval_protocol=stream needs a model that carries a cache across blocks (streaming_lm)")
+        if self.cfg.eval_streams <= 0:
+            raise ConfigError(f"task.eval_streams must be positive, got {self.cfg.eval_streams}")
+        start = time.perf_counter()
+        nll, count = score_substreams(model, self.splits[subset], self.cfg.eval_streams, block, device, max_tokens)
+        loss = nll / max(count, 1)
+        return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count, "protocol": "stream",
+                "streams": self.cfg.eval_streams, "block": block, "seconds": round(time.perf_counter() - start, 3)}
 
 
-PROTOCOLS = ("windows", "exact", "fast")
+PROTOCOLS = ("windows", "exact", "fast", "stream")
+MODES = ("random", "stream")
 
 
 def eval_stride(protocol: str, stride: int, window: int) -> int:

@@ -1,0 +1,158 @@
+"""`tk-analyze spans`: the learned attention span of every layer and head of a streaming_lm checkpoint.
+
+Writes OUTPUT/spans.png (a layers x heads heatmap, and per layer the heads' spans sorted, as bars, like
+figure 3 of Sukhbaatar et al. 2019) and OUTPUT/spans.json (the numbers), both at once (atomic folder).
+Static spans are read from the weights; dynamic spans (predicted from the input) are the mean predicted span
+over the first blocks of the validation split, which needs the checkpoint's data folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING, OmegaConf
+
+from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.data.atomic import atomic_output_dir
+from toolkit.errors import ConfigError, DataError
+from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+
+DYNAMIC_SAMPLE_STREAMS = 8  # dynamic spans: rows of the validation blocks the mean predicted span is taken over
+
+
+@dataclass
+class SpansConfig:
+    """Arguments of `tk-analyze spans`."""
+
+    checkpoint: str = MISSING  # a tk-train checkpoint of a streaming_lm model
+    output: Optional[str] = None  # folder for spans.png and spans.json (default: beside the checkpoint,
+    #                               <checkpoint name>_spans/)
+    data: Optional[str] = None  # dynamic spans only: the dataset folder (default: the checkpoint's)
+
+
+def load_model(state: Dict[str, Any], path: str) -> StreamingLM:
+    """The checkpoint's StreamingLM with its weights (built on the meta device, then given the saved tensors)."""
+    model_cfg = state["config"]["model"]
+    if model_cfg.get("name") != "streaming_lm":
+        raise ConfigError(f"{path}: model '{model_cfg.get('name')}' has no learned attention spans (needs streaming_lm)")
+    values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
+    values["vocab_size"] = int(state["model"]["embed.weight"].shape[0])
+    values["block_size"] = values.get("block_size") or int(state["config"]["task"].get("tokens_per_sample", 1))
+    with torch.device("meta"):
+        model = StreamingLM(StreamingLMConfig(**values))
+    model.load_state_dict(state["model"], assign=True)
+    return model.eval()
+
+
+@torch.no_grad()
+def observe_dynamic_spans(model: StreamingLM, state: Dict[str, Any], data: Optional[str]) -> None:
+    """Run the first validation blocks through a dynamic-span model so that span_stats has something to average."""
+    from toolkit.data.char_corpus import load_char_split
+
+    folder = data or state["config"].get("data")
+    if not folder or not Path(folder).is_dir():
+        raise DataError(f"dynamic spans depend on the input: the dataset folder is needed (data={folder})")
+    block = model.cfg.block_size
+    tokens = np.asarray(load_char_split(folder, "valid")[: DYNAMIC_SAMPLE_STREAMS * block], dtype=np.int64)
+    rows = len(tokens) // block
+    if rows == 0:
+        raise DataError(f"{folder}/valid holds fewer than {block} tokens")
+    model(torch.from_numpy(tokens[: rows * block]).view(rows, block))
+
+
+def span_report(model: StreamingLM, checkpoint: str, step: Optional[int]) -> Dict[str, Any]:
+    """The numbers of spans.json."""
+    spans = model.span_stats()
+    cfg = model.cfg
+    kind = "fixed" if not cfg.adaptive_span else ("dynamic" if cfg.dynamic_span else "static")
+    return {
+        "checkpoint": checkpoint,
+        "step": step,
+        "kind": kind,
+        "max_span": cfg.attn_span,
+        "ramp": cfg.span_ramp,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "persistent_memory": cfg.persistent_memory,
+        "spans": spans.tolist(),  # [layer][head], in tokens
+        "windows": model.current_windows(),  # keys per query each layer computes (trimmed length)
+        "layer_mean": spans.mean(dim=1).tolist(),
+        "layer_max": spans.max(dim=1).values.tolist(),
+        "mean_span": float(spans.mean()),
+        "max_span_learned": float(spans.max()),
+    }
+
+
+def render_png(report: Dict[str, Any]) -> bytes:
+    """Heatmap (layers x heads) and sorted per-layer bars of the spans, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spans = np.asarray(report["spans"], dtype=float)
+    n_layers, n_heads = spans.shape
+    fig, (heat, bars) = plt.subplots(1, 2, figsize=(6 + 0.5 * n_heads + 0.25 * n_layers, 0.35 * n_layers + 3))
+    top = max(float(spans.max()), 1.0)  # colour scale up to the longest learned span, for contrast
+    image = heat.imshow(spans, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=top)
+    heat.set_xlabel("head")
+    heat.set_ylabel("layer")
+    heat.set_xticks(range(n_heads))
+    heat.set_yticks(range(n_layers))
+    if spans.size <= 256:
+        for (layer, head), z in np.ndenumerate(spans):
+            heat.text(head, layer, f"{z:.0f}", ha="center", va="center", fontsize=7, color="white" if z < top / 2 else "black")
+    fig.colorbar(image, ax=heat, label="span z (tokens)")
+    heat.set_title(f"learned span ({report['kind']}), S = {report['max_span']}")
+    # the paper's figure: for each layer, its heads' spans in increasing order
+    width = 0.8 / n_heads
+    x = np.arange(n_layers)[:, None] + (np.arange(n_heads)[None, :] - (n_heads - 1) / 2) * width
+    bars.bar(x.ravel(), np.sort(spans, axis=1).ravel(), width=width, color="tab:blue")
+    bars.set_xticks(range(n_layers))
+    bars.set_xlabel("layer (heads sorted by span)")
+    bars.set_ylabel(f"span z (tokens; keys reach z + R, R = {report['ramp']})")
+    bars.set_title(f"mean span {report['mean_span']:.0f}")
+    fig.suptitle(Path(report["checkpoint"]).name + (f", step {report['step']}" if report["step"] is not None else ""))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def analyze_spans(checkpoint: str, output: Optional[str] = None, data: Optional[str] = None) -> Dict[str, Any]:
+    """Write spans.png and spans.json for a checkpoint; returns the report plus the paths written."""
+    from toolkit.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    if "config" not in state or "model" not in state:
+        raise ConfigError(f"{checkpoint} is not a tk-train checkpoint (no config/model inside)")
+    model = load_model(state, checkpoint)
+    if model.cfg.dynamic_span:
+        observe_dynamic_spans(model, state, data)
+    report = span_report(model, checkpoint, state.get("position", {}).get("step"))
+    png = render_png(report)
+    folder = Path(output) if output else Path(checkpoint).with_name(Path(checkpoint).stem + "_spans")
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        (tmp / "spans.png").write_bytes(png)
+        (tmp / "spans.json").write_text(json.dumps(report, indent=2) + "\n")
+    return {**report, "png": str(folder / "spans.png"), "json": str(folder / "spans.json")}
+
+
+def run(args: List[str]) -> int:
+    """`tk-analyze spans checkpoint=PATH [output=DIR] [data=DIR]`; last stdout line: a JSON summary."""
+    cfg = OmegaConf.structured(SpansConfig)
+    apply_overrides(cfg, split_overrides(args))
+    check_complete(cfg)
+    result = analyze_spans(cfg.checkpoint, cfg.output, cfg.data)
+    for layer, (mean, top) in enumerate(zip(result["layer_mean"], result["layer_max"])):
+        print(f"layer {layer}: mean span {mean:.1f}, max {top:.1f}, window {result['windows'][layer]}")
+    summary = {k: result[k] for k in ("checkpoint", "step", "kind", "mean_span", "max_span_learned", "png", "json")}
+    print(json.dumps(summary))
+    return 0
