@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from toolkit.config.compose import compose_train_config
-from toolkit.train.param_groups import build_param_groups
-from toolkit.train.setup import build_run
-from toolkit.train.trainer import Trainer
+from toolkit.train.run import single_process_trainer
 
 COMMON = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.dropout=0.0",
           "task.tokens_per_sample=256", "task.batch_size=16", "tensorboard=false", "lr_scheduler.warmup_updates=0"]
@@ -27,11 +25,8 @@ COMMON = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_f
 
 def make_step(preset: str, data: str, run_dir: Path):
     cfg = compose_train_config(preset, [f"data={data}", *COMMON])
-    run = build_run(cfg)
-    groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
-    trainer = Trainer(cfg, run.task, run.model, run.criterion, groups, torch.device("cpu"), run_dir)
-    run.model.train()
-    return trainer.train_step, sum(p.numel() for p in run.model.parameters())
+    trainer = single_process_trainer(cfg, run_dir)
+    return trainer.train_step, sum(p.numel() for p in trainer.model.parameters())
 
 
 def main() -> None:

@@ -21,9 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.config.compose import compose_train_config
-from toolkit.train.param_groups import build_param_groups
-from toolkit.train.setup import build_run
-from toolkit.train.trainer import Trainer
+from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
     # the foundation issue's workload
@@ -75,26 +73,23 @@ def main() -> None:
 
     workload = WORKLOADS.get(args.config, [])
     cfg = compose_train_config(args.config, [f"data={args.data}", *workload, *COMMON, *args.overrides])
-    run = build_run(cfg)
-    groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run.task, run.model, run.criterion, groups, torch.device("cpu"), Path(run_dir))
-        run.model.train()
-        reference = run.task.build_model(cfg.model)
-        reference.load_state_dict(run.model.state_dict())
+        trainer = single_process_trainer(cfg, Path(run_dir))
+        reference = trainer.task.build_model(cfg.model)
+        reference.load_state_dict(trainer.model.state_dict())
         reference.train()
         smoothing = cfg.criterion.get("label_smoothing", 0.0)
-        plain = plain_loop(reference, run.task, cfg.optimizer.lr, cfg.optimizer.betas, smoothing)
+        plain = plain_loop(reference, trainer.task, cfg.optimizer.lr, cfg.optimizer.betas, smoothing)
         toolkit_step = trainer.train_step
         timed(plain, args.warmup), timed(toolkit_step, args.warmup)
         # tokens per step, averaged over the batches the timed steps see (token batching varies in size)
-        tokens = statistics.mean(run.task.train_batch(1, i)["ntokens"] for i in range(min(50, run.task.epoch_length(1))))
+        tokens = statistics.mean(trainer.task.train_batch(1, i)["ntokens"] for i in range(min(50, trainer.task.epoch_length(1))))
         plain_tps, toolkit_tps = [], []
         for _ in range(args.rounds):
             plain_tps.append(tokens / timed(plain, args.steps))
             toolkit_tps.append(tokens / timed(toolkit_step, args.steps))
     p, t = statistics.median(plain_tps), statistics.median(toolkit_tps)
-    params = sum(x.numel() for x in run.model.parameters())
+    params = sum(x.numel() for x in trainer.model.parameters())
     print(f"workload: {args.config}: {cfg.model.name} {params:,} params, {tokens:.0f} tokens per step, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")

@@ -27,9 +27,8 @@ import torch
 
 from toolkit.config.compose import compose_train_config
 from toolkit.tasks.language_modeling import score_with_context
-from toolkit.train.param_groups import build_param_groups
+from toolkit.train.run import single_process_trainer
 from toolkit.train.setup import build_run
-from toolkit.train.trainer import Trainer
 
 WORKLOAD = [
     "model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.dropout=0.0",
@@ -70,15 +69,12 @@ def timed(step: Callable[[], None], n: int) -> float:
 
 def bench_train(args: argparse.Namespace) -> None:
     cfg = compose_train_config(args.config, [f"data={args.data}", *WORKLOAD, *args.overrides])
-    run = build_run(cfg)
-    groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run.task, run.model, run.criterion, groups, torch.device("cpu"), Path(run_dir))
-        run.model.train()
-        reference = run.task.build_model(cfg.model)
-        reference.load_state_dict(run.model.state_dict())
+        trainer = single_process_trainer(cfg, Path(run_dir))
+        reference = trainer.task.build_model(cfg.model)
+        reference.load_state_dict(trainer.model.state_dict())
         reference.train()
-        plain = plain_loop(reference, run.task.splits["train"], cfg.task.batch_size, cfg.task.tokens_per_sample,
+        plain = plain_loop(reference, trainer.task.splits["train"], cfg.task.batch_size, cfg.task.tokens_per_sample,
                            cfg.optimizer.lr, cfg.optimizer.betas)
         toolkit_step = trainer.train_step
         timed(plain, args.warmup), timed(toolkit_step, args.warmup)
@@ -89,9 +85,9 @@ def bench_train(args: argparse.Namespace) -> None:
             plain_tps.append(tokens / timed(plain, args.steps))
             toolkit_tps.append(tokens / timed(toolkit_step, args.steps))
     p, t = statistics.median(plain_tps), statistics.median(toolkit_tps)
-    params = sum(x.numel() for x in run.model.parameters())
+    params = sum(x.numel() for x in trainer.model.parameters())
     print(f"workload: {cfg.model.name} (adaptive input/softmax, cutoffs {list(cfg.model.adaptive_cutoffs)}) "
-          f"{params:,} params, vocab {run.task.vocab_size}, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
+          f"{params:,} params, vocab {trainer.task.vocab_size}, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, {args.clock} clock")
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")

@@ -7,7 +7,7 @@ config into Hydra's ConfigStore under the registry's group, so that `model=NAME`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Generic, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
 

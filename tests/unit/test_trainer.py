@@ -6,13 +6,11 @@ import math
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from tests.conftest import tiny_char_args
 from toolkit.config.compose import compose_train_config
 from toolkit.errors import DIVERGED_EXIT
-from toolkit.train.param_groups import build_param_groups
-from toolkit.train.setup import build_run
+from toolkit.train.run import single_process_trainer
 from toolkit.train.trainer import Trainer
 
 
@@ -20,9 +18,7 @@ def make_trainer(data: Path, run_dir: Path, **overrides) -> Trainer:
     args = tiny_char_args(data, run_dir, **{"model.n_layers": 2, **overrides})
     cfg = compose_train_config("text8_char_tiny", args[1:])
     run_dir.mkdir(parents=True, exist_ok=True)
-    run = build_run(cfg)
-    groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
-    return Trainer(cfg, run.task, run.model, run.criterion, groups, torch.device("cpu"), run_dir)
+    return single_process_trainer(cfg, run_dir)
 
 
 GROUP = "{params: 'layers\\.0\\.', optimizer: {name: sgd, lr: 0.5}, lr_scheduler: {name: constant}}"

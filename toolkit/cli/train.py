@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from omegaconf import OmegaConf

@@ -19,7 +19,7 @@ from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
-from toolkit.train.setup import build_run, parameter_summary, resolve_device
+from toolkit.train.setup import build_run, parameter_summary
 from toolkit.train.trainer import Trainer
 
 log = logging.getLogger("toolkit.train")
@@ -92,3 +92,11 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
             if rank == 0:
                 print(json.dumps(metrics), flush=True)
         return code
+
+
+def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch.device("cpu")) -> Trainer:
+    """A Trainer for in-process use (benchmarks, tests): one process, no resume, no run files."""
+    run = build_run(cfg)
+    run.model.to(device).train()
+    groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
+    return Trainer(cfg, run.task, run.model, run.criterion, groups, device, Path(run_dir))
