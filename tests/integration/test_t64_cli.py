@@ -37,9 +37,12 @@ def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_sma
     assert [r["step"] for r in rows] == list(range(1, 9))
     for row in rows:
         done = row["step"] - 1  # updates completed before this one: the step its weights are taken at
-        layers = sorted(k for k in row if k.startswith("weight/layer_"))
-        assert layers == [f"weight/layer_{l}_nll" for l in range(done + 1, 4)], row
-        assert all(row[k] == 1.0 for k in layers) and row["weight/target_2_nll"] == 0.5
+        weights = {k: v for k, v in row.items() if k.startswith("weight/layer_")}
+        # every term's weight is logged; those switched off show 0
+        assert sorted(weights) == [f"weight/layer_{l}_nll" for l in range(1, 4)], row
+        on = [name for name, w in sorted(weights.items()) if w > 0]
+        assert on == [f"weight/layer_{l}_nll" for l in range(done + 1, 4)], row
+        assert all(weights[k] == 1.0 for k in on) and row["weight/target_2_nll"] == 0.5
         assert row["loss"] > row["nll"]  # the weighted auxiliary terms are on top of the reported nll
     capsys.readouterr()
 

@@ -34,6 +34,11 @@ def all_reduce_sums(values: Dict[str, float]) -> Dict[str, float]:
     return dict(zip(keys, tensor.tolist()))
 
 
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is True on at least one (e.g. a signal reached one rank)."""
     if not is_distributed():

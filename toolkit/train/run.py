@@ -91,6 +91,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
             metrics["checkpoint"] = str(best if best.is_file() else run_dir / ckpt.LAST)
             if rank == 0:
                 print(json.dumps(metrics), flush=True)
+        if world_size > 1:
+            comm.barrier()  # leave together: a rank tearing down while a peer still talks to it can abort
         return code
 
 
