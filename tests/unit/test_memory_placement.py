@@ -41,3 +41,22 @@ def test_after_layer_in_translation_decoder_and_usage_monitor():
     name = "pkm/decoder_layers.0.memory"
     # 3 x 5 decoder positions, 2 heads, k = 4: at least 4 distinct slots, at most all 64
     assert 4 / 64 <= report[f"{name}_usage"] <= 1.0 and report[f"{name}_kl_uniform"] >= 0.0
+
+
+def test_resume_keeps_the_memory_optimizer_state(text8_small, tmp_path):
+    """A PKM run saved and resumed equals the straight run, values' own Adam state included."""
+    from tests.conftest import tiny_char_args
+    from toolkit.cli.train import main as train_main
+    from toolkit.train.checkpoint import load_checkpoint
+
+    extra = {"memory.layers": "[0]", "memory.pkm": SMALL,
+             "param_groups.pkm_values": "{params: '(^|\\.)memory_values\\.weight$', optimizer: {name: adam, lr: 0.001}}"}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train_main(tiny_char_args(text8_small, straight, **extra)) == 0
+    assert train_main(tiny_char_args(text8_small, resumed, max_update=4, **extra)) == 0
+    assert "exp_avg" in load_checkpoint(resumed / "checkpoint_last.pt")["optimizers"]["pkm_values"]["state"][0]
+    assert train_main(tiny_char_args(text8_small, resumed, **extra)) == 0
+    a, b = load_checkpoint(straight / "checkpoint_last.pt"), load_checkpoint(resumed / "checkpoint_last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(a["optimizers"]["pkm_values"]["state"][0][key], b["optimizers"]["pkm_values"]["state"][0][key])
