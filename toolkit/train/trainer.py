@@ -152,15 +152,13 @@ class Trainer:
         groups = self._set_trainable()
         summed: Dict[str, float] = {k: 0.0 for k in SUMMED_LOGS}
         latest: Dict[str, float] = {}
-        sample_size = 0
         for micro in range(self.cfg.update_freq):
             batch = to_device(self.task.train_batch(self.epoch, self.index), self.device)
             self._next_position()
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
-                loss, size, logs = self.criterion(self.forward_model, batch, self.step)
+                loss, _, logs = self.criterion(self.forward_model, batch, self.step)  # sample size is logs["ntokens"]
                 self.scaler.scale(loss).backward()
-            sample_size += size
             for key, value in logs.items():
                 if key in summed:
                     summed[key] += value
