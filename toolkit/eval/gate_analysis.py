@@ -21,7 +21,7 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
-from toolkit.data.atomic import atomic_output_dir
+from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError
 
 
@@ -135,11 +135,7 @@ def analyze_gates(
     report = {"checkpoint": cfg.checkpoint, "step": step, "subset": cfg.subset}
     report.update(mean_gates(task, model, cfg.subset, cfg.max_sentences, cfg.batch_size))
     png = render_png(report)
-    folder = Path(cfg.output) if cfg.output else Path(checkpoint).with_name(Path(checkpoint).stem + "_gates")
-    with atomic_output_dir(folder, overwrite=True) as tmp:
-        (tmp / "gates.png").write_bytes(png)
-        (tmp / "gates.json").write_text(json.dumps(report, indent=2) + "\n")
-    return {**report, "png": str(folder / "gates.png"), "json": str(folder / "gates.json")}
+    return write_analysis(checkpoint, cfg.output, "gates", report, png)
 
 
 def run(args: List[str]) -> int:

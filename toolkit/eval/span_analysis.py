@@ -19,7 +19,7 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
-from toolkit.data.atomic import atomic_output_dir
+from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError, DataError
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 
@@ -138,11 +138,7 @@ def analyze_spans(checkpoint: str, output: Optional[str] = None, data: Optional[
         observe_dynamic_spans(model, state, data)
     report = span_report(model, checkpoint, state.get("position", {}).get("step"))
     png = render_png(report)
-    folder = Path(output) if output else Path(checkpoint).with_name(Path(checkpoint).stem + "_spans")
-    with atomic_output_dir(folder, overwrite=True) as tmp:
-        (tmp / "spans.png").write_bytes(png)
-        (tmp / "spans.json").write_text(json.dumps(report, indent=2) + "\n")
-    return {**report, "png": str(folder / "spans.png"), "json": str(folder / "spans.json")}
+    return write_analysis(checkpoint, output, "spans", report, png)
 
 
 def run(args: List[str]) -> int:
