@@ -17,6 +17,7 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT8_SAMPLE = REPO / "data" / "text8" / "text8-prefix-5M.xz"
+WIKITEXT2_TEST = REPO / "data" / "wikitext2" / "wiki.test.tokens.xz"
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,18 @@ def text8_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
         raw.write_bytes(handle.read(200_000))
     dest = root / "bin"
     preprocess_char_corpus("text8", raw, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def wikitext_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real word dataset from the first 270 lines of the shipped WikiText-2 test file (train 200, 50, 20 lines)."""
+    from toolkit.data.word_corpus import bytes_source, write_word_dataset
+
+    lines = lzma.decompress(WIKITEXT2_TEST.read_bytes()).splitlines(keepends=True)[:270]
+    parts = {"train": lines[:200], "valid": lines[200:250], "test": lines[250:270]}
+    dest = tmp_path_factory.mktemp("wikitext_small") / "bin"
+    write_word_dataset({k: bytes_source(k, b"".join(v)) for k, v in parts.items()}, dest)
     return dest
 
 

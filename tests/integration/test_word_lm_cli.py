@@ -1,4 +1,5 @@
-"""Word LM end to end: the shipped sample through tk-train and tk-eval (subprocesses); the WT103 preset's dry run."""
+"""Word LM end to end: the shipped sample through tk-train and tk-eval (subprocesses), blocks and streamed;
+the WT103 preset's dry run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
@@ -26,9 +29,15 @@ def last_json(result: subprocess.CompletedProcess) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_train_and_eval_on_the_shipped_sample(tmp_path: Path):
-    data, run_dir = tmp_path / "wt2", tmp_path / "run"
+@pytest.fixture(scope="module")
+def wt2_sample(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("wt2") / "bin"
     assert preprocess_main(["config=wikitext2_sample", f"destdir={data}"]) == 0
+    return data
+
+
+def test_train_and_eval_on_the_shipped_sample(wt2_sample: Path, tmp_path: Path):
+    data, run_dir = wt2_sample, tmp_path / "run"
     meta = json.loads((data / "meta.json").read_text())
     tiny = ["model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "model.max_positions=32", "model.adaptive_cutoffs=[200,2000]",
             "task.tokens_per_sample=32", "task.batch_size=4", "task.valid_max_tokens=2000"]
@@ -53,3 +62,19 @@ def test_wt103_preset_dry_run_reports_247m_parameters(capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (summary["model"], summary["task"], summary["vocab_size"]) == ("transformer_lm", "language_modeling", 267744)
     assert abs(summary["parameters"] - 247e6) / 247e6 < 0.01
+
+
+def test_streamed_all_attention_word_lm_trains_and_scores_every_test_token(wt2_sample: Path, tmp_path: Path):
+    run_dir = tmp_path / "stream"
+    tiny = ["model.n_layers=1", "model.d_model=16", "model.n_heads=2", "model.persistent_memory=8",
+            "model.attn_span=64", "task.tokens_per_sample=16", "task.batch_size=4", "task.valid_max_tokens=500"]
+    train = run("train", "config=all_attention_tiny_wikitext2", f"data={wt2_sample}", f"run_dir={run_dir}",
+                "max_update=4", "validate_interval=2", "save_interval=4", "final_subset=null", "tensorboard=false",
+                "progress=plain", *tiny)
+    assert "model streaming_lm:" in train.stderr
+    valid = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["tokens"], r["protocol"]) for r in valid if r["kind"] == "valid"] == [(500, "stream")] * 2
+    metrics = last_json(run("eval", f"checkpoint={run_dir / 'checkpoint_last.pt'}", "subset=test"))
+    meta = json.loads((wt2_sample / "meta.json").read_text())
+    assert metrics["tokens"] == meta["splits"]["test"]["tokens"] and metrics["streams"] == 8
+    assert math.isclose(metrics["ppl"], math.exp(metrics["loss"]), rel_tol=1e-9) and metrics["step"] == 4

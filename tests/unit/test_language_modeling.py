@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lzma
 import math
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
-from toolkit.data.word_corpus import EOS, bytes_source, load_word_split, write_word_dataset
+from toolkit.data.word_corpus import EOS, load_word_split
 from toolkit.errors import ConfigError
 from toolkit.models.transformer_lm import AdaptiveSoftmaxLM, TransformerLM, TransformerLMConfig
 from toolkit.tasks.language_modeling import (
@@ -24,7 +23,6 @@ from toolkit.tasks.language_modeling import (
 )
 from toolkit.train.schedules import AuxWeights
 
-SAMPLE = Path(__file__).resolve().parents[2] / "data" / "wikitext2" / "wiki.test.tokens.xz"
 
 
 def tiny_cfg(**overrides: object) -> TransformerLMConfig:
@@ -39,16 +37,6 @@ def tiny_model(vocab: int = 50, **overrides: object) -> TransformerLM:
     torch.manual_seed(0)
     model = TransformerLM.create(tiny_cfg(**overrides), vocab, padding_idx=1)
     return model.eval()
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """A real word dataset from the first 270 lines of the shipped WikiText-2 test file (train 200, 50, 20 lines)."""
-    lines = lzma.decompress(SAMPLE.read_bytes()).splitlines(keepends=True)[:270]
-    parts = {"train": lines[:200], "valid": lines[200:250], "test": lines[250:270]}
-    dest = tmp_path_factory.mktemp("words") / "bin"
-    write_word_dataset({k: bytes_source(k, b"".join(v)) for k, v in parts.items()}, dest)
-    return dest
 
 
 def make_task(data: Path | None, **overrides: object) -> LanguageModelingTask:
@@ -129,10 +117,10 @@ def test_wt103_base_parameter_count():
 
 
 # ---- training batches ----------------------------------------------------------------------------------
-def test_blocks_are_contiguous_shuffled_and_partitioned_over_ranks(corpus):
-    train = np.asarray(load_word_split(corpus, "train"), dtype=np.int64)
+def test_blocks_are_contiguous_shuffled_and_partitioned_over_ranks(wikitext_small):
+    train = np.asarray(load_word_split(wikitext_small, "train"), dtype=np.int64)
     stream = np.concatenate([[EOS], train])
-    task = make_task(corpus, tokens_per_sample=16, batch_size=3)
+    task = make_task(wikitext_small, tokens_per_sample=16, batch_size=3)
     blocks = len(train) // 16
     assert task.epoch_length(1) == blocks // 3
     seen = []
@@ -148,19 +136,19 @@ def test_blocks_are_contiguous_shuffled_and_partitioned_over_ranks(corpus):
     assert len(seen) == len(set(seen)) == (blocks // 3) * 3  # each block at most once per epoch
     assert seen != sorted(seen)  # shuffled
     # pure function of (epoch, index); two ranks of 3 rows = one process's global batch of 6 rows
-    rank0 = LanguageModelingTask(task.cfg, str(corpus), seed=3, rank=0, world_size=2).train_batch(2, 1)
-    rank1 = LanguageModelingTask(task.cfg, str(corpus), seed=3, rank=1, world_size=2).train_batch(2, 1)
-    single = make_task(corpus, tokens_per_sample=16, batch_size=6).train_batch(2, 1)
+    rank0 = LanguageModelingTask(task.cfg, str(wikitext_small), seed=3, rank=0, world_size=2).train_batch(2, 1)
+    rank1 = LanguageModelingTask(task.cfg, str(wikitext_small), seed=3, rank=1, world_size=2).train_batch(2, 1)
+    single = make_task(wikitext_small, tokens_per_sample=16, batch_size=6).train_batch(2, 1)
     joined = torch.cat([rank0["target"], rank1["target"]])
     torch.testing.assert_close(joined, single["target"])
     torch.testing.assert_close(task.train_batch(2, 1)["target"], task.train_batch(2, 1)["target"])
     assert not torch.equal(task.train_batch(2, 0)["target"], task.train_batch(3, 0)["target"])
 
 
-def test_too_few_blocks_and_bad_context_are_config_errors(corpus):
+def test_too_few_blocks_and_bad_context_are_config_errors(wikitext_small):
     with pytest.raises(ConfigError, match=r"the train split has \d+ blocks of task.tokens_per_sample=8192, fewer than one batch"):
-        make_task(corpus, tokens_per_sample=8192, batch_size=2)
-    task = make_task(corpus, tokens_per_sample=16, context_window=16)
+        make_task(wikitext_small, tokens_per_sample=8192, batch_size=2)
+    task = make_task(wikitext_small, tokens_per_sample=16, context_window=16)
     with pytest.raises(ConfigError) as error:
         task.evaluate(tiny_model(task.vocab_size), "test", torch.device("cpu"))
     assert str(error.value) == "task.context_window=16 must be >= 0 and < task.tokens_per_sample=16"
@@ -215,11 +203,11 @@ def test_scoring_conditions_each_target_on_its_fairseq_window(length, context):
     np.testing.assert_array_equal(rows[:, 2], targets - start)  # and the window is contiguous
 
 
-def test_perplexity_equals_an_independent_computation(corpus):
-    task = make_task(corpus, tokens_per_sample=16, context_window=11, eval_batch_size=4)
+def test_perplexity_equals_an_independent_computation(wikitext_small):
+    task = make_task(wikitext_small, tokens_per_sample=16, context_window=11, eval_batch_size=4)
     model = tiny_model(task.vocab_size, adaptive_cutoffs=[20, 100])
     metrics = task.evaluate(model, "test", torch.device("cpu"))
-    test = np.asarray(load_word_split(corpus, "test"), dtype=np.int64)
+    test = np.asarray(load_word_split(wikitext_small, "test"), dtype=np.int64)
     stream = torch.from_numpy(np.concatenate([[EOS], test]))
     # independent loop: target t conditioned on stream[a .. t], a = max(0, block start - context), full softmax
     nll = 0.0
@@ -234,8 +222,8 @@ def test_perplexity_equals_an_independent_computation(corpus):
     assert math.isclose(metrics["ppl"], math.exp(nll / len(test)), rel_tol=1e-5)
 
 
-def test_validation_uses_its_own_context_and_token_limit(corpus):
-    task = make_task(corpus, tokens_per_sample=16, context_window=11, valid_context_window=0, valid_max_tokens=300)
+def test_validation_uses_its_own_context_and_token_limit(wikitext_small):
+    task = make_task(wikitext_small, tokens_per_sample=16, context_window=11, valid_context_window=0, valid_max_tokens=300)
     model = tiny_model(task.vocab_size, adaptive_cutoffs=[20, 100])
     metrics = task.evaluate(model, "valid", torch.device("cpu"), during_training=True)
     assert (metrics["tokens"], metrics["context_window"]) == (300, 0)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from toolkit.config.compose import compose_train_config
 from toolkit.errors import ConfigError
-from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig, StreamingLMModelConfig
 from toolkit.tasks.char_lm import CharLMConfig, CharLMTask
 from toolkit.tasks.stream_lm_data import substream_lengths
 from toolkit.train.setup import build_run
@@ -27,11 +27,9 @@ def char_task(data, rank: int = 0, world_size: int = 1, **overrides) -> CharLMTa
 
 def streaming_cfg(**overrides) -> OmegaConf:
     """The `model=streaming_lm` group config of a tiny model."""
-    base = dict(name="streaming_lm", vocab_size=0, d_model=16, n_layers=2, n_heads=2, d_ff=24, block_size=0,
-                attn_span=40, adaptive_span=False, span_ramp=8, span_init=0.0, dynamic_span=False, cache_margin=0,
-                persistent_memory=0, keep_ffn=False, dropout=0.0, emb_dropout=0.0)
-    base.update(overrides)
-    return OmegaConf.create(base)
+    base = dict(d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=40, adaptive_span=False, span_ramp=8,
+                cache_margin=0, dropout=0.0)
+    return OmegaConf.structured(StreamingLMModelConfig(**{**base, **overrides}))
 
 
 def test_stream_batches_are_consecutive_blocks_of_contiguous_streams_split_over_ranks(text8_small) -> None:

@@ -7,7 +7,9 @@ shared by all layers, post-LayerNorm, ReLU FFN (dropped in all-attention layers)
 weights and the FFN hidden units, optional dropout on the input embeddings and the final hidden states.
 
 The model returns logits and a dict of auxiliary terms ('span_l1': sum over layers of the mean span, when
-the span is adaptive); weighting them is the criterion's job.
+the span is adaptive); weighting them is the criterion's job. Word-level models take adaptive input and an
+adaptive softmax (toolkit.models.adaptive_io); with the latter, `StreamingLM.create` builds an
+`AdaptiveSoftmaxStreamingLM`, which returns the last hidden states instead of logits and scores them itself.
 
 Two ways to call it:
 - `model(tokens, cache)` -> (logits, aux, new_cache): the caller carries the cache (evaluation, tests).
@@ -29,6 +31,13 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.models.adaptive_io import (
+    AdaptiveIOConfig,
+    AdaptiveSoftmaxOutput,
+    build_adaptive_softmax,
+    build_input_embedding,
+    check_adaptive_config,
+)
 from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.relative_attention import RelativeAttention
 from toolkit.modules.transformer_layer import FeedForward
@@ -38,8 +47,9 @@ Cache = List[Tensor]  # one (B, C_l, D) tensor of layer inputs per layer
 
 
 @dataclass
-class StreamingLMConfig:
-    """Architecture of the streamed LM; defaults are the 12-layer text8 model of the adaptive-span paper."""
+class StreamingLMConfig(AdaptiveIOConfig):
+    """Architecture of the streamed LM; defaults are the 12-layer text8 model of the adaptive-span paper.
+    Word-level models add adaptive input/softmax (AdaptiveIOConfig's fields)."""
 
     vocab_size: int = MISSING
     """Output classes (set by the task from its dictionary)."""
@@ -107,6 +117,7 @@ def validate_config(cfg: StreamingLMConfig) -> None:
         raise ConfigError(f"model.span_init must be in [0, 1], got {cfg.span_init}")
     if cfg.dynamic_span and not cfg.adaptive_span:
         raise ConfigError("model.dynamic_span=true needs model.adaptive_span=true")
+    check_adaptive_config(cfg, tie_embeddings=False)
 
 
 def build_span(cfg: StreamingLMConfig) -> Optional[nn.Module]:
@@ -151,18 +162,34 @@ def keep_last(cache: Tensor, h: Tensor, length: int) -> Tensor:
 class StreamingLM(nn.Module):
     """Decoder-only LM over streamed blocks with per-layer caches (see the module docstring)."""
 
-    def __init__(self, cfg: StreamingLMConfig):
+    def __init__(self, cfg: StreamingLMConfig, padding_idx: Optional[int] = None):
         super().__init__()
         validate_config(cfg)
-        self.cfg = cfg
+        if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxStreamingLM):
+            raise TypeError("model.adaptive_softmax=true: build with StreamingLM.create(cfg)")
+        self.cfg, self.padding_idx = cfg, padding_idx
         self._stream_cache: Optional[Cache] = None  # training streams' cache (trainer contract), not a buffer
         head_dim = cfg.d_model // cfg.n_heads
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        # a plain table keeps PyTorch's N(0, 1) init unscaled, as the reference; adaptive input scales itself
+        self.embed, _ = build_input_embedding(cfg, cfg.vocab_size, cfg.d_model, padding_idx, init_std=None)
         # one table for all layers and heads, column S-1-x for distance x (the reference's N(0, 1) init)
         self.key_pe = nn.Parameter(torch.randn(head_dim, cfg.attn_span))
         use_ffn = cfg.persistent_memory == 0 or cfg.keep_ffn
         self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn) for _ in range(cfg.n_layers))
-        self.output = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.output: nn.Module = self._build_output()
+
+    def _build_output(self) -> nn.Module:
+        return nn.Linear(self.cfg.d_model, self.cfg.vocab_size)
+
+    def project(self, h: Tensor) -> Tensor:
+        """What forward returns from the last hidden states: logits (B, M, V)."""
+        return self.output(h)
+
+    @classmethod
+    def create(cls, cfg: StreamingLMConfig, padding_idx: Optional[int] = None) -> "StreamingLM":
+        """The model of a config: an AdaptiveSoftmaxStreamingLM when cfg.adaptive_softmax, else a StreamingLM."""
+        model_cls = AdaptiveSoftmaxStreamingLM if cfg.adaptive_softmax else StreamingLM
+        return model_cls(cfg, padding_idx)
 
     def cache_length(self, window: int) -> int:
         """Inputs to keep for the next block: a window of L keys reaches L - 1 positions back, plus the
@@ -171,8 +198,7 @@ class StreamingLM(nn.Module):
 
     def init_cache(self, batch: int) -> Cache:
         """Empty caches (nothing before the start of a stream; such keys are masked, not zeros)."""
-        weight = self.embed.weight
-        return [weight.new_zeros(batch, 0, self.cfg.d_model) for _ in self.layers]
+        return [self.key_pe.new_zeros(batch, 0, self.cfg.d_model) for _ in self.layers]
 
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "StreamingLM":
@@ -186,7 +212,10 @@ class StreamingLM(nn.Module):
                 "(the streamed block length); set model.block_size=0 to take the task's"
             )
         values["block_size"] = cfg.block_size or task_block or StreamingLMConfig.block_size
-        return cls(StreamingLMConfig(**values))
+        model_cfg = StreamingLMConfig(**values)
+        # the padding id matters only to the adaptive layers (a zero embedding row; pad targets ignored)
+        padding_idx = getattr(task, "pad_idx", None) if (cfg.adaptive_input or cfg.adaptive_softmax) else None
+        return cls.create(model_cfg, padding_idx)
 
     def forward(
         self,
@@ -212,7 +241,8 @@ class StreamingLM(nn.Module):
     def forward_block(
         self, tokens: Tensor, cache: Optional[Cache] = None
     ) -> tuple[Tensor, Dict[str, Tensor], Cache]:
-        """tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of these streams."""
+        """tokens (B, M) -> logits (B, M, V) (hidden states with an adaptive softmax), aux terms, the caches
+        for the next block of these streams."""
         if cache is None:
             cache = self.init_cache(tokens.size(0))
         if len(cache) != len(self.layers):
@@ -228,7 +258,7 @@ class StreamingLM(nn.Module):
             h = out
         h = F.dropout(h, self.cfg.emb_dropout, self.training)
         aux = {"span_l1": torch.stack(span_costs).sum()} if span_costs else {}
-        return self.output(h), aux, new_cache
+        return self.project(h), aux, new_cache
 
     @torch.no_grad()
     def clamp_spans(self) -> None:
@@ -271,12 +301,13 @@ class StreamingLM(nn.Module):
         """Parameter counts by part (for dry runs)."""
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
         persistent = sum(count(layer.attn.persistent) for layer in self.layers if layer.attn.persistent is not None)
+        embed = {id(p) for p in self.embed.parameters()}
         return {
             "embedding_parameters": count(self.embed),
             "position_key_parameters": self.key_pe.numel(),
             "layer_parameters": count(self.layers),
             "persistent_memory_parameters": persistent,
-            "output_parameters": count(self.output),
+            "output_parameters_untied": sum(p.numel() for p in self.output.parameters() if id(p) not in embed),
         }
 
     # ---- the training streams' cache -----------------------------------------------------------------
@@ -293,5 +324,16 @@ class StreamingLM(nn.Module):
             return
         if len(state) != len(self.layers):
             raise ValueError(f"stream cache has {len(state)} entries for {len(self.layers)} layers")
-        device = self.embed.weight.device
+        device = self.key_pe.device
         self._stream_cache = [c.to(device) for c in state]
+
+
+class AdaptiveSoftmaxStreamingLM(AdaptiveSoftmaxOutput, StreamingLM):
+    """StreamingLM with an adaptive softmax output: forward returns the last hidden states (B, M, D), which
+    the criterion and the evaluations score through `output_nll`."""
+
+    def _build_output(self) -> nn.Module:
+        return build_adaptive_softmax(self.cfg, self.cfg.vocab_size, self.cfg.d_model, self.embed)
+
+    def project(self, h: Tensor) -> Tensor:
+        return h

@@ -11,16 +11,20 @@ provides `output_nll(output, target)` (per-token NLL; the criterion and the eval
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
-from toolkit.modules.adaptive_input import AdaptiveInput, AdaptiveInputConfig
-from toolkit.modules.adaptive_softmax import AdaptiveSoftmax, AdaptiveSoftmaxConfig
+from toolkit.models.adaptive_io import (
+    AdaptiveIOConfig,
+    AdaptiveSoftmaxOutput,
+    build_adaptive_softmax,
+    build_input_embedding,
+    check_adaptive_config,
+)
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
 from toolkit.modules.positional import build_positions
@@ -39,7 +43,9 @@ def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
 
 
 @dataclass
-class TransformerLMConfig:
+class TransformerLMConfig(AdaptiveIOConfig):
+    """Decoder-only Transformer LM; the adaptive input/softmax fields come from AdaptiveIOConfig."""
+
     name: str = "transformer_lm"
     n_layers: int = 2  # number of Transformer layers
     d_model: int = 256  # model width
@@ -57,27 +63,6 @@ class TransformerLMConfig:
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
-    adaptive_input: bool = False  # frequency-banded input embeddings (scaled by sqrt(d_model) inside)
-    adaptive_softmax: bool = False  # exact factorised softmax over frequency bands; forward returns hidden states
-    adaptive_cutoffs: List[int] = field(default_factory=lambda: [20000, 60000])  # band boundaries (ids sorted
-    #                                 by frequency), shared by adaptive input and softmax; >= vocab are dropped
-    adaptive_factor: float = 4.0  # band i has dimension d_model / factor**i
-    adaptive_softmax_dropout: float = 0.0  # dropout inside the tail bands of the adaptive softmax
-    tie_adaptive_weights: bool = False  # adaptive softmax word weights = adaptive input tables
-    tie_adaptive_proj: bool = False  # adaptive softmax tail projections = adaptive input projections
-
-
-def check_config(cfg: Any) -> None:
-    """Combinations that cannot be built, as one-line ConfigErrors."""
-    if (cfg.tie_adaptive_weights or cfg.tie_adaptive_proj) and not (cfg.adaptive_input and cfg.adaptive_softmax):
-        raise ConfigError(
-            "model.tie_adaptive_weights/tie_adaptive_proj need model.adaptive_input=true and model.adaptive_softmax=true"
-        )
-    if cfg.adaptive_input and not cfg.adaptive_softmax and cfg.tie_embeddings:
-        raise ConfigError(
-            "model.tie_embeddings=true cannot tie a plain output layer to adaptive input embeddings: set "
-            "model.adaptive_softmax=true (with tie_adaptive_weights) or model.tie_embeddings=false"
-        )
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
@@ -90,18 +75,11 @@ class TransformerLM(nn.Module):
 
     def __init__(self, cfg: TransformerLMConfig, vocab_size: int, padding_idx: Optional[int] = None):
         super().__init__()
-        check_config(cfg)
+        check_adaptive_config(cfg, cfg.tie_embeddings)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
-        if cfg.adaptive_input:
-            band_cfg = AdaptiveInputConfig(list(cfg.adaptive_cutoffs), cfg.adaptive_factor, scale=True)
-            self.embed: nn.Module = AdaptiveInput(vocab_size, cfg.d_model, band_cfg, padding_idx)
-            self.embed_scale = 1.0  # AdaptiveInput already multiplies by sqrt(d_model)
-        else:
-            self.embed = nn.Embedding(vocab_size, cfg.d_model)
-            nn.init.normal_(self.embed.weight, mean=0.0, std=cfg.d_model**-0.5)
-            self.embed_scale = math.sqrt(cfg.d_model)
+        self.embed, self.embed_scale = build_input_embedding(cfg, vocab_size, cfg.d_model, padding_idx, cfg.d_model**-0.5)
         self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
@@ -166,34 +144,12 @@ class TransformerLM(nn.Module):
         }
 
 
-class AdaptiveSoftmaxLM(TransformerLM):
-    """TransformerLM with an adaptive softmax output: `forward` returns the final hidden states (B, T, D).
-
-    The criterion finds `output_nll` and uses it instead of a softmax over logits; evaluation does the same.
-    """
+class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):
+    """TransformerLM with an adaptive softmax output: `forward` returns the final hidden states (B, T, D)."""
 
     def _build_output(self, cfg: TransformerLMConfig, vocab_size: int) -> nn.Module:
-        softmax_cfg = AdaptiveSoftmaxConfig(
-            cutoffs=list(cfg.adaptive_cutoffs),
-            factor=cfg.adaptive_factor,
-            dropout=cfg.adaptive_softmax_dropout,
-            tie=cfg.tie_adaptive_weights,
-            tie_proj=cfg.tie_adaptive_proj,
-        )
-        tied = self.embed if isinstance(self.embed, AdaptiveInput) else None
-        return AdaptiveSoftmax(vocab_size, cfg.d_model, softmax_cfg, tied)
+        return build_adaptive_softmax(cfg, vocab_size, cfg.d_model, self.embed)
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
         """Final hidden states (B, T, D) and named auxiliary terms (none)."""
         return self.hidden(tokens), {}
-
-    def output_nll(self, output: Tensor, target: Tensor) -> Tensor:
-        """Per-token NLL (float32, shape of target) of `forward`'s output; padding targets count 0."""
-        nll = self.output.nll(output, target)
-        if self.padding_idx is not None:
-            nll = nll.masked_fill(target == self.padding_idx, 0.0)
-        return nll
-
-    def output_log_prob(self, output: Tensor) -> Tensor:
-        """Log-probabilities (..., V) over the whole vocabulary (exactly normalised)."""
-        return self.output.log_prob(output)

@@ -1,8 +1,8 @@
 """Character-level language modelling (text8, enwik8): random windows for training, bpc for evaluation.
 
-`task.mode=stream` trains on contiguous streams instead (toolkit.tasks.stream_lm_data), for models that carry a
-cache across blocks (streaming_lm); the task then checkpoints that cache per rank through its state_dict.
-`task.eval_protocol=stream` scores a split as 8 contiguous sub-streams with the cache carried.
+`task.mode=stream` trains on contiguous streams instead, for models that carry a cache across blocks
+(streaming_lm), and `task.eval_protocol=stream` scores a split as 8 contiguous sub-streams with the cache
+carried (toolkit.tasks.stream_mode).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
-from toolkit.tasks.stream_lm_data import StreamLayout, score_substreams
+from toolkit.tasks.stream_lm_data import array_gather
+from toolkit.tasks.stream_mode import StreamTraining
 
 
 @dataclass
@@ -44,7 +45,7 @@ class CharLMConfig:
 
 
 @TASKS.register("char_lm", CharLMConfig)
-class CharLMTask(Task):
+class CharLMTask(StreamTraining, Task):
     valid_metric = "bpc"
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
@@ -65,38 +66,15 @@ class CharLMTask(Task):
             self.vocab_size = cfg.vocab_size
         if cfg.mode not in MODES:
             raise ConfigError(f"task.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
-        self.streams: Optional[StreamLayout] = None
-        if cfg.mode == "stream" and "train" in self.splits:
-            self.streams = StreamLayout.build(
-                len(self.splits["train"]), cfg.batch_size * world_size, cfg.tokens_per_sample, seed, f"{data_dir}/train"
-            )
-        self.stream_model: Optional[nn.Module] = None  # the model whose training cache this task checkpoints
+        if "train" in self.splits:
+            self.setup_streams(len(self.splits["train"]), f"{data_dir}/train")
 
     def build_model(self, model_cfg: Any) -> nn.Module:
-        model = super().build_model(model_cfg)
-        if self.cfg.mode == "stream":
-            if not hasattr(model, "stream_state"):
-                raise ConfigError(
-                    f"task.mode=stream needs a model that carries a cache across blocks (streaming_lm); "
-                    f"model '{model_cfg.name}' has none"
-                )
-            self.stream_model = model
-        return model
-
-    def state_dict(self) -> Dict[str, Any]:
-        """This rank's training-stream cache (stream mode), so that a resumed run continues exactly."""
-        if self.stream_model is None:
-            return {}
-        return {"stream_cache": self.stream_model.stream_state()}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if self.stream_model is not None and "stream_cache" in state:
-            self.stream_model.load_stream_state(state["stream_cache"])
+        return self.attach_stream_model(super().build_model(model_cfg), model_cfg.name)
 
     def epoch_length(self, epoch: int) -> int:
         if self.streams is not None:
-            blocks = self.streams.blocks(epoch)
-            return min(blocks, self.cfg.batches_per_epoch) if self.cfg.batches_per_epoch else blocks
+            return self.stream_epoch_length(epoch)
         if self.cfg.batches_per_epoch:
             return self.cfg.batches_per_epoch
         per_batch = self.cfg.batch_size * self.world_size * self.cfg.tokens_per_sample
@@ -106,10 +84,7 @@ class CharLMTask(Task):
         """Windows at random offsets; the global batch is drawn from (seed, epoch, index), each rank takes its rows.
         Stream mode: block `index` of this rank's streams; the first block of an epoch resets the cache."""
         if self.streams is not None:
-            size = self.cfg.batch_size
-            rows = slice(self.rank * size, (self.rank + 1) * size)
-            inputs, targets = self.streams.batch(self.splits["train"], epoch, index, rows)
-            return {"net_input": {"tokens": inputs, "reset": index == 0}, "target": targets, "ntokens": targets.numel()}
+            return self.stream_batch(array_gather(self.splits["train"]), epoch, index)
         data, window, size = self.splits["train"], self.cfg.tokens_per_sample, self.cfg.batch_size
         rng = np.random.default_rng([self.seed, epoch, index])
         offsets = rng.integers(0, len(data) - window - 1, size=size * self.world_size)
@@ -140,15 +115,8 @@ class CharLMTask(Task):
         self, model: nn.Module, subset: str, device: torch.device, block: int, max_tokens: int
     ) -> Dict[str, Any]:
         """bpc over every target, the split read as eval_streams sub-streams in blocks, cache carried."""
-        if not hasattr(model, "init_cache"):
-            raise ConfigError("task.eval_protocol=stream needs a model that carries a cache across blocks (streaming_lm)")
-        if self.cfg.eval_streams <= 0:
-            raise ConfigError(f"task.eval_streams must be positive, got {self.cfg.eval_streams}")
-        start = time.perf_counter()
-        nll, count = score_substreams(model, self.splits[subset], self.cfg.eval_streams, block, device, max_tokens)
-        loss = nll / max(count, 1)
-        return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count, "protocol": "stream",
-                "streams": self.cfg.eval_streams, "block": block, "seconds": round(time.perf_counter() - start, 3)}
+        metrics = self.evaluate_streams(model, self.splits[subset], device, block, max_tokens)
+        return {"subset": subset, "bpc": metrics["loss"] / math.log(2), **metrics}
 
 
 PROTOCOLS = ("windows", "exact", "fast", "stream")

@@ -11,8 +11,12 @@ stream is not trained on (fewer than tokens_per_sample tokens), so no batch hold
 Evaluation (fairseq's `eval-lm --context-window C`): the split is cut into blocks of S = tokens_per_sample - C
 new targets; each block is scored after up to C earlier tokens of context, so a window holds at most
 tokens_per_sample inputs and every target is scored exactly once. C = 0 gives non-overlapping blocks.
-Perplexity = exp(mean NLL over all targets of the split, <eos> included). Streaming (contiguous parallel
-streams with a cache, for the cached models) is not part of this task yet.
+Perplexity = exp(mean NLL over all targets of the split, <eos> included).
+
+Streaming, for the models that carry a cache across blocks (streaming_lm; toolkit.tasks.stream_mode):
+`task.mode=stream` trains on `batch_size * world_size` contiguous streams of the train stream read block by
+block, and `task.eval_protocol=stream` scores a split as `eval_streams` contiguous sub-streams with the cache
+carried (the all-attention paper's protocol).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tqdm import tqdm
 from toolkit.errors import ConfigError
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
+from toolkit.tasks.stream_mode import StreamTraining
 
 EOS, PAD = 2, 1  # toolkit.data.word_corpus ids (fairseq's)
 
@@ -47,10 +52,19 @@ class LanguageModelingConfig:
     valid_context_window: int = 0  # the same for validation during training (0: cheap, non-overlapping)
     eval_batch_size: int = 8  # windows per evaluation batch
     valid_max_tokens: int = 0  # score at most this many targets during training validation (0 = all)
+    mode: str = "blocks"  # training batches: 'blocks' (shuffled), or 'stream': batch_size * world_size contiguous
+    #                       streams read block by block, for models with a cache (streaming_lm)
+    eval_protocol: str = "context_window"  # 'context_window' (fairseq's eval-lm) or 'stream' (eval_streams
+    #                                        contiguous sub-streams in blocks of tokens_per_sample, cache carried)
+    eval_streams: int = 8  # eval_protocol=stream: contiguous sub-streams a split is cut into
+
+
+MODES = ("blocks", "stream")
+PROTOCOLS = ("context_window", "stream")
 
 
 @TASKS.register("language_modeling", LanguageModelingConfig)
-class LanguageModelingTask(Task):
+class LanguageModelingTask(StreamTraining, Task):
     valid_metric = "ppl"
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
@@ -60,13 +74,19 @@ class LanguageModelingTask(Task):
         self._order_cache: tuple[int, np.ndarray] | None = None
         if cfg.tokens_per_sample < 1 or cfg.batch_size < 1:
             raise ConfigError("task.tokens_per_sample and task.batch_size must be positive")
+        if cfg.mode not in MODES:
+            raise ConfigError(f"task.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
+        if cfg.eval_protocol not in PROTOCOLS:
+            raise ConfigError(f"task.eval_protocol: '{cfg.eval_protocol}' (valid: {', '.join(PROTOCOLS)})")
         if data_dir is not None and Path(data_dir).exists():
             from toolkit.data.word_corpus import load_dictionary, load_word_split
 
             self.vocab_size = len(load_dictionary(data_dir))
             for split in ("train", "valid", "test"):
                 self.splits[split] = load_word_split(data_dir, split)
-            if self.n_blocks < cfg.batch_size * world_size:
+            # the train stream is <eos> + the split's tokens
+            self.setup_streams(len(self.splits["train"]) + 1, f"{data_dir}/train")
+            if self.streams is None and self.n_blocks < cfg.batch_size * world_size:
                 raise ConfigError(
                     f"{data_dir}: the train split has {self.n_blocks} blocks of task.tokens_per_sample="
                     f"{cfg.tokens_per_sample}, fewer than one batch (task.batch_size={cfg.batch_size} x "
@@ -88,9 +108,11 @@ class LanguageModelingTask(Task):
             raise ConfigError(
                 f"task.tokens_per_sample={longest} is longer than model.max_positions={model_cfg.max_positions}"
             )
-        return super().build_model(model_cfg)
+        return self.attach_stream_model(super().build_model(model_cfg), model_cfg.name)
 
     def epoch_length(self, epoch: int) -> int:
+        if self.streams is not None:
+            return self.stream_epoch_length(epoch)
         if self.cfg.batches_per_epoch:
             return self.cfg.batches_per_epoch
         return self.n_blocks // (self.cfg.batch_size * self.world_size)
@@ -102,7 +124,11 @@ class LanguageModelingTask(Task):
         return self._order_cache[1]
 
     def train_batch(self, epoch: int, index: int) -> Batch:
-        """Rows rank*B..(rank+1)*B of global batch `index` of the epoch's shuffled blocks."""
+        """Rows rank*B..(rank+1)*B of global batch `index` of the epoch's shuffled blocks (stream mode: block
+        `index` of this rank's contiguous streams)."""
+        if self.streams is not None:
+            train = self.splits["train"]
+            return self.stream_batch(lambda starts, length: stream_slice(train, starts, length), epoch, index)
         size, length = self.cfg.batch_size, self.cfg.tokens_per_sample
         order = self._order(epoch)
         first = (index * self.world_size + self.rank) * size
@@ -119,6 +145,11 @@ class LanguageModelingTask(Task):
         if subset not in self.splits:
             valid = ", ".join(self.splits) or "none: no data folder"
             raise ConfigError(f"unknown subset '{subset}' (valid: {valid})")
+        if self.cfg.eval_protocol == "stream":
+            max_tokens = self.cfg.valid_max_tokens if during_training else 0
+            stream = np.concatenate([[EOS], self.splits[subset]]).astype(np.int64)
+            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens)
+            return {"subset": subset, "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics}
         context = self.cfg.valid_context_window if during_training else self.cfg.context_window
         key = "task.valid_context_window" if during_training else "task.context_window"
         if not 0 <= context < self.cfg.tokens_per_sample:

@@ -14,7 +14,7 @@ non-overlapping blocks with the cache carried; every target of the split is scor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -24,6 +24,14 @@ from tqdm import tqdm
 from toolkit.errors import ConfigError
 
 IGNORE = -100  # target id of padded positions (F.cross_entropy's default ignore_index)
+
+Gather = Callable[[np.ndarray, int], np.ndarray]
+"""(starts (R,), length) -> int64 rows (R, length) of a token stream: how a task reads its (memory-mapped) split."""
+
+
+def array_gather(data: np.ndarray) -> Gather:
+    """Rows of `data` itself (a char split: the stream is the array)."""
+    return lambda starts, length: np.asarray(data[starts[:, None] + np.arange(length)], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -57,10 +65,10 @@ class StreamLayout:
         """Blocks per stream in this epoch (batches per epoch)."""
         return (self.length - self.offset(epoch)) // self.block
 
-    def batch(self, data: np.ndarray, epoch: int, index: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, gather: Gather, epoch: int, index: int, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Block `index` of the streams in `rows`: inputs and next-token targets, (rows, block) int64."""
         starts = np.arange(self.n_streams)[rows] * self.length + self.offset(epoch) + index * self.block
-        chunk = torch.from_numpy(data[starts[:, None] + np.arange(self.block + 1)].astype(np.int64))
+        chunk = torch.from_numpy(gather(starts, self.block + 1))
         return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -82,7 +90,8 @@ def score_substreams(
     """Sum of next-token NLL (nats) over every target of `tokens` and their number, read as sub-streams.
 
     `model(inputs, cache)` must return (logits, aux, new_cache) and `model.init_cache(batch)` an empty
-    cache (toolkit.models.streaming_lm.StreamingLM).
+    cache (toolkit.models.streaming_lm.StreamingLM); a model with `output_nll` (adaptive softmax) returns
+    hidden states instead of logits and scores them itself.
     """
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
@@ -94,14 +103,20 @@ def score_substreams(
     longest = int(lengths.max())
     lengths_t = torch.from_numpy(lengths)[:, None]
     cache = model.init_cache(n_streams)
+    output_nll = getattr(model, "output_nll", None)
     total, count = 0.0, 0
     for pos in tqdm(range(0, longest, block), desc="streamed scoring", unit="block", disable=None, leave=False):
         steps = torch.arange(pos, min(pos + block, longest))
         # positions past a shorter sub-stream's end read its neighbour's tokens; their targets are masked
         index = (torch.from_numpy(starts)[:, None] + steps).clamp(max=n_targets - 1)
         targets = data[index + 1].masked_fill(steps >= lengths_t, IGNORE)
-        logits, _, cache = model(data[index].to(device), cache)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets.to(device), ignore_index=IGNORE, reduction="sum")
+        output, _, cache = model(data[index].to(device), cache)
+        targets = targets.to(device)
+        scored = targets != IGNORE
+        if output_nll is not None:
+            nll = output_nll(output[scored], targets[scored]).double().sum()
+        else:
+            nll = F.cross_entropy(output.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
         total += float(nll)
-        count += int((targets != IGNORE).sum())
+        count += int(scored.sum())
     return total, count
