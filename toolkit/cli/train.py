@@ -10,16 +10,19 @@ from typing import Optional, Sequence
 from omegaconf import OmegaConf
 
 from toolkit.cli.common import pop_config_name, run_cli
+from toolkit.cli.hydra_launch import launch as launch_with_hydra, wants_hydra
 from toolkit.config.compose import GROUPS, compose_train_config, group_options, load_registries, presets
 
 log = logging.getLogger("toolkit.train")
 
 HELP = """usage: tk-train config=PRESET [key=value ...] [--cfg job]
+       tk-train -m hydra/launcher=submitit_slurm config=PRESET [key=value,value ...] [hydra.launcher.KEY=...]
 
 Train a registered model on a registered task. Short keys: data=DIR run_dir=DIR max_update=N seed=N
 device=cpu|cuda|auto dry_run=true. Any config key can be set with dotted paths (model.n_layers=4).
   --cfg job     print the resolved config and exit
   dry_run=true  build task and model, print a summary (last line: JSON) and exit
+  -m            run through a Hydra launcher: one job per sweep combination (docs/distributed.md)
 """
 
 
@@ -36,6 +39,8 @@ def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print_help()
         return 0
+    if wants_hydra(args):  # --multirun / hydra/launcher=...: jobs through a Hydra launcher (Slurm)
+        return launch_with_hydra(args)
     show_config = False
     if "--cfg" in args:
         i = args.index("--cfg")

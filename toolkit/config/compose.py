@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -77,6 +78,15 @@ def describe_composition_error(text: str) -> str:
     return f"{problem} (key '{key}')" if key else problem
 
 
+def _compose_defaults(overrides: list[str]) -> DictConfig:
+    """train.yaml with a preset and group choices. Inside a Hydra app (`tk-train -m`, whose search path is
+    configs/ already) Hydra is initialised and is used as it is."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="tk-train"):
+        return compose(config_name="train", overrides=overrides)
+
+
 def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     """The resolved, validated training config for a preset plus `key=value` overrides."""
     load_registries()
@@ -92,8 +102,7 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
         else:
             plain.append((key, value))
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="tk-train"):
-            cfg = compose(config_name="train", overrides=[f"config={preset}", *group_choices])
+        cfg = _compose_defaults([f"config={preset}", *group_choices])
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"preset '{preset}': {describe_composition_error(str(error))}") from None
     OmegaConf.set_struct(cfg, True)
