@@ -1,4 +1,5 @@
-"""`tk-train -m hydra/launcher=...`: jobs through Hydra launchers, DDP inside a submitit job, sweep run folders."""
+"""`tk-train -m ...`: sweeps, their run folders and up-front errors (DDP inside a submitit job:
+test_submitit_launch.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import read_log, tiny_char_args
-from tests.distributed.test_ddp import NO_DROPOUT, assert_close_models
 from toolkit.cli.hydra_launch import parse_sweep
 from toolkit.cli.train import main as train_main
 
@@ -23,19 +23,6 @@ def tk_train(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
-
-
-def test_submitit_job_with_two_tasks_trains_ddp_like_one_process_with_twice_the_batch(text8_small, tmp_path):
-    single, job = tmp_path / "single", tmp_path / "job"
-    assert train_main(tiny_char_args(text8_small, single, max_update=4, **NO_DROPOUT, **{"task.batch_size": 8})) == 0
-    tk_train(tmp_path, "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-             f"hydra.sweep.dir={tmp_path / 'multirun'}",
-             *tiny_char_args(text8_small, job, max_update=4, **NO_DROPOUT, **{"task.batch_size": 4}))
-    # two ranks of 4 windows each == one process of 8 windows: the job really ran DDP over 2 tasks
-    assert_close_models(single, job, atol=1e-6)
-    for a, b in zip(read_log(single), read_log(job)):
-        assert abs(a["loss"] - b["loss"]) < 1e-5
-    assert list((tmp_path / "multirun" / ".submitit").glob("*/*_1_log.out"))  # the second task's log
 
 
 def test_a_sweep_trains_each_combination_in_its_own_run_folder(text8_small, tmp_path):

@@ -1,12 +1,12 @@
 """`tk-train --multirun hydra/launcher=NAME ...`: run tk-train's jobs through a Hydra launcher (Slurm).
 
-    tk-train -m hydra/launcher=submitit_slurm config=mae7_wmt14 \\
+    tk-train -m hydra/launcher=slurm config=mae7_wmt14 hydra.launcher.partition=YOURS \\
         hydra.launcher.nodes=4 hydra.launcher.tasks_per_node=8 hydra.launcher.gpus_per_node=8
 
 Hydra (hydra-submitit-launcher, `pip install -e ".[slurm]"`) only schedules the jobs: one per combination of
-the sweep (`seed=1,2,3`), each with `nodes x tasks_per_node` processes. Inside every process the training
-config is built exactly as plain `tk-train` builds it (`compose_train_config` on that job's overrides), the
-torch.distributed environment comes from submitit's job environment, and the same `train` runs. Every
+the sweep (`seed=1,2,3`), each with `nodes x tasks_per_node` processes. Hydra sees only its own settings and
+the swept keys; the other tk-train arguments travel verbatim in the application's config, and inside every
+process the training config is built exactly as plain `tk-train` builds it (toolkit/cli/hydra_task.py). Every
 combination is checked up front, so a bad key is still one line and exit code 2 before anything is queued.
 
 Run folders: a job trains in the preset's `run_dir` (or the one given), plus, when the command sweeps, a
@@ -17,18 +17,19 @@ so that resubmitting the same command resumes the same runs, as plain tk-train d
 from __future__ import annotations
 
 import itertools
-import os
+import shutil
 import sys
-from typing import Any, List, Sequence
+from pathlib import Path
+from typing import Any, List, Sequence, Tuple
 
+from toolkit.cli.hydra_task import APP_CONFIG, SWEEP, LaunchConfig, arg_key, job_args, job_elements, run_job, value_text
 from toolkit.errors import ConfigError
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-SWEPT_KEYS_ENV = "TOOLKIT_SWEPT_KEYS"  # set in every job (hydra.job.env_set): the keys the sweep varies
 
 
 def is_hydra_arg(arg: str) -> bool:
-    return arg in MULTIRUN_FLAGS or arg.startswith(("hydra/", "hydra.", "+hydra"))
+    return arg in MULTIRUN_FLAGS or arg.lstrip("+~").startswith(("hydra/", "hydra."))
 
 
 def wants_hydra(args: Sequence[str]) -> bool:
@@ -36,25 +37,28 @@ def wants_hydra(args: Sequence[str]) -> bool:
     return any(is_hydra_arg(arg) for arg in args)
 
 
-def parse_sweep(overrides: Sequence[str]) -> tuple[List[List[str]], List[str]]:
-    """The training overrides of each job a sweep makes (`seed=1,2` -> [[seed=1], [seed=2]]) and the swept keys."""
+def sweep_elements(arg: str) -> List[str] | None:
+    """The elements of a swept argument as Hydra's basic sweeper passes them to the jobs; None: not swept."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        override = OverridesParser.create().parse_override(arg)
+    except Exception:  # not Hydra's grammar: one value, passed verbatim to compose_train_config
+        return None
+    if not override.is_sweep_override():
+        return None
+    try:
+        return list(override.sweep_string_iterator())
     except HydraException as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
-    choices, swept = [], []
-    for override in parsed:
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
-            swept.append(key)
-        else:
-            values = [override.get_value_element_as_str()]
-        choices.append([f"{key}={value}" for value in values])
-    return [list(combination) for combination in itertools.product(*choices)], swept
+        raise ConfigError(f"{arg}: {str(error).splitlines()[0]} (sweeps: a,b  range(...)  choice(...))") from None
+
+
+def parse_sweep(train_args: Sequence[str]) -> Tuple[List[List[str]], List[str]]:
+    """Each job's tk-train arguments (`seed=1,2` -> [[seed=1], [seed=2]]) and the swept keys."""
+    swept = {arg_key(arg): elements for arg in train_args if (elements := sweep_elements(arg)) is not None}
+    combos = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+    return [job_args(train_args, combo) for combo in combos], list(swept)
 
 
 def check_jobs(jobs: Sequence[Sequence[str]]) -> None:
@@ -67,62 +71,58 @@ def check_jobs(jobs: Sequence[Sequence[str]]) -> None:
         compose_train_config(pop_config_name(args), args)
 
 
-def job_run_dir(run_dir: str, job_overrides: Sequence[str], swept_keys: Sequence[str]) -> str:
-    """run_dir plus a sub-folder named after this job's values of the swept keys (none: run_dir itself)."""
-    named = [o for o in job_overrides if o.split("=", 1)[0] in swept_keys]
-    return os.path.join(run_dir, ",".join(named).replace("/", "_")) if named else run_dir
+def describe_hydra_error(text: str) -> str:
+    """One line from a multi-line Hydra error (e.g. an unknown launcher and the available ones)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Available options")]
+    if starts:
+        options = itertools.takewhile(lambda line: " " not in line and ":" not in line, lines[starts[0] + 1 :])
+        return f"{lines[0]}; valid: {', '.join(options)}"
+    return "; ".join(lines[:2])
 
 
-def export_distributed_env() -> None:
-    """torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from submitit's job environment, when the
-    job has more than one task; the trainer then joins the process group as under torchrun."""
+def multirun(hydra_args: List[str], train_args: List[str], swept: List[str]) -> List[Any]:
+    """Hydra's multirun of `run_job` over the sweep; returns the jobs' results (JobReturn), in order."""
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from toolkit.config.compose import config_dir
+
+    # the store travels to the jobs with Hydra's state; Hydra itself parses only its settings and the sweeps
+    ConfigStore.instance().store(name=APP_CONFIG, node=LaunchConfig(train_args=train_args, swept=swept))
+    sweeps = [f"++{SWEEP}.{arg_key(arg)}={arg.split('=', 1)[1]}" for arg in train_args if arg_key(arg) in swept]
     try:
-        import submitit
-        from submitit.helpers import TorchDistributedEnvironment
-    except ImportError:
-        return
-    try:
-        tasks = submitit.JobEnvironment().num_tasks
-    except RuntimeError:  # not inside a submitit job (e.g. Hydra's basic launcher)
-        return
-    if tasks > 1:
-        # CUDA devices stay visible: the trainer picks cuda:LOCAL_RANK itself
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-
-
-def run_job(_: Any) -> int:
-    """Hydra's task function: one tk-train process of one job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from toolkit.cli.common import pop_config_name
-    from toolkit.config.compose import compose_train_config
-    from toolkit.train.run import train
-
-    overrides = list(HydraConfig.get().overrides.task)
-    args = list(overrides)
-    preset = pop_config_name(args)
-    cfg = compose_train_config(preset, args)
-    cfg.run_dir = job_run_dir(cfg.run_dir, overrides, os.environ.get(SWEPT_KEYS_ENV, "").split())
-    export_distributed_env()
-    code = train(cfg, preset, ["tk-train", *overrides])
-    if code != 0:
-        raise SystemExit(code)
-    return code
+        # configs/ on the search path: train.yaml for the jobs, configs/hydra/launcher/*.yaml for the launcher
+        with initialize_config_dir(config_dir=str(Path(config_dir()).resolve()), version_base="1.3", job_name="tk-train"):
+            hydra = GlobalHydra.instance().hydra
+            assert hydra is not None
+            returns = hydra.multirun(config_name=APP_CONFIG, task_function=run_job, overrides=[*hydra_args, *sweeps])
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"hydra: {describe_hydra_error(str(error))}") from None
+    return [result for batch in returns for result in batch]
 
 
 def launch(args: List[str]) -> int:
-    """Check every job, then hand the command line to Hydra (which exits when its jobs are done)."""
-    import hydra
-
-    from toolkit.config.compose import config_dir, load_registries
-
+    """Check every job, launch them through Hydra; returns the first non-zero job exit code, else 0."""
     if not any(arg in MULTIRUN_FLAGS for arg in args):
         raise ConfigError("hydra/... and hydra.* settings take effect with --multirun (-m): add -m")
-    jobs, swept = parse_sweep([arg for arg in args if not is_hydra_arg(arg)])
+    hydra_args = [arg for arg in args if is_hydra_arg(arg) and arg not in MULTIRUN_FLAGS]
+    train_args = [arg for arg in args if not is_hydra_arg(arg)]
+    for arg in train_args:
+        if arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}' with --multirun (only key=value and hydra settings)")
+    jobs, swept = parse_sweep(train_args)
     check_jobs(jobs)
+    slurm = [arg for arg in hydra_args if arg.lstrip("+") in ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm")]
+    if slurm and not (shutil.which("sbatch") and shutil.which("srun")):  # what submitit's Slurm executor runs
+        raise ConfigError(f"{slurm[0]}: Slurm's sbatch/srun are not on PATH (submit from a node of the cluster)")
     print(f"launching {len(jobs)} job(s) through Hydra", file=sys.stderr, flush=True)
-    load_registries()  # the config store entries train.yaml refers to
-    app = hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(run_job)
-    sys.argv = ["tk-train", *args, f"+hydra.job.env_set.{SWEPT_KEYS_ENV}='{' '.join(swept)}'"]
-    app()
-    return 0
+    failed = [(result, result.return_value) for result in multirun(hydra_args, train_args, swept) if result.return_value]
+    for result, code in failed:
+        name = " ".join(f"{key}={value_text(element)}" for key, element in job_elements(result.overrides).items())
+        print(f"error: job {name or 'of the command'} exited with code {code}; its logs are in "
+              f"{result.hydra_cfg.hydra.sweep.dir}", file=sys.stderr, flush=True)
+    return failed[0][1] if failed else 0
