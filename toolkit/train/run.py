@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -81,7 +82,10 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
                   f"after {cfg.distributed.timeout_s}s)", file=sys.stderr, flush=True)
-            return DISTRIBUTED_EXIT
+            sys.stdout.flush()
+            # the process group is broken: tearing it down, or exiting while gloo's threads still wait on the
+            # dead peer, can abort the process (SIGABRT) instead of giving the documented exit code
+            os._exit(DISTRIBUTED_EXIT)
         if code == 0 and cfg.final_subset:
             best = run_dir / ckpt.BEST
             if best.is_file():
