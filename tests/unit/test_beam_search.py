@@ -19,19 +19,9 @@ BOS, PAD, EOS, V = 0, 1, 2, 24
 START = EOS  # the decoder's first input (fairseq's convention, the model's default)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: a second OpenMP thread only waits on the busy shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> TransformerModel:
     """A tiny model trained briefly to reverse its input: it ends hypotheses at varied lengths."""
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = TransformerConfig(encoder_layers=1, decoder_layers=2, d_model=32, ffn_dim=64, n_heads=4, dropout=0.0)
     net = TransformerModel.build(cfg, SimpleNamespace(vocab_size=V, pad_idx=PAD, eos_idx=EOS, bos_idx=BOS))

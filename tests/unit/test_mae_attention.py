@@ -20,15 +20,6 @@ GATE_WEIGHTS = ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")
 DTYPE = torch.float64  # tight tolerances for the algebraic identities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (seconds on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(n_heads: int = 4, drop: int = 1, **kw) -> MAEAttention:
     torch.manual_seed(0)
     causal_gate = kw.pop("causal_gate", None)

@@ -16,15 +16,6 @@ BOS, PAD, EOS, V = 0, 1, 2, 37
 TASK = SimpleNamespace(vocab_size=V, pad_idx=PAD, eos_idx=EOS, bos_idx=BOS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: a second OpenMP thread only waits on the busy shared CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> TransformerConfig:
     base = dict(encoder_layers=2, decoder_layers=2, d_model=16, ffn_dim=32, n_heads=4, dropout=0.0)
     return TransformerConfig(**{**base, **overrides})
