@@ -145,18 +145,17 @@ class LanguageModelingTask(StreamTraining, Task):
         if subset not in self.splits:
             valid = ", ".join(self.splits) or "none: no data folder"
             raise ConfigError(f"unknown subset '{subset}' (valid: {valid})")
+        tokens = self.splits[subset]
+        if during_training and self.cfg.valid_max_tokens:
+            tokens = tokens[: self.cfg.valid_max_tokens]
         if self.cfg.eval_protocol == "stream":
-            max_tokens = self.cfg.valid_max_tokens if during_training else 0
-            stream = np.concatenate([[EOS], self.splits[subset]]).astype(np.int64)
-            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens)
+            stream = np.concatenate([[EOS], tokens]).astype(np.int64)  # every token of the split is a target
+            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens=0)
             return {"subset": subset, "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics}
         context = self.cfg.valid_context_window if during_training else self.cfg.context_window
         key = "task.valid_context_window" if during_training else "task.context_window"
         if not 0 <= context < self.cfg.tokens_per_sample:
             raise ConfigError(f"{key}={context} must be >= 0 and < task.tokens_per_sample={self.cfg.tokens_per_sample}")
-        tokens = self.splits[subset]
-        if during_training and self.cfg.valid_max_tokens:
-            tokens = tokens[: self.cfg.valid_max_tokens]
         nll, count = score_with_context(
             model, tokens, self.cfg.tokens_per_sample, context, self.cfg.eval_batch_size, device
         )
