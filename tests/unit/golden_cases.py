@@ -162,7 +162,8 @@ def run_stream(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
         for tokens in inputs["blocks"]:
             out, aux, cache = model(tokens, cache)
             blocks.append({"output": out, "aux": dict(aux)})
-        total, count = score_substreams(model, inputs["stream"].numpy(), 3, inputs["blocks"].size(-1))
+        device = next(model.parameters()).device  # a torch.device, as the task passes it
+        total, count = score_substreams(model, inputs["stream"].numpy(), 3, inputs["blocks"].size(-1), device)
     model.train()
     first = inputs["blocks"][0]
     out, aux = model(first, target=inputs["block_targets"], reset=True)

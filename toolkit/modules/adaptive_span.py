@@ -38,8 +38,9 @@ def soft_mask(z: Tensor, distances: Tensor, ramp: int) -> Tensor:
 
 
 def window_distances(length: int, like: Tensor) -> Tensor:
-    """Distances of the L window slots, oldest first: [L-1, ..., 1, 0]."""
-    return torch.arange(length - 1, -1, -1, device=like.device, dtype=like.dtype)
+    """Distances of the L window slots, oldest first: [L-1, ..., 1, 0]; at least float32 (bfloat16 holds
+    integers exactly only up to 256, so a half-precision span mask would be wrong far from the query)."""
+    return torch.arange(length - 1, -1, -1, device=like.device, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
 def renormalise(context: Tensor, persistent: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
@@ -120,7 +121,9 @@ class DynamicSpanMask(nn.Module):
         """z per batch row, head and position: (B, M, D) -> (B, H, M)."""
         if x is None:
             raise ValueError("a dynamic span needs the layer input to predict the span")
-        z = self.max_span * torch.sigmoid(self.predictor(x)).transpose(1, 2)
+        # float32 even under autocast: a half-precision span near S = 8192 would be off by up to 32 positions
+        logits = self.predictor(x)
+        z = self.max_span * torch.sigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32))).transpose(1, 2)
         self._last_spans = z.detach().float().mean(dim=(0, 2))
         return z
 

@@ -140,7 +140,11 @@ class ProductKeyMemory(nn.Module):
         """Exact top-k over the n^2 product keys: (N, H, key_dim) -> scores (N, H, k), slot ids (N, H, k)."""
         n, k = self.n_keys, self.knn
         halves = q.view(q.size(0), self.heads, 2, self.key_dim // 2)
-        sub_scores = torch.einsum("nhsd,hskd->nhsk", halves, self.keys)  # (N, H, 2, n)
+        # scores in float32 even under autocast: the top-k choice among n^2 slots must not hinge on
+        # bfloat16 ties (the einsum costs heads * n * key_dim per token, small next to the value read)
+        dtype = torch.promote_types(halves.dtype, torch.float32)
+        with torch.autocast(q.device.type, enabled=False):
+            sub_scores = torch.einsum("nhsd,hskd->nhsk", halves.to(dtype), self.keys.to(dtype))  # (N, H, 2, n)
         top_s, top_i = sub_scores.topk(k, dim=-1)  # (N, H, 2, k)
         (s1, s2), (i1, i2) = top_s.unbind(2), top_i.unbind(2)
         # every pair (a, b) of the two top-k lists scores s1_a + s2_b; choose the best k pairs without

@@ -148,11 +148,13 @@ class RelativeAttention(nn.Module):
             logits = logits.masked_fill(slots < missing, float("-inf"))
 
         pers_w: Optional[Tensor] = None
+        # weights in (at least) float32 even under autocast: the span mask and renormalisation follow
+        weight_dtype = torch.promote_types(logits.dtype, torch.float32)
         if self.persistent is not None:
-            joint = torch.cat([logits, self.persistent.logits(q)], dim=-1).softmax(dim=-1)
+            joint = torch.cat([logits, self.persistent.logits(q)], dim=-1).softmax(dim=-1, dtype=weight_dtype)
             ctx_w, pers_w = joint[..., :window], joint[..., window:]
         else:
-            ctx_w = logits.softmax(dim=-1)
+            ctx_w = logits.softmax(dim=-1, dtype=weight_dtype)
         if self.span is not None:
             ctx_w, pers_w = renormalise(self.span.apply(ctx_w, z), pers_w)
 
