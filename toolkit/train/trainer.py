@@ -25,6 +25,7 @@ from toolkit.logging.tensorboard import Scalars
 from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.tasks.base import Task, to_device
 from toolkit.train import checkpoint as ckpt
+from toolkit.train.flops import throughput_metrics, train_flops_per_token
 from toolkit.train.param_groups import ParamGroup
 from toolkit.train.precision import autocast, grad_scaler
 from toolkit.train.schedules import active_groups, validate_phases
@@ -64,6 +65,7 @@ class Trainer:
         self.memory_monitor = UsageMonitor(model)
         self.tb = Scalars(run_dir / "tb", cfg.tensorboard and self.is_main)
         self.metrics_log = run_dir / "train_log.jsonl"
+        self.seq_len = 0  # target length of the last batch: the attention term of the FLOPs estimate
 
     # ---- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -154,6 +156,7 @@ class Trainer:
         latest: Dict[str, float] = {}
         for micro in range(self.cfg.update_freq):
             batch = to_device(self.task.train_batch(self.epoch, self.index), self.device)
+            self.seq_len = int(batch["target"].size(-1))
             self._next_position()
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
@@ -248,6 +251,9 @@ class Trainer:
                         "epoch": self.epoch,
                         "nonfinite": self.nonfinite_total,
                     })
+                    # model FLOPs (6N + attention, at the current spans) -> TFLOP/s, and MFU on a known GPU
+                    flops = train_flops_per_token(self.model, self.seq_len)
+                    metrics.update(throughput_metrics(flops, metrics["tokens_per_s"], comm.world_size(), self.device))
                     if hasattr(self.model, "metrics"):
                         metrics.update(self.model.metrics())  # e.g. learned spans per layer and head
                     if self.memory_monitor.trackers:
