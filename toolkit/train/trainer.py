@@ -35,11 +35,12 @@ from toolkit.distributed import comm
 log = logging.getLogger(__name__)
 
 SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
-# checkpoint_last.pt is only replaced by a sane state: the last update's loss finite, every weight finite, a
-# finite validation, and the mean loss since the previous save at most this factor above the best such mean
-# (or above the first update's loss, before any save). A diverging run (lr far too high: weights in the 1e8s
-# after one update, losses in the 1e6s before they turn non-finite) thus keeps the last good state, which the
-# exit-4 error line names.
+# checkpoint_last.pt is only replaced by a sane state: the last update's loss finite, every weight finite, every
+# validation since the previous save finite, and the loss of the weights being saved (on the last training
+# batch, eval mode) at most this factor above the best such loss of an earlier save (or the first update's
+# loss, before any). A training loss describes the weights before its update, so it cannot tell whether the
+# update just made blew them up (lr=1e10: weights in the 1e8s after one update); this check forward can.
+# A diverging run thus keeps its last good state, which the exit-4 error line names.
 SANE_LOSS_FACTOR = 2.0
 
 
@@ -67,8 +68,8 @@ class Trainer:
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
-        self.reference_loss: Optional[float] = None  # best per-token loss of a saved window (sanity bound)
-        self.window_loss, self.window_tokens = 0.0, 0  # per-token loss sums since the last save of LAST
+        self.reference_loss: Optional[float] = None  # best per-token loss of a saved state (sanity bound)
+        self.last_batch: Optional[Dict[str, Any]] = None  # the last micro-batch trained on (for the check)
         self.valid_finite = True  # every validation since the last save was finite
         self.last_good_step: Optional[int] = None  # step held by checkpoint_last.pt (None: none written)
         self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
@@ -127,6 +128,23 @@ class Trainer:
         if self.is_main:
             ckpt.save_checkpoint(state, self.run_dir / name)
 
+    @torch.no_grad()
+    def _check_loss(self) -> Optional[float]:
+        """Per-token loss of the current weights on the last training batch (eval mode, all ranks summed).
+
+        Uses no random numbers, and puts back the task's stream state, so that training goes on unchanged."""
+        if self.last_batch is None:
+            return None
+        stream = self.task.state_dict()
+        self.model.eval()
+        with autocast(self.cfg.precision, self.device):
+            _, _, logs = self.criterion(self.model, self.last_batch, self.step)
+        self.model.train()
+        self.task.load_state_dict(stream)
+        key = "nll_loss" if "nll_loss" in logs else "loss"
+        summed = comm.all_reduce_sums({"loss": float(logs[key]), "ntokens": float(logs["ntokens"])})
+        return summed["loss"] / max(summed["ntokens"], 1.0)
+
     def insane_reason(self) -> Optional[str]:
         """Why the current state must not replace checkpoint_last.pt (None: it is sane). Same on every rank."""
         if self.nonfinite_in_row:
@@ -135,21 +153,21 @@ class Trainer:
             return "a validation since the last save was not finite"
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             return "some weights are not finite"
-        if self.window_tokens and self.reference_loss is not None:
-            mean = self.window_loss / self.window_tokens
-            if not math.isfinite(mean) or mean > SANE_LOSS_FACTOR * self.reference_loss:
-                return (f"the loss since the last save ({mean:.4g} per token) is over {SANE_LOSS_FACTOR:g}x the "
-                        f"best before ({self.reference_loss:.4g})")
+        loss = self._check_loss()
+        if loss is None:
+            return None
+        if not math.isfinite(loss):
+            return f"the loss of these weights on the last batch is {loss}"
+        if self.reference_loss is not None and loss > SANE_LOSS_FACTOR * self.reference_loss:
+            return (f"the loss of these weights on the last batch ({loss:.4g} per token) is over "
+                    f"{SANE_LOSS_FACTOR:g}x the best of an earlier save ({self.reference_loss:.4g})")
+        self.reference_loss = loss if self.reference_loss is None else min(self.reference_loss, loss)
         return None
 
     def save_last(self, progress: Progress, interval: bool = False) -> bool:
         """Write checkpoint_last.pt (and checkpoint_<step>.pt when `interval`) if the state is sane."""
         reason = self.insane_reason()
-        if self.window_tokens:
-            mean = self.window_loss / self.window_tokens
-            if reason is None:
-                self.reference_loss = mean if self.reference_loss is None else min(self.reference_loss, mean)
-        self.window_loss, self.window_tokens, self.valid_finite = 0.0, 0, True
+        self.valid_finite = True
         if reason is not None:
             kept = f"it keeps step {self.last_good_step}" if self.last_good_step is not None else "none is written"
             progress.write(f"step={self.step} not saving {ckpt.LAST}: {reason}; {kept}")
@@ -163,13 +181,10 @@ class Trainer:
         return True
 
     def _track_loss(self, logs: Dict[str, float]) -> None:
-        """Per-token loss of this update into the window the sanity check of the next save looks at."""
-        key = "nll_loss" if "nll_loss" in logs else "loss"
-        tokens = max(int(logs["ntokens"]), 1)
-        if self.reference_loss is None and self.window_tokens == 0:
-            self.reference_loss = logs[key] / tokens  # the model at its initialisation: the first bound
-        self.window_loss += logs[key]
-        self.window_tokens += tokens
+        """Before any save, the first update's loss (the model at its initialisation) bounds the sane ones."""
+        if self.reference_loss is None:
+            key = "nll_loss" if "nll_loss" in logs else "loss"
+            self.reference_loss = logs[key] / max(int(logs["ntokens"]), 1)
 
     def divergence_message(self, count: int) -> str:
         if self.last_good_step is None:
@@ -219,6 +234,7 @@ class Trainer:
         latest: Dict[str, float] = {}
         for micro in range(self.cfg.update_freq):
             batch = to_device(self.task.train_batch(self.epoch, self.index), self.device)
+            self.last_batch = batch
             self._next_position()
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
