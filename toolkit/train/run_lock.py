@@ -40,9 +40,16 @@ class RunFolderLock:
 
     def acquire(self) -> None:
         self.created_dir = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"run_dir={self.run_dir}: cannot create the folder ({error.strerror})") from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                self._remove_dir_if_created()
+                raise UserError(f"run_dir={self.run_dir}: cannot write in the folder ({error.strerror})") from None
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
