@@ -15,6 +15,7 @@ from typing import List
 
 import torch
 
+from toolkit.errors import USER_ERROR_EXIT, UserError
 from toolkit.train.checkpoint import interval_checkpoints, load_checkpoint, save_checkpoint
 
 
@@ -33,6 +34,14 @@ def average(paths: List[Path]) -> dict:
 
 
 def main() -> int:
+    try:
+        return _main()
+    except UserError as error:  # e.g. a checkpoint the safe loader refuses
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--last", type=int, default=5, help="average this many newest checkpoint_<step>.pt")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,9 @@ from toolkit.data.spm import SpmVocab
 from toolkit.data.token_batching import batches_for_epoch, collate
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.eval.bleu import corpus_bleu
+from toolkit.errors import USER_ERROR_EXIT, UserError
 from toolkit.models.transformer import TransformerConfig, TransformerModel
+from toolkit.train.checkpoint import load_checkpoint
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +62,7 @@ def parse_args() -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace, task: SimpleNamespace, data: Path, src: str, tgt: str) -> TransformerModel:
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(args.checkpoint)  # the safe loader: a checkpoint cannot run code
         fields = {f for f in TransformerConfig.__dataclass_fields__}
         cfg = TransformerConfig(**{k: v for k, v in state["config"]["model"].items() if k in fields})
         model = TransformerModel.build(cfg, task)
@@ -106,6 +109,14 @@ def quick_train(model: TransformerModel, args: argparse.Namespace, task, data: P
 
 def main() -> None:
     args = parse_args()
+    try:
+        run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = Path(args.data)

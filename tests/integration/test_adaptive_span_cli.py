@@ -67,7 +67,7 @@ def test_resume_restores_the_stream_cache_and_is_exact(text8_small, straight_run
 
 def test_training_logs_learned_spans_and_the_weighted_span_term(straight_run) -> None:
     record = read_log(straight_run)[-1]
-    spans = torch.load(straight_run / "checkpoint_last.pt", weights_only=False)["model"]
+    spans = load_checkpoint(straight_run / "checkpoint_last.pt")["model"]
     expected = spans["layers.1.attn.span.span_param"][0].item() * 128
     assert record["span/layer1_head0"] == pytest.approx(expected)
     assert {f"span/layer{l}_head{h}" for l in range(2) for h in range(2)} <= set(record)

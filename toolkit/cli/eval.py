@@ -16,7 +16,6 @@ from omegaconf import MISSING, OmegaConf
 
 from toolkit.cli.common import run_cli
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
-from toolkit.errors import ConfigError
 
 PASSTHROUGH = ("task.", "model.")  # keys applied to the checkpoint's own training config
 
@@ -34,11 +33,10 @@ def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    from toolkit.config.compose import load_registries
+    from toolkit.cli.outputs import check_output_file
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
-    from toolkit.train import checkpoint as ckpt
-    from toolkit.train.setup import build_run, resolve_device
+    from toolkit.train.trained_run import load_trained_run
 
     pairs = split_overrides(args)
     own = [(k, v) for k, v in pairs if not k.startswith(PASSTHROUGH)]
@@ -46,26 +44,16 @@ def _body(args: list[str]) -> int:
     cfg = OmegaConf.structured(EvalConfig)
     apply_overrides(cfg, own)
     check_complete(cfg)
+    if cfg.results:
+        check_output_file(cfg.results, "results")
 
-    load_registries()
-    state = ckpt.load_checkpoint(cfg.checkpoint)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{cfg.checkpoint} is not a tk-train checkpoint (no config/model inside)")
-    train_cfg = OmegaConf.create(state["config"])
-    OmegaConf.set_struct(train_cfg, True)
-    apply_overrides(train_cfg, passthrough)
-    if cfg.data is not None:
-        train_cfg.data = cfg.data
-    device = resolve_device(cfg.device)
-    run = build_run(train_cfg)
-    model = run.model.to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
+    run = load_trained_run(cfg.checkpoint, passthrough, cfg.data, cfg.device)
+    model, device = run.model, run.device
     memories = UsageMonitor(model)
     metrics = run.task.evaluate(model, cfg.subset, device)
     metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
     metrics["checkpoint"] = cfg.checkpoint
-    metrics["step"] = state.get("position", {}).get("step")
+    metrics["step"] = run.checkpoint.step
     for key, value in metrics.items():
         print(f"{key}: {value}")
     line = json.dumps(metrics)

@@ -66,7 +66,17 @@ def _body(args: list[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_cli(_body, argv)
+    from toolkit.errors import INTERRUPTED_EXIT
+    from toolkit.train.signals import Interrupted, signals_raise_interrupted
+
+    # outside the update loop (start-up, final evaluation) SIGTERM/SIGINT stop at once with exit code 3; the
+    # run folder is only written once everything is checked, and atomically, so nothing is left half-done
+    with signals_raise_interrupted():
+        try:
+            return run_cli(_body, argv)
+        except Interrupted as stop:
+            print(f"error: {stop.message()}", file=sys.stderr, flush=True)
+            return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -39,23 +39,14 @@ class GatesConfig:
 
 
 def load_run(checkpoint: str, data: Optional[str], device: str) -> tuple[Any, Any, Optional[int]]:
-    """(task, model in eval mode on `device`, step) of a tk-train checkpoint."""
-    from toolkit.config.compose import load_registries
-    from toolkit.train.checkpoint import load_checkpoint
-    from toolkit.train.setup import build_run, resolve_device
+    """(task, model in eval mode on `device`, step) of a tk-train checkpoint of a model with MAE attention."""
+    from toolkit.train.trained_run import load_trained_run
 
-    load_registries()
-    state = load_checkpoint(checkpoint)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{checkpoint} is not a tk-train checkpoint (no config/model inside)")
-    cfg = OmegaConf.create(state["config"])
-    if data is not None:
-        cfg.data = data
-    run = build_run(cfg)
+    run = load_trained_run(checkpoint, data=data, device=device)
     if not hasattr(run.model, "mae_modules") or not run.model.mae_modules():
-        raise ConfigError(f"{checkpoint}: model '{cfg.model.name}' has no MAE attention (needs model.attention=mae)")
-    run.model.load_state_dict(state["model"])
-    return run.task, run.model.to(resolve_device(device)).eval(), state.get("position", {}).get("step")
+        raise ConfigError(f"{checkpoint}: model '{run.checkpoint.config.model.name}' has no MAE attention "
+                          "(needs model.attention=mae)")
+    return run.task, run.model, run.checkpoint.step
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from toolkit.config.cli_overrides import apply_overrides, check_complete, split_
 from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError, DataError
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.train.trained_run import RunCheckpoint, read_run_checkpoint
 
 DYNAMIC_SAMPLE_STREAMS = 8  # dynamic spans: rows of the validation blocks the mean predicted span is taken over
 
@@ -36,26 +37,29 @@ class SpansConfig:
     data: Optional[str] = None  # dynamic spans only: the dataset folder (default: the checkpoint's)
 
 
-def load_model(state: Dict[str, Any], path: str) -> StreamingLM:
-    """The checkpoint's StreamingLM with its weights (built on the meta device, then given the saved tensors)."""
-    model_cfg = state["config"]["model"]
+def load_model(checkpoint: RunCheckpoint) -> StreamingLM:
+    """The checkpoint's StreamingLM with its weights (built on the meta device, then given the saved tensors).
+
+    Built from the checkpoint alone, without its task: static spans need no dataset folder."""
+    model_cfg = checkpoint.config.model
     if model_cfg.get("name") != "streaming_lm":
-        raise ConfigError(f"{path}: model '{model_cfg.get('name')}' has no learned attention spans (needs streaming_lm)")
+        raise ConfigError(f"{checkpoint.path}: model '{model_cfg.get('name')}' has no learned attention spans "
+                          "(needs streaming_lm)")
     values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
-    values["vocab_size"] = int(state["model"]["embed.weight"].shape[0])
-    values["block_size"] = values.get("block_size") or int(state["config"]["task"].get("tokens_per_sample", 1))
+    values["vocab_size"] = int(checkpoint.weights["embed.weight"].shape[0])
+    values["block_size"] = values.get("block_size") or int(checkpoint.config.task.get("tokens_per_sample", 1))
     with torch.device("meta"):
         model = StreamingLM(StreamingLMConfig(**values))
-    model.load_state_dict(state["model"], assign=True)
+    model.load_state_dict(checkpoint.weights, assign=True)
     return model.eval()
 
 
 @torch.no_grad()
-def observe_dynamic_spans(model: StreamingLM, state: Dict[str, Any], data: Optional[str]) -> None:
+def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint) -> None:
     """Run the first validation blocks through a dynamic-span model so that span_stats has something to average."""
     from toolkit.data.char_corpus import load_char_split
 
-    folder = data or state["config"].get("data")
+    folder = checkpoint.config.get("data")
     if not folder or not Path(folder).is_dir():
         raise DataError(f"dynamic spans depend on the input: the dataset folder is needed (data={folder})")
     block = model.cfg.block_size
@@ -128,15 +132,11 @@ def render_png(report: Dict[str, Any]) -> bytes:
 
 def analyze_spans(checkpoint: str, output: Optional[str] = None, data: Optional[str] = None) -> Dict[str, Any]:
     """Write spans.png and spans.json for a checkpoint; returns the report plus the paths written."""
-    from toolkit.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    if "config" not in state or "model" not in state:
-        raise ConfigError(f"{checkpoint} is not a tk-train checkpoint (no config/model inside)")
-    model = load_model(state, checkpoint)
+    saved = read_run_checkpoint(checkpoint, data=data)
+    model = load_model(saved)
     if model.cfg.dynamic_span:
-        observe_dynamic_spans(model, state, data)
-    report = span_report(model, checkpoint, state.get("position", {}).get("step"))
+        observe_dynamic_spans(model, saved)
+    report = span_report(model, checkpoint, saved.step)
     png = render_png(report)
     return write_analysis(checkpoint, output, "spans", report, png)
 

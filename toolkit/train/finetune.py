@@ -14,15 +14,31 @@ from toolkit.train.checkpoint import load_checkpoint
 log = logging.getLogger(__name__)
 
 
+MIN_INIT_FRACTION = 0.5  # init_from must provide at least this share of the model's parameter values
+
+
 def init_from_checkpoint(model: nn.Module, path: str) -> None:
-    """Load the model weights of `path`; parameters it lacks (e.g. new gates) keep their initialisation."""
-    state = load_checkpoint(path)["model"]
+    """Load the model weights of `path`; parameters it lacks (e.g. new gates) keep their initialisation.
+
+    Refused (ConfigError) when a shared name has another shape, or when the checkpoint covers less than
+    MIN_INIT_FRACTION of the model's parameter values: a checkpoint of another model or task would otherwise
+    "initialise" almost nothing and the run would silently train from scratch."""
+    state = load_checkpoint(path).get("model")
+    if not isinstance(state, dict):
+        raise ConfigError(f"init_from={path}: not a tk-train checkpoint (no model weights inside)")
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
         raise ConfigError(f"init_from={path}: parameter '{k}' has shape {tuple(state[k].shape)}, "
                           f"the model's is {tuple(own[k].shape)}")
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    covered = sum(p.numel() for name, p in params.items() if name in state)
+    if covered < MIN_INIT_FRACTION * total:
+        raise ConfigError(f"init_from={path}: the checkpoint holds {covered:,} of the model's {total:,} parameter "
+                          f"values ({covered / max(total, 1):.0%}; at least {MIN_INIT_FRACTION:.0%} needed): "
+                          "a checkpoint of another model or task")
     missing, unexpected = model.load_state_dict(state, strict=False)
     log.info("initialised from %s (%d tensors; new, not in the checkpoint: %s; ignored: %s)", path,
              len(state) - len(unexpected), ", ".join(missing) or "none", ", ".join(unexpected) or "none")

@@ -8,19 +8,22 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import OmegaConf
 
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.distributed import comm
-from toolkit.errors import DISTRIBUTED_EXIT, ConfigError
+from toolkit.errors import DISTRIBUTED_EXIT, ConfigError, DataError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
+from toolkit.train.resume_check import check_resume_fits
+from toolkit.train.run_lock import RunFolderBusy, RunFolderLock
 from toolkit.train.setup import build_run, parameter_summary
+from toolkit.train.signals import Interrupted
 from toolkit.train.trainer import Trainer
 
 log = logging.getLogger("toolkit.train")
@@ -55,49 +58,85 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         run_dir = Path(cfg.run_dir)
         if rank != 0:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports; the others only warn
+        lock = RunFolderLock(run_dir)
+        busy: Optional[RunFolderBusy] = None
         if rank == 0:
-            _write_run_files(cfg, run_dir, preset, argv)
-        run = build_run(cfg, rank, world_size)
-        model = run.model.to(device)
-        params = parameter_summary(model)
-        log.info("model %s: %s parameters (%s)", cfg.model.name, f"{params['parameters']:,}", json.dumps(params))
-        resume = ckpt.find_resume(run_dir)
-        if cfg.init_from and resume is None:
-            init_from_checkpoint(model, cfg.init_from)
-        freeze_all_but(model, cfg.train_only)
-        groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
-        for group in groups:
-            log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
-        wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
-        trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
-        if resume is not None:
-            trainer.load_state_dict(ckpt.load_checkpoint(resume))
-            log.info("resumed from %s at step %d (epoch %d)", resume, trainer.step, trainer.epoch)
+            try:
+                lock.acquire()
+            except RunFolderBusy as error:
+                busy = error
+        if comm.any_rank(busy is not None):  # every rank of a refused run leaves with the same exit code
+            raise busy or RunFolderBusy(f"run_dir={run_dir} is in use by another tk-train")
         try:
-            code = trainer.train()
-        except RuntimeError as error:
-            if world_size == 1:
-                raise
-            # a collective failed: another rank died, or did not answer within distributed.timeout_s
+            return _train_locked(cfg, preset, argv, run_dir, device, rank, world_size)
+        finally:
+            lock.release()
+
+
+def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device: torch.device, rank: int,
+                  world_size: int) -> int:
+    """Everything is checked (checkpoint readable, fits the new config and data) before the run folder changes."""
+    resume = ckpt.find_resume(run_dir)
+    state = ckpt.load_checkpoint(resume) if resume is not None else None
+    run = build_run(cfg, rank, world_size)
+    model = run.model.to(device)
+    params = parameter_summary(model)
+    log.info("model %s: %s parameters (%s)", cfg.model.name, f"{params['parameters']:,}", json.dumps(params))
+    if state is not None:
+        check_resume_fits(state, cfg, model, run.task, resume)
+    elif cfg.init_from:
+        init_from_checkpoint(model, cfg.init_from)
+    freeze_all_but(model, cfg.train_only)
+    groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
+    for group in groups:
+        log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
+    wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
+    trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
+    if state is not None:
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
-                  f"after {cfg.distributed.timeout_s}s)", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            # the process group is broken: tearing it down, or exiting while gloo's threads still wait on the
-            # dead peer, can abort the process (SIGABRT) instead of giving the documented exit code
-            os._exit(DISTRIBUTED_EXIT)
-        if code == 0 and cfg.final_subset:
-            best = run_dir / ckpt.BEST
-            if best.is_file():
-                model.load_state_dict(ckpt.load_checkpoint(best)["model"])
-            model.eval()
-            metrics = run.task.evaluate(model, cfg.final_subset, device)
-            metrics["checkpoint"] = str(best if best.is_file() else run_dir / ckpt.LAST)
-            if rank == 0:
-                print(json.dumps(metrics), flush=True)
-        if world_size > 1:
-            comm.barrier()  # leave together: a rank tearing down while a peer still talks to it can abort
-        return code
+            raise DataError(f"cannot resume from {resume}: {first} (resume with the run's settings, or choose "
+                            "another run_dir)") from None
+        log.info("resumed from %s at step %d (epoch %d)", resume, trainer.step, trainer.epoch)
+        del state
+    if rank == 0:
+        ckpt.sweep_temporaries(run_dir)
+        _write_run_files(cfg, run_dir, preset, argv)
+    try:
+        code = trainer.train()
+    except RuntimeError as error:
+        if world_size == 1:
+            raise
+        # a collective failed: another rank died, or did not answer within distributed.timeout_s
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
+              f"after {cfg.distributed.timeout_s}s)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # the process group is broken: tearing it down, or exiting while gloo's threads still wait on the
+        # dead peer, can abort the process (SIGABRT) instead of giving the documented exit code
+        os._exit(DISTRIBUTED_EXIT)
+    if code == 0 and cfg.final_subset:
+        try:
+            _final_evaluation(cfg, run_dir, model, run.task, device, rank)
+        except Interrupted as stop:
+            stop.during = f"the final evaluation ({run_dir / ckpt.LAST} is saved)"
+            raise
+    if world_size > 1:
+        comm.barrier()  # leave together: a rank tearing down while a peer still talks to it can abort
+    return code
+
+
+def _final_evaluation(cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any, device: torch.device, rank: int) -> None:
+    best = run_dir / ckpt.BEST
+    if best.is_file():
+        model.load_state_dict(ckpt.load_checkpoint(best)["model"])
+    model.eval()
+    metrics = task.evaluate(model, cfg.final_subset, device)
+    metrics["checkpoint"] = str(best if best.is_file() else run_dir / ckpt.LAST)
+    if rank == 0:
+        print(json.dumps(metrics), flush=True)
 
 
 def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch.device("cpu")) -> Trainer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -35,6 +36,13 @@ from toolkit.distributed import comm
 log = logging.getLogger(__name__)
 
 SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
+# checkpoint_last.pt is only replaced by a sane state: the last update's loss finite, every weight finite, every
+# validation since the previous save finite, and the loss of the weights being saved (on the last training
+# batch, eval mode) at most this factor above the best such loss of an earlier save (or the first update's
+# loss, before any). A training loss describes the weights before its update, so it cannot tell whether the
+# update just made blew them up (lr=1e10: weights in the 1e8s after one update); this check forward can.
+# A diverging run thus keeps its last good state, which the exit-4 error line names.
+SANE_LOSS_FACTOR = 2.0
 
 
 class Trainer:
@@ -61,9 +69,13 @@ class Trainer:
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
+        self.reference_loss: Optional[float] = None  # best per-token loss of a saved state (sanity bound)
+        self.last_batch: Optional[Dict[str, Any]] = None  # the last micro-batch trained on (for the check)
+        self.valid_finite = True  # every validation since the last save was finite
+        self.last_good_step: Optional[int] = None  # step held by checkpoint_last.pt (None: none written)
         self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
         self.memory_monitor = UsageMonitor(model)
-        self.tb = Scalars(run_dir / "tb", cfg.tensorboard and self.is_main)
+        self.tb = Scalars(run_dir / "tb", False)  # opened by train(): nothing is written before the run starts
         self.metrics_log = run_dir / "train_log.jsonl"
         self.seq_len = 0  # target length of the last batch: the attention term of the FLOPs estimate
 
@@ -81,6 +93,7 @@ class Trainer:
                 "bad_validations": self.bad_validations,
                 "nonfinite_total": self.nonfinite_total,
                 "world_size": comm.world_size(),
+                "reference_loss": self.reference_loss,
             },
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -95,6 +108,8 @@ class Trainer:
         trainer = state["trainer"]
         self.best, self.bad_validations = trainer["best"], trainer["bad_validations"]
         self.nonfinite_total = trainer["nonfinite_total"]
+        self.reference_loss = trainer.get("reference_loss")
+        self.last_good_step = self.step
         saved_world = trainer.get("world_size", 1)
         rank = comm.rank()
         if saved_world == comm.world_size():
@@ -114,6 +129,71 @@ class Trainer:
         state = self.state_dict()  # collective (gathers every rank's RNG): all ranks call it
         if self.is_main:
             ckpt.save_checkpoint(state, self.run_dir / name)
+
+    @torch.no_grad()
+    def _check_loss(self) -> Optional[float]:
+        """Per-token loss of the current weights on the last training batch (eval mode, all ranks summed).
+
+        Uses no random numbers, and puts back the task's stream state, so that training goes on unchanged."""
+        if self.last_batch is None:
+            return None
+        stream = self.task.state_dict()
+        self.model.eval()
+        with autocast(self.cfg.precision, self.device):
+            _, _, logs = self.criterion(self.model, self.last_batch, self.step)
+        self.model.train()
+        self.task.load_state_dict(stream)
+        key = "nll_loss" if "nll_loss" in logs else "loss"
+        summed = comm.all_reduce_sums({"loss": float(logs[key]), "ntokens": float(logs["ntokens"])})
+        return summed["loss"] / max(summed["ntokens"], 1.0)
+
+    def insane_reason(self) -> Optional[str]:
+        """Why the current state must not replace checkpoint_last.pt (None: it is sane). Same on every rank."""
+        if self.nonfinite_in_row:
+            return "the last update's loss was not finite"
+        if not self.valid_finite:
+            return "a validation since the last save was not finite"
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return "some weights are not finite"
+        loss = self._check_loss()
+        if loss is None:
+            return None
+        if not math.isfinite(loss):
+            return f"the loss of these weights on the last batch is {loss}"
+        if self.reference_loss is not None and loss > SANE_LOSS_FACTOR * self.reference_loss:
+            return (f"the loss of these weights on the last batch ({loss:.4g} per token) is over "
+                    f"{SANE_LOSS_FACTOR:g}x the best of an earlier save ({self.reference_loss:.4g})")
+        self.reference_loss = loss if self.reference_loss is None else min(self.reference_loss, loss)
+        return None
+
+    def save_last(self, progress: Progress, interval: bool = False) -> bool:
+        """Write checkpoint_last.pt (and checkpoint_<step>.pt when `interval`) if the state is sane."""
+        reason = self.insane_reason()
+        self.valid_finite = True
+        if reason is not None:
+            kept = f"it keeps step {self.last_good_step}" if self.last_good_step is not None else "none is written"
+            progress.write(f"step={self.step} not saving {ckpt.LAST}: {reason}; {kept}")
+            return False
+        self.save(ckpt.LAST)
+        self.last_good_step = self.step
+        if interval and self.cfg.keep_interval_checkpoints > 0:
+            self.save(f"checkpoint_{self.step}.pt")
+            if self.is_main:
+                ckpt.prune_interval_checkpoints(self.run_dir, self.cfg.keep_interval_checkpoints)
+        return True
+
+    def _track_loss(self, logs: Dict[str, float]) -> None:
+        """Before any save, the first update's loss (the model at its initialisation) bounds the sane ones."""
+        if self.reference_loss is None:
+            key = "nll_loss" if "nll_loss" in logs else "loss"
+            self.reference_loss = logs[key] / max(int(logs["ntokens"]), 1)
+
+    def divergence_message(self, count: int) -> str:
+        if self.last_good_step is None:
+            kept = "no checkpoint holds a sane state: the run diverged before its first save"
+        else:
+            kept = f"last good checkpoint: {self.run_dir / ckpt.LAST} (step {self.last_good_step})"
+        return f"error: {count} non-finite losses in a row at step {self.step}; stopping ({kept})"
 
     # ---- one update ----------------------------------------------------------------------------------
     def _set_trainable(self) -> List[ParamGroup]:
@@ -157,6 +237,7 @@ class Trainer:
         for micro in range(self.cfg.update_freq):
             batch = to_device(self.task.train_batch(self.epoch, self.index), self.device)
             self.seq_len = int(batch["target"].size(-1))
+            self.last_batch = batch
             self._next_position()
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
@@ -223,6 +304,7 @@ class Trainer:
         """Train until max_update/max_epoch, patience, a signal or divergence; returns the exit code."""
         stop = StopRequest().install()
         progress = Progress(self.cfg.max_update, self.step, self.cfg.progress, enabled=self.is_main)
+        self.tb = Scalars(self.run_dir / "tb", self.cfg.tensorboard and self.is_main)
         self.model.train()
         window: Dict[str, float] = {}
         tokens_since, clock = 0, time.perf_counter()
@@ -232,12 +314,12 @@ class Trainer:
                 if logs is None:
                     progress.write(f"step={self.step} non-finite loss, update skipped ({self.nonfinite_in_row} in a row)")
                     if self.nonfinite_in_row >= self.cfg.max_nonfinite:
-                        progress.write(
-                            f"error: {self.nonfinite_in_row} non-finite losses in a row; stopping "
-                            f"(last good checkpoint: {self.run_dir / ckpt.LAST})"
-                        )
+                        if self.is_main:
+                            progress.close()
+                            print(self.divergence_message(self.nonfinite_in_row), file=sys.stderr, flush=True)
                         return DIVERGED_EXIT
                     continue
+                self._track_loss(logs)
                 for key, value in logs.items():
                     window[key] = window.get(key, 0.0) + value if key in SUMMED_LOGS else value
                 tokens_since += int(logs["ntokens"])
@@ -263,14 +345,15 @@ class Trainer:
                     window, tokens_since, clock = {}, 0, time.perf_counter()
                 should_stop = self._after_update(progress)
                 if comm.any_rank(stop.requested):
-                    self.save(ckpt.LAST)
-                    progress.write(f"stopped by signal at step {self.step}; saved {self.run_dir / ckpt.LAST}")
+                    saved = self.save_last(progress)
+                    where = f"saved {self.run_dir / ckpt.LAST}" if saved else f"{ckpt.LAST} not replaced"
+                    progress.write(f"stopped by signal at step {self.step}; {where}")
                     return INTERRUPTED_EXIT
                 if should_stop:
                     break
             if self.cfg.validate_interval == 0 or self.step % self.cfg.validate_interval:
                 self._validate_and_keep_best(progress)
-            self.save(ckpt.LAST)
+            self.save_last(progress)
             return 0
         finally:
             stop.restore()
@@ -283,17 +366,15 @@ class Trainer:
         if self.cfg.validate_interval and self.step % self.cfg.validate_interval == 0:
             stop = self._validate_and_keep_best(progress)
         if self.cfg.save_interval and self.step % self.cfg.save_interval == 0:
-            self.save(ckpt.LAST)
-            if self.cfg.keep_interval_checkpoints > 0:
-                self.save(f"checkpoint_{self.step}.pt")
-                if self.is_main:
-                    ckpt.prune_interval_checkpoints(self.run_dir, self.cfg.keep_interval_checkpoints)
+            self.save_last(progress, interval=True)
         return stop
 
     def _validate_and_keep_best(self, progress: Progress) -> bool:
         metrics = self.validate()
         value = metrics[self.task.valid_metric]
-        improved = self.best is None or value < self.best
+        finite = math.isfinite(value)
+        self.valid_finite = self.valid_finite and finite
+        improved = finite and (self.best is None or value < self.best)
         if improved:
             self.best, self.bad_validations = value, 0
         else:
