@@ -3,6 +3,8 @@
 The checkpoint carries its training config; `task.*` (and `data=`, `device=`) overrides change how it is
 evaluated (e.g. task.eval_window=512 task.eval_stride=1 for the exact char-LM protocol). The last stdout line
 is one JSON object with the metrics.
+
+`tk-eval hypotheses=FILE references=FILE [baseline=FILE]` scores files instead (toolkit.cli.score_files).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
+    from toolkit.cli.score_files import score_files, wants_file_scoring
+
+    if wants_file_scoring(args):  # hypotheses= / nll=: score files, no checkpoint
+        return score_files(args)
     from toolkit.config.compose import load_registries
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
