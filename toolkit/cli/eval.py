@@ -30,13 +30,14 @@ class EvalConfig:
     data: Optional[str] = None  # dataset folder (default: the one the checkpoint was trained on)
     device: str = "auto"  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
+    save_nll: Optional[str] = None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
 
 
 def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    from toolkit.cli.score_files import score_files, wants_file_scoring
+    from toolkit.cli.score_files import check_token_nll, save_token_nll, score_files, wants_file_scoring
 
     if wants_file_scoring(args):  # hypotheses= / nll=: score files, no checkpoint
         return score_files(args)
@@ -68,7 +69,11 @@ def _body(args: list[str]) -> int:
     model.load_state_dict(state["model"])
     model.eval()
     memories = UsageMonitor(model)
+    check_token_nll(run.task, cfg.save_nll)
+    run.task.record_token_nll = cfg.save_nll is not None
     metrics = run.task.evaluate(model, cfg.subset, device)
+    if cfg.save_nll:
+        metrics["nll_file"] = save_token_nll(run.task, cfg.save_nll)
     metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
     metrics["checkpoint"] = cfg.checkpoint
     metrics["step"] = state.get("position", {}).get("step")

@@ -111,3 +111,24 @@ def _table(metric: str, baseline: str, system: str, paired: Any, alpha: float, d
     print(f"{baseline:<{width}}  {paired.baseline_score:>10.{digits}f}  (baseline)")
     print(f"{system:<{width}}  {paired.score:>10.{digits}f}  {paired.p_value:.4f}{marker}")
     print(f"* p < {alpha}: the difference is significant")
+
+
+def check_token_nll(task: Any, path: Optional[str]) -> None:
+    """save_nll= is for language models (per-token NLL); stop before scoring otherwise."""
+    if path is not None and task.valid_metric not in ("ppl", "bpc"):
+        raise ConfigError(f"save_nll={path}: per-token NLLs are written for language-model tasks only "
+                          f"(task '{task.cfg.name}')")
+
+
+def save_token_nll(task: Any, path: str) -> str:
+    """Write the task's last per-target NLLs as .npy (float64), atomically; returns the path."""
+    import io
+
+    import numpy as np
+
+    from toolkit.data.atomic import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(task.token_nll, dtype=np.float64), allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+    return str(path)

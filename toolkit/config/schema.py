@@ -26,6 +26,9 @@ class PhaseScheduleConfig:
 
     unit: str = "update"  # 'update' or 'epoch': what phase lengths count
     cycle: List[PhaseConfig] = field(default_factory=list)
+    # what max_update counts: 'updates' (every update) or 'main_updates' (only updates that train group main, so
+    # a BCD run gives its model as many updates as a run without phases; the gate-only updates come on top)
+    budget: str = "updates"
 
 
 @dataclass

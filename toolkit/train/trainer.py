@@ -57,6 +57,7 @@ class Trainer:
         self.scaler = grad_scaler(cfg.precision, device)
         validate_phases(cfg.phases, list(self.groups))
         self.step, self.epoch, self.index = 0, 1, 0
+        self.main_updates = 0  # updates that trained group main (phases.budget=main_updates counts these)
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
@@ -72,7 +73,7 @@ class Trainer:
             "optimizers": {name: g.optimizer.state_dict() for name, g in self.groups.items()},
             "scaler": self.scaler.state_dict(),
             "rng": comm.gather_objects(ckpt.rng_state()),
-            "position": {"step": self.step, "epoch": self.epoch, "index": self.index},
+            "position": {"step": self.step, "epoch": self.epoch, "index": self.index, "main_updates": self.main_updates},
             "task": comm.gather_objects(self.task.state_dict()),
             "trainer": {
                 "best": self.best,
@@ -90,6 +91,7 @@ class Trainer:
                 group.optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.index = (state["position"][k] for k in ("step", "epoch", "index"))
+        self.main_updates = state["position"].get("main_updates", self.step)
         trainer = state["trainer"]
         self.best, self.bad_validations = trainer["best"], trainer["bad_validations"]
         self.nonfinite_total = trainer["nonfinite_total"]
@@ -194,12 +196,14 @@ class Trainer:
         if hasattr(self.model, "after_update"):
             self.model.after_update()  # e.g. clamp adaptive spans into range
         self.step += 1
+        self.main_updates += any(g.name == "main" for g in groups)
         summed.update(latest)
         return summed
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
-        if self.step >= self.cfg.max_update:
+        budget_used = self.main_updates if self.cfg.phases.get("budget") == "main_updates" else self.step
+        if budget_used >= self.cfg.max_update:
             return True
         return bool(self.cfg.max_epoch) and self.epoch > self.cfg.max_epoch
 
