@@ -96,7 +96,7 @@ def test_budget_counts_all_updates_or_those_of_main(text8_small, tmp_path, budge
     trainer = single_process_trainer(compose_train_config("text8_char_tiny", args[1:]), tmp_path)
     assert trainer.train() == 0
     assert (trainer.step, trainer.main_updates) == (steps, main)
-    assert trainer.state_dict()["position"]["main_updates"] == main
+    assert trainer.state_dict()["trainer"]["main_updates"] == main
 
 
 def test_pkm_deep_baselines_differ_from_the_memory_models_only_in_depth_and_memory():

@@ -73,12 +73,13 @@ class Trainer:
             "optimizers": {name: g.optimizer.state_dict() for name, g in self.groups.items()},
             "scaler": self.scaler.state_dict(),
             "rng": comm.gather_objects(ckpt.rng_state()),
-            "position": {"step": self.step, "epoch": self.epoch, "index": self.index, "main_updates": self.main_updates},
+            "position": {"step": self.step, "epoch": self.epoch, "index": self.index},
             "task": comm.gather_objects(self.task.state_dict()),
             "trainer": {
                 "best": self.best,
                 "bad_validations": self.bad_validations,
                 "nonfinite_total": self.nonfinite_total,
+                "main_updates": self.main_updates,
                 "world_size": comm.world_size(),
             },
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -91,10 +92,10 @@ class Trainer:
                 group.optimizer.load_state_dict(state["optimizers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.index = (state["position"][k] for k in ("step", "epoch", "index"))
-        self.main_updates = state["position"].get("main_updates", self.step)
         trainer = state["trainer"]
         self.best, self.bad_validations = trainer["best"], trainer["bad_validations"]
         self.nonfinite_total = trainer["nonfinite_total"]
+        self.main_updates = trainer.get("main_updates", self.step)
         saved_world = trainer.get("world_size", 1)
         rank = comm.rank()
         if saved_world == comm.world_size():
