@@ -109,3 +109,16 @@ def test_word_perplexity_without_eos_scores_only_the_words(wikitext_small):
         assert with_eos["eos_scored"] is True and words["eos_scored"] is False
         assert np.allclose(word_nll, all_nll[test != EOS], rtol=1e-6)  # the same predictions, eos left out
         assert words["loss"] == pytest.approx(word_nll.mean(), rel=1e-9)
+
+
+def test_save_nll_is_for_language_models_only():
+    from types import SimpleNamespace
+
+    from toolkit.cli.score_files import check_token_nll
+    from toolkit.errors import ConfigError
+
+    translation = SimpleNamespace(valid_metric="loss", cfg=SimpleNamespace(name="translation"))
+    with pytest.raises(ConfigError, match=r"^save_nll=x.npy: per-token NLLs are written for language-model tasks "
+                                          r"only \(task 'translation'\)$"):
+        check_token_nll(translation, "x.npy")
+    check_token_nll(translation, None)  # nothing asked, nothing checked

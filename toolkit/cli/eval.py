@@ -4,7 +4,9 @@ The checkpoint carries its training config; `task.*` (and `data=`, `device=`) ov
 evaluated (e.g. task.eval_window=512 task.eval_stride=1 for the exact char-LM protocol). The last stdout line
 is one JSON object with the metrics.
 
-`tk-eval hypotheses=FILE references=FILE [baseline=FILE]` scores files instead (toolkit.cli.score_files).
+`save_nll=FILE` (language models) also writes each scored target's NLL, for `tk-eval nll=A baseline_nll=B`.
+`tk-eval hypotheses=FILE references=FILE [baseline=FILE]` and `tk-eval nll=A baseline_nll=B` score files
+instead of a checkpoint (toolkit.cli.score_files).
 """
 
 from __future__ import annotations
