@@ -105,6 +105,8 @@ def apply_global_batch(cfg: Any, world_size: int) -> Dict[str, int]:
 
 def describe(figures: Dict[str, int]) -> str:
     """One log line stating the split."""
+    if "tokens_per_update" not in figures:
+        return f"batch: as the task batches, x update_freq {figures['update_freq']} x {figures['world_size']} processes"
     if "sequences_per_update" in figures:
         return (f"batch: {figures['sequences_per_update']} sequences ({figures['tokens_per_update']:,} tokens) per "
                 f"update = {figures['world_size']} processes x update_freq {figures['update_freq']} x "
