@@ -2,8 +2,9 @@
 
   python scripts/average_checkpoints.py RUN_DIR --last 5 --output RUN_DIR/checkpoint_avg5.pt
 
-The output is a checkpoint that tk-eval and tk-translate read (the newest checkpoint's config and position,
-averaged model weights), written atomically.
+A run with `average_last_n=N` does this itself at the end of training (checkpoint_avg.pt). The output is a
+checkpoint that tk-eval and tk-translate read (the newest checkpoint's config and position, averaged model
+weights), written atomically.
 """
 
 from __future__ import annotations
@@ -11,26 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
-
-import torch
 
 from toolkit.errors import USER_ERROR_EXIT, UserError
-from toolkit.train.checkpoint import interval_checkpoints, load_checkpoint, save_checkpoint
-
-
-def average(paths: List[Path]) -> dict:
-    """The newest checkpoint's state with every floating-point model tensor replaced by the mean over `paths`."""
-    states = [load_checkpoint(p)["model"] for p in paths]
-    newest = load_checkpoint(paths[-1])
-    averaged = {}
-    for key, value in states[-1].items():
-        if value.is_floating_point():
-            averaged[key] = torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
-        else:
-            averaged[key] = value
-    return {"model": averaged, "config": newest["config"], "position": newest.get("position", {}),
-            "averaged_from": [str(p) for p in paths]}
+from toolkit.train.averaging import average_checkpoints
+from toolkit.train.checkpoint import interval_checkpoints, save_checkpoint
 
 
 def main() -> int:
@@ -53,7 +38,7 @@ def _main() -> int:
               "(train with keep_interval_checkpoints=N)", file=sys.stderr)
         return 2
     output = args.output or args.run_dir / f"checkpoint_avg{args.last}.pt"
-    save_checkpoint(average(paths), output)
+    save_checkpoint(average_checkpoints(paths), output)
     print(f"averaged {', '.join(p.name for p in paths)} -> {output}")
     return 0
 

@@ -3,6 +3,10 @@
 The checkpoint carries its training config; `task.*` (and `data=`, `device=`) overrides change how it is
 evaluated (e.g. task.eval_window=512 task.eval_stride=1 for the exact char-LM protocol). The last stdout line
 is one JSON object with the metrics.
+
+`save_nll=FILE` (language models) also writes each scored target's NLL, for `tk-eval nll=A baseline_nll=B`.
+`tk-eval hypotheses=FILE references=FILE [baseline=FILE]` and `tk-eval nll=A baseline_nll=B` score files
+instead of a checkpoint (toolkit.cli.score_files).
 """
 
 from __future__ import annotations
@@ -27,12 +31,17 @@ class EvalConfig:
     data: Optional[str] = None  # dataset folder (default: the one the checkpoint was trained on)
     device: str = "auto"  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
+    save_nll: Optional[str] = None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
 
 
 def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
+    from toolkit.cli.score_files import check_token_nll, save_token_nll, score_files, wants_file_scoring
+
+    if wants_file_scoring(args):  # hypotheses= / nll=: score files, no checkpoint
+        return score_files(args)
     from toolkit.cli.outputs import check_output_file
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
@@ -50,7 +59,11 @@ def _body(args: list[str]) -> int:
     run = load_trained_run(cfg.checkpoint, passthrough, cfg.data, cfg.device)
     model, device = run.model, run.device
     memories = UsageMonitor(model)
+    check_token_nll(run.task, cfg.save_nll)
+    run.task.record_token_nll = cfg.save_nll is not None
     metrics = run.task.evaluate(model, cfg.subset, device)
+    if cfg.save_nll:
+        metrics["nll_file"] = save_token_nll(run.task, cfg.save_nll)
     metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
     metrics["checkpoint"] = cfg.checkpoint
     metrics["step"] = run.checkpoint.step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -53,8 +54,12 @@ def _body(args: list[str]) -> int:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
     from toolkit.distributed.launch import launch_local, under_torchrun
+    from toolkit.train.averaging import check_averaging
+    from toolkit.train.global_batch import check_global_batch
     from toolkit.train.run import dry_run, train
 
+    check_averaging(cfg)
+    check_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():
         return launch_local(cfg.distributed.world_size, original)
 

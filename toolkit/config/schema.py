@@ -9,6 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from toolkit.modules.memory_placement import MemoryPlacementConfig
+from toolkit.train.global_batch import GlobalBatchConfig
 
 
 @dataclass
@@ -25,6 +26,9 @@ class PhaseScheduleConfig:
 
     unit: str = "update"  # 'update' or 'epoch': what phase lengths count
     cycle: List[PhaseConfig] = field(default_factory=list)
+    # what max_update counts: 'updates' (every update) or 'main_updates' (only updates that train group main, so
+    # a BCD run gives its model as many updates as a run without phases; the gate-only updates come on top)
+    budget: str = "updates"
 
 
 @dataclass
@@ -56,13 +60,15 @@ class TrainConfig:
     precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (autocast; CUDA only, fp32 on CPU)
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     dry_run: bool = False  # build task and model, print a summary and exit
-    update_freq: int = 1  # gradient accumulation: micro-batches per update
+    update_freq: int = 1  # gradient accumulation: micro-batches per update (derived when `batch` is set)
+    batch: GlobalBatchConfig = field(default_factory=GlobalBatchConfig)  # batch per update over all processes
     clip_norm: float = 0.0  # global gradient-norm clipping of the main group (0 = off)
     max_nonfinite: int = 5  # stop after this many non-finite losses in a row
     log_interval: int = 10  # updates between log lines
     validate_interval: int = 500  # updates between validations (0 = only at the end)
     save_interval: int = 500  # updates between checkpoint_last saves
     keep_interval_checkpoints: int = 0  # also keep checkpoint_<step>.pt, this many newest (0 = none)
+    average_last_n: int = 0  # end by averaging the last N interval checkpoints into checkpoint_avg.pt, tested (0 = off)
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     final_subset: Optional[str] = "test"  # subset scored after training (null = none)
     progress: str = "auto"  # 'auto' (bar on a terminal), 'bar' or 'plain'

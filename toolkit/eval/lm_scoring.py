@@ -42,8 +42,10 @@ def score_stream(
     batch_size: int,
     device: torch.device | str = "cpu",
     max_tokens: Optional[int] = None,
+    per_token: Optional[np.ndarray] = None,
 ) -> tuple[float, int]:
-    """Sum of next-token NLL (nats) over tokens[1:] and the number of targets scored."""
+    """Sum of next-token NLL (nats) over tokens[1:] and the number of targets scored; `per_token` (float64, one
+    entry per target) receives each target's NLL."""
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
     data = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
@@ -59,6 +61,8 @@ def score_stream(
         logits = logits_fn(inputs).float()
         nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         keep = offsets[None, :].to(device) >= torch.from_numpy(first_scored[i : i + batch_size]).to(device)[:, None]
+        if per_token is not None:
+            per_token[index[keep.cpu()].numpy()] = nll[keep].double().cpu().numpy()
         total += nll[keep].sum().item()
         count += int(keep.sum().item())
     return total, count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,8 @@ class Task:
     valid_metric = "loss"  # lower is better
     vocab_size: int = 0
     pad_idx: Optional[int] = None
+    record_token_nll: bool = False  # LM tasks: keep each scored target's NLL of the next evaluation (tk-eval save_nll=)
+    token_nll: Optional[np.ndarray] = None  # those NLLs (nats, float64), in the order of the targets
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
         self.cfg, self.data_dir, self.seed = cfg, data_dir, seed
@@ -45,6 +48,14 @@ class Task:
         (e.g. char_lm's valid_max_tokens, translation without BLEU).
         """
         raise NotImplementedError
+
+    def token_nll_buffer(self, n_targets: int) -> Optional[np.ndarray]:
+        """Where a scorer writes per-target NLLs (NaN = not scored), when record_token_nll is set."""
+        return np.full(n_targets, np.nan) if self.record_token_nll else None
+
+    def keep_token_nll(self, buffer: Optional[np.ndarray]) -> None:
+        if buffer is not None:
+            self.token_nll = buffer[~np.isnan(buffer)]
 
     def summary(self) -> Dict[str, Any]:
         return {"task": self.cfg.name, "vocab_size": self.vocab_size}

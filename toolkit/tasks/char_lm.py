@@ -36,6 +36,8 @@ class CharLMConfig:
     eval_stride: int = 0  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
     eval_protocol: str = "windows"  # 'windows' (eval_stride as set), 'exact' (stride 1: every character sees
     #                                 a full window) or 'fast' (eval_stride, default window // 4)
+    valid_protocol: Optional[str] = None  # protocol of validation during training (null = eval_protocol); when it
+    #                                         differs, tk-eval and the final test also report it (bpc_<protocol>)
     eval_batch_size: int = 32  # windows per evaluation batch
     valid_max_tokens: int = 0  # score at most this many tokens during training validation (0 = all)
     eval_max_tokens: int = 0  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
@@ -97,18 +99,34 @@ class CharLMTask(StreamTraining, Task):
     ) -> Dict[str, Any]:
         if subset not in self.splits:
             raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.splits)})")
+        valid_protocol = self.cfg.valid_protocol or self.cfg.eval_protocol
+        if during_training:
+            return self._evaluate(model, subset, device, valid_protocol, self.cfg.valid_max_tokens)
+        metrics = self._evaluate(model, subset, device, self.cfg.eval_protocol, self.cfg.eval_max_tokens)
+        if valid_protocol != self.cfg.eval_protocol:  # e.g. T64: the paper's exact number and the fast one
+            recording, self.record_token_nll = self.record_token_nll, False
+            other = self._evaluate(model, subset, device, valid_protocol, self.cfg.eval_max_tokens)
+            self.record_token_nll = recording
+            metrics[f"bpc_{valid_protocol}"] = other["bpc"]
+        return metrics
+
+    def _evaluate(
+        self, model: nn.Module, subset: str, device: torch.device, protocol: str, max_tokens: int
+    ) -> Dict[str, Any]:
         window = self.cfg.eval_window or self.cfg.tokens_per_sample
-        max_tokens = self.cfg.valid_max_tokens if during_training else self.cfg.eval_max_tokens
-        if self.cfg.eval_protocol == "stream":
+        if protocol == "stream":
             return self._evaluate_streams(model, subset, device, window, max_tokens)
-        stride = eval_stride(self.cfg.eval_protocol, self.cfg.eval_stride, window)
+        stride = eval_stride(protocol, self.cfg.eval_stride, window)
         start = time.perf_counter()
+        data = self.splits[subset][: max_tokens + 1] if max_tokens else self.splits[subset]
+        per_token = self.token_nll_buffer(len(data) - 1)
         nll, count = score_stream(
-            lambda x: model(x)[0], self.splits[subset], window, stride, self.cfg.eval_batch_size, device, max_tokens
+            lambda x: model(x)[0], data, window, stride, self.cfg.eval_batch_size, device, None, per_token
         )
+        self.keep_token_nll(per_token)
         loss = nll / max(count, 1)
         return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
-                "protocol": self.cfg.eval_protocol, "window": window, "stride": stride, "context": window - stride,
+                "protocol": protocol, "window": window, "stride": stride, "context": window - stride,
                 "seconds": round(time.perf_counter() - start, 3)}
 
     def _evaluate_streams(

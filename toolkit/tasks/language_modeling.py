@@ -57,6 +57,8 @@ class LanguageModelingConfig:
     eval_protocol: str = "context_window"  # 'context_window' (fairseq's eval-lm) or 'stream' (eval_streams
     #                                        contiguous sub-streams in blocks of tokens_per_sample, cache carried)
     eval_streams: int = 8  # eval_protocol=stream: contiguous sub-streams a split is cut into
+    eval_eos: bool = True  # score the <eos> (end-of-line) targets; false: they are context only, as the papers
+    #                        that report word perplexity without end-of-line (e.g. the all-attention paper's 20.6)
 
 
 MODES = ("blocks", "stream")
@@ -150,18 +152,24 @@ class LanguageModelingTask(StreamTraining, Task):
             tokens = tokens[: self.cfg.valid_max_tokens]
         if self.cfg.eval_protocol == "stream":
             stream = np.concatenate([[EOS], tokens]).astype(np.int64)  # every token of the split is a target
-            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens=0)
-            return {"subset": subset, "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics}
+            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens=0,
+                                            skip_target=None if self.cfg.eval_eos else EOS)
+            return {"subset": subset, "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics,
+                    "eos_scored": self.cfg.eval_eos}
         context = self.cfg.valid_context_window if during_training else self.cfg.context_window
         key = "task.valid_context_window" if during_training else "task.context_window"
         if not 0 <= context < self.cfg.tokens_per_sample:
             raise ConfigError(f"{key}={context} must be >= 0 and < task.tokens_per_sample={self.cfg.tokens_per_sample}")
+        per_token = self.token_nll_buffer(len(tokens))
         nll, count = score_with_context(
-            model, tokens, self.cfg.tokens_per_sample, context, self.cfg.eval_batch_size, device
+            model, tokens, self.cfg.tokens_per_sample, context, self.cfg.eval_batch_size, device,
+            None if self.cfg.eval_eos else EOS, per_token,
         )
+        self.keep_token_nll(per_token)
         loss = nll / max(count, 1)
         return {"subset": subset, "ppl": math.exp(min(loss, 50.0)), "loss": loss, "tokens": count,
-                "tokens_per_sample": self.cfg.tokens_per_sample, "context_window": context}
+                "tokens_per_sample": self.cfg.tokens_per_sample, "context_window": context,
+                "eos_scored": self.cfg.eval_eos}
 
     def summary(self) -> Dict[str, Any]:
         summary = {**super().summary(), "tokens_per_sample": self.cfg.tokens_per_sample}
@@ -205,8 +213,13 @@ def score_with_context(
     context_window: int,
     batch_size: int,
     device: torch.device | str = "cpu",
+    skip_target: Optional[int] = None,
+    per_token: Optional[np.ndarray] = None,
 ) -> tuple[float, int]:
     """Summed NLL (nats, float64) over every token of `tokens` (the stream <eos> + tokens) and the count.
+
+    Targets equal to `skip_target` (<eos> for the papers that exclude end-of-line) are context, not scored;
+    `per_token` (float64, one entry per token) receives each scored NLL.
 
     The model's `output_nll(output, target)` is used when it has one (adaptive softmax: forward returns hidden
     states), else cross-entropy over forward's logits. Only the scored positions go through the output layer.
@@ -229,11 +242,16 @@ def score_with_context(
         low = torch.from_numpy(first[rows] - starts[rows]).to(device)
         high = torch.from_numpy(end[rows] - starts[rows]).to(device)
         keep = (positions[None, :] >= low[:, None]) & (positions[None, :] < high[:, None])
+        if skip_target is not None:
+            keep &= targets != skip_target
         output = model(inputs)[0][keep]
         if output_nll is not None:
             nll = output_nll(output, targets[keep])
         else:
             nll = F.cross_entropy(output.float(), targets[keep], reduction="none")
+        if per_token is not None:
+            target_index = torch.from_numpy(starts[rows]).to(device)[:, None] + positions[None, :]
+            per_token[target_index[keep].cpu().numpy()] = nll.double().cpu().numpy()
         total += nll.double().sum()
         count += nll.numel()
     return float(total), count

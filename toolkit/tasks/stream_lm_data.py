@@ -86,12 +86,15 @@ def score_substreams(
     block: int,
     device: torch.device | str = "cpu",
     max_tokens: Optional[int] = None,
+    skip_target: Optional[int] = None,
+    per_token: Optional[np.ndarray] = None,
 ) -> tuple[float, int]:
     """Sum of next-token NLL (nats) over every target of `tokens` and their number, read as sub-streams.
 
     `model(inputs, cache)` must return (logits, aux, new_cache) and `model.init_cache(batch)` an empty
     cache (toolkit.models.streaming_lm.StreamingLM); a model with `output_nll` (adaptive softmax) returns
-    hidden states instead of logits and scores them itself.
+    hidden states instead of logits and scores them itself. Targets equal to `skip_target` (e.g. <eos>) are
+    read as context but not scored. `per_token` (float64, one entry per target) receives each scored NLL.
     """
     if max_tokens:
         tokens = tokens[: max_tokens + 1]
@@ -110,13 +113,17 @@ def score_substreams(
         # positions past a shorter sub-stream's end read its neighbour's tokens; their targets are masked
         index = (torch.from_numpy(starts)[:, None] + steps).clamp(max=n_targets - 1)
         targets = data[index + 1].masked_fill(steps >= lengths_t, IGNORE)
+        if skip_target is not None:
+            targets = targets.masked_fill(targets == skip_target, IGNORE)
         output, _, cache = model(data[index].to(device), cache)
         targets = targets.to(device)
         scored = targets != IGNORE
         if output_nll is not None:
-            nll = output_nll(output[scored], targets[scored]).double().sum()
+            nll = output_nll(output[scored], targets[scored]).double()
         else:
-            nll = F.cross_entropy(output.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
-        total += float(nll)
+            nll = F.cross_entropy(output.float()[scored], targets[scored], reduction="none").double()
+        if per_token is not None:
+            per_token[index[scored.cpu()].numpy()] = nll.cpu().numpy()
+        total += float(nll.sum())
         count += int(scored.sum())
     return total, count

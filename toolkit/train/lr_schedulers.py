@@ -20,9 +20,11 @@ class WarmupConfig:
 
 @dataclass
 class ConstantLRConfig(WarmupConfig):
-    """Linear warmup, then constant."""
+    """Linear warmup, then constant; optionally the last `tail_updates` of max_update at tail_lr_scale * lr."""
 
     name: str = "constant"
+    tail_updates: int = 0  # e.g. the adaptive-span reference's fine-tuning: its last 50k updates at lr / 10
+    tail_lr_scale: float = 1.0
 
 
 @dataclass
@@ -73,7 +75,7 @@ def _progress(cfg: Any, step: int, max_update: int) -> float:
 @LR_SCHEDULERS.register("constant", ConstantLRConfig)
 @with_warmup
 def constant(cfg: Any, step: int, max_update: int) -> float:
-    return 1.0
+    return cfg.tail_lr_scale if cfg.tail_updates and step >= max_update - cfg.tail_updates else 1.0
 
 
 @LR_SCHEDULERS.register("inverse_sqrt", InverseSqrtConfig)

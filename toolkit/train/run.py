@@ -18,6 +18,8 @@ from toolkit.distributed import comm
 from toolkit.errors import DISTRIBUTED_EXIT, ConfigError, DataError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
+from toolkit.train.averaging import AVERAGE, check_averaging, write_average
+from toolkit.train.global_batch import apply_global_batch, describe
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
 from toolkit.train.resume_check import check_resume_fits
@@ -31,8 +33,10 @@ log = logging.getLogger("toolkit.train")
 
 def dry_run(cfg: Any) -> Dict[str, Any]:
     """Build task and model; return the summary whose JSON is the last stdout line."""
+    # the batch split for the world size the run would have (torchrun's, else distributed.world_size)
+    batch = apply_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     run = build_run(cfg)
-    summary = {"model": cfg.model.name, **parameter_summary(run.model), **run.task.summary()}
+    summary = {"model": cfg.model.name, **parameter_summary(run.model), **run.task.summary(), **batch}
     print(run.model)
     for key, value in summary.items():
         print(f"{key}: {value}")
@@ -52,12 +56,14 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         raise ConfigError("missing required value for key 'data' (a folder made by tk-preprocess)")
     if not Path(cfg.data).is_dir():
         raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
+    check_averaging(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
         run_dir = Path(cfg.run_dir)
         if rank != 0:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports; the others only warn
+        log.info(describe(apply_global_batch(cfg, world_size)))
         lock = RunFolderLock(run_dir)
         busy: Optional[RunFolderBusy] = None
         if rank == 0:
@@ -117,6 +123,11 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
         # the process group is broken: tearing it down, or exiting while gloo's threads still wait on the
         # dead peer, can abort the process (SIGABRT) instead of giving the documented exit code
         os._exit(DISTRIBUTED_EXIT)
+    if code == 0 and cfg.average_last_n:
+        if rank == 0:
+            write_average(run_dir, cfg.average_last_n)
+        if world_size > 1:
+            comm.barrier()  # the others read what rank 0 wrote
     if code == 0 and cfg.final_subset:
         try:
             _final_evaluation(cfg, run_dir, model, run.task, device, rank)
@@ -129,7 +140,9 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
 
 
 def _final_evaluation(cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any, device: torch.device, rank: int) -> None:
-    best = run_dir / ckpt.BEST
+    # the averaged model when the run averages (the papers' number), else the best, else the last
+    average = run_dir / AVERAGE
+    best = average if cfg.average_last_n and average.is_file() else run_dir / ckpt.BEST
     if best.is_file():
         model.load_state_dict(ckpt.load_checkpoint(best)["model"])
     model.eval()
@@ -141,6 +154,7 @@ def _final_evaluation(cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any
 
 def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch.device("cpu")) -> Trainer:
     """A Trainer for in-process use (benchmarks, tests): one process, no resume, no run files."""
+    apply_global_batch(cfg, 1)
     run = build_run(cfg)
     run.model.to(device).train()
     groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)

@@ -104,9 +104,15 @@ def active_groups(phases: Any, step: int, epoch: int, all_groups: list[str]) -> 
     raise AssertionError("unreachable")
 
 
+BUDGETS = ("updates", "main_updates")
+
+
 def validate_phases(phases: Any, all_groups: list[str]) -> None:
     if phases.unit not in ("update", "epoch"):
         raise ConfigError(f"phases.unit: '{phases.unit}' (valid: update, epoch)")
+    budget = phases.get("budget", "updates")
+    if budget not in BUDGETS:
+        raise ConfigError(f"phases.budget: '{budget}' (valid: {', '.join(BUDGETS)})")
     for i, phase in enumerate(phases.cycle):
         if phase.length <= 0:
             raise ConfigError(f"phases.cycle.{i}.length must be positive, got {phase.length}")

@@ -66,6 +66,7 @@ class Trainer:
         self.scaler = grad_scaler(cfg.precision, device)
         validate_phases(cfg.phases, list(self.groups))
         self.step, self.epoch, self.index = 0, 1, 0
+        self.main_updates = 0  # updates that trained group main (phases.budget=main_updates counts these)
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
@@ -92,6 +93,7 @@ class Trainer:
                 "best": self.best,
                 "bad_validations": self.bad_validations,
                 "nonfinite_total": self.nonfinite_total,
+                "main_updates": self.main_updates,
                 "world_size": comm.world_size(),
                 "reference_loss": self.reference_loss,
             },
@@ -110,6 +112,7 @@ class Trainer:
         self.nonfinite_total = trainer["nonfinite_total"]
         self.reference_loss = trainer.get("reference_loss")
         self.last_good_step = self.step
+        self.main_updates = trainer.get("main_updates", self.step)
         saved_world = trainer.get("world_size", 1)
         rank = comm.rank()
         if saved_world == comm.world_size():
@@ -278,12 +281,14 @@ class Trainer:
         if hasattr(self.model, "after_update"):
             self.model.after_update()  # e.g. clamp adaptive spans into range
         self.step += 1
+        self.main_updates += any(g.name == "main" for g in groups)
         summed.update(latest)
         return summed
 
     # ---- the loop ------------------------------------------------------------------------------------
     def _done(self) -> bool:
-        if self.step >= self.cfg.max_update:
+        budget_used = self.main_updates if self.cfg.phases.get("budget") == "main_updates" else self.step
+        if budget_used >= self.cfg.max_update:
             return True
         return bool(self.cfg.max_epoch) and self.epoch > self.cfg.max_epoch
 
