@@ -108,7 +108,8 @@ def test_word_perplexity_without_eos_scores_only_the_words(wikitext_small):
         assert with_eos["tokens"] == len(test) and words["tokens"] == int(np.sum(test != EOS))
         assert with_eos["eos_scored"] is True and words["eos_scored"] is False
         assert np.allclose(word_nll, all_nll[test != EOS], rtol=1e-6)  # the same predictions, eos left out
-        assert words["loss"] == pytest.approx(word_nll.mean(), rel=1e-9)
+        # the loss is one float32 sum per block (as always); the per-token file is float64
+        assert words["loss"] == pytest.approx(word_nll.mean(), rel=1e-6)
 
 
 def test_save_nll_is_for_language_models_only():

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from toolkit.errors import ConfigError
@@ -118,12 +119,17 @@ def score_substreams(
         output, _, cache = model(data[index].to(device), cache)
         targets = targets.to(device)
         scored = targets != IGNORE
+        token_nll: Optional[Tensor] = None
         if output_nll is not None:
-            nll = output_nll(output[scored], targets[scored]).double()
+            token_nll = output_nll(output[scored], targets[scored]).double()
+            nll = token_nll.sum()
         else:
-            nll = F.cross_entropy(output.float()[scored], targets[scored], reduction="none").double()
+            # the sum as one float32 reduction, as it always was (the recorded bpc stay bit-identical)
+            nll = F.cross_entropy(output.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum")
+            if per_token is not None:
+                token_nll = F.cross_entropy(output.float()[scored], targets[scored], reduction="none").double()
         if per_token is not None:
-            per_token[index[scored.cpu()].numpy()] = nll.cpu().numpy()
-        total += float(nll.sum())
+            per_token[index[scored.cpu()].numpy()] = token_nll.cpu().numpy()
+        total += float(nll)
         count += int(scored.sum())
     return total, count

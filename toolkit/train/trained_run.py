@@ -49,12 +49,30 @@ def read_run_checkpoint(path: str, overrides: Iterable[Tuple[str, str]] = (), da
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise DataError(f"{path} is not a tk-train checkpoint (no config/model inside)")
-    config = OmegaConf.create(state["config"])
+    config = with_current_fields(state["config"])
     OmegaConf.set_struct(config, True)
     apply_overrides(config, overrides)
     if data is not None:
         config.data = data
     return RunCheckpoint(str(path), config, state["model"], state.get("position", {}).get("step"))
+
+
+def with_current_fields(saved: Dict[str, Any]) -> DictConfig:
+    """A saved training config on today's schema: fields added since the checkpoint was written take their
+    defaults, so a checkpoint stays usable as the config grows. A config the schema no longer takes (a removed
+    field) is used as it was saved."""
+    from toolkit.config.compose import GROUPS
+    from toolkit.config.schema import TrainConfig
+
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        for group, registry in GROUPS.items():
+            name = (saved.get(group) or {}).get("name")
+            if name in registry and registry.get(name).config_cls is not None:
+                schema[group] = OmegaConf.structured(registry.get(name).config_cls)
+        return OmegaConf.merge(schema, saved)
+    except Exception:  # noqa: BLE001 - any schema disagreement: keep the saved config as it is
+        return OmegaConf.create(saved)
 
 
 def load_trained_run(
