@@ -61,9 +61,10 @@ def with_current_fields(saved: Dict[str, Any]) -> DictConfig:
     """A saved training config on today's schema: fields added since the checkpoint was written take their
     defaults, so a checkpoint stays usable as the config grows. A config the schema no longer takes (a removed
     field) is used as it was saved."""
-    from toolkit.config.compose import GROUPS
+    from toolkit.config.compose import GROUPS, load_registries
     from toolkit.config.schema import TrainConfig
 
+    load_registries()
     schema = OmegaConf.structured(TrainConfig)
     try:
         for group, registry in GROUPS.items():
