@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -28,8 +29,9 @@ PRESETS = {
 def test_presets_keep_their_batch_per_update_on_any_world_size(preset):
     key, value = PRESETS[preset]
     per_update = set()
+    composed = compose_train_config(preset, ["data=/nonexistent"])
     for world_size in (1, 2, 4, 8):
-        cfg = compose_train_config(preset, ["data=/nonexistent"])
+        cfg = copy.deepcopy(composed)
         figures = apply_global_batch(cfg, world_size)
         assert figures[key] == value
         per_process = cfg.task.max_tokens if key == "tokens_per_update" else cfg.task.batch_size

@@ -46,8 +46,8 @@ def test_t12_t64_final_test_uses_the_papers_protocol(preset):
 
 def test_exact_final_test_and_fast_validation(text8_small, tmp_path):
     args = tiny_char_args(text8_small, tmp_path, **{"task.eval_protocol": "exact", "task.valid_protocol": "fast",
-                                                    "task.eval_stride": 11, "task.eval_max_tokens": 300,
-                                                    "task.valid_max_tokens": 300})
+                                                    "task.eval_stride": 11, "task.eval_max_tokens": 120,
+                                                    "task.valid_max_tokens": 120})
     trainer = single_process_trainer(compose_train_config("text8_char_tiny", args[1:]), tmp_path)
     trainer.model.eval()
     valid = trainer.task.evaluate(trainer.model, "valid", trainer.device, during_training=True)
