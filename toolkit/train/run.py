@@ -20,6 +20,7 @@ from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
+from toolkit.train.compile import check_backend, compile_model
 from toolkit.train.setup import build_run, parameter_summary
 from toolkit.train.trainer import Trainer
 
@@ -49,6 +50,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         raise ConfigError("missing required value for key 'data' (a folder made by tk-preprocess)")
     if not Path(cfg.data).is_dir():
         raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
+    if cfg.compile:
+        check_backend(cfg.compile_backend)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
@@ -68,6 +71,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
         for group in groups:
             log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
+        if cfg.compile:
+            compile_model(model, cfg.compile_backend)
         wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
         trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
         if resume is not None:
@@ -105,4 +110,6 @@ def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch
     run = build_run(cfg)
     run.model.to(device).train()
     groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
+    if cfg.get("compile"):
+        compile_model(run.model, cfg.compile_backend)
     return Trainer(cfg, run.task, run.model, run.criterion, groups, device, Path(run_dir))
