@@ -12,8 +12,8 @@ Checks (each records its numbers or its error; one failing check does not stop t
   efficient, cudnn, math), read from the profiler, for encoder self-attention with padding, causal decoder
   self-attention and the causal LM;
 - mae7_vs_base: bf16 step time of mae7_wmt14 against base_wmt14 on the same batch;
-- adaptive_span: streamed bf16 steps of the 12-layer text8 model with adaptive spans (S=8192; spans at
-  their initial value and set to S/4) against a fixed window of 512, cache carried across blocks;
+- adaptive_span: streamed bf16 steps of the 12-layer text8 model (16 streams x 512) with adaptive spans
+  (S=8192; spans at their initial value and set to S/4) against a fixed window of 512, cache carried;
 - pkm: a product-key memory layer with 512^2 slots (paper defaults) forward/backward on 16 x 512 tokens;
 - fp16_overflow_skip: 2 fp16 steps with the trainer's loss scaler, the first made to overflow (huge initial
   scale): it must be skipped (weights unchanged, scale halved) and the second applied;
@@ -248,7 +248,9 @@ def check_adaptive_span(args, device, clock) -> Dict[str, Any]:
     }
     for name, (extra, span) in variants.items():
         torch.manual_seed(0)
-        cfg, model, criterion = build("adaptive_span_text8", (TINY_SPAN if args.tiny else []) + extra, device)
+        # 16 streams (the preset's 64 are for 8 GPUs' worth of memory at wide spans): the per-token costs compare
+        cfg, model, criterion = build("adaptive_span_text8", (TINY_SPAN if args.tiny else ["task.batch_size=16"]) + extra,
+                                      device)
         if span is not None:
             with torch.no_grad():
                 for layer in model.layers:
