@@ -3,9 +3,12 @@ the same dynamo graphs and autograd graphs as inductor, without its slow CPU cod
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import read_log, tiny_char_args
+from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 
 
@@ -20,6 +23,14 @@ def test_compiled_training_and_validation_equal_eager(text8_small, tmp_path, cap
         assert len(eager) == len(compiled) > 0
         for e, c in zip(eager, compiled):
             assert c["loss"] == pytest.approx(e["loss"], rel=1e-6, abs=1e-6)
+    # tk-eval compile=true scores the checkpoint as eager tk-eval does
+    scores = {}
+    for name, extra in (("eager", []), ("compiled", ["compile=true", "compile_backend=aot_eager"])):
+        results = tmp_path / f"{name}.json"
+        args = [f"checkpoint={runs['eager'] / 'checkpoint_last.pt'}", "subset=valid", f"results={results}", *extra]
+        assert eval_main(args) == 0
+        scores[name] = json.loads(results.read_text())
+    assert scores["compiled"]["loss"] == pytest.approx(scores["eager"]["loss"], rel=1e-6)
 
 
 def test_unknown_compile_backend_fails_before_any_work(text8_small, tmp_path, capsys) -> None:

@@ -28,6 +28,8 @@ class EvalConfig:
     data: Optional[str] = None  # dataset folder (default: the one the checkpoint was trained on)
     device: str = "auto"  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
+    compile: bool = False  # torch.compile the model (toolkit/train/compile.py)
+    compile_backend: str = "inductor"  # 'inductor', 'aot_eager' or 'eager'
 
 
 def _body(args: list[str]) -> int:
@@ -38,6 +40,7 @@ def _body(args: list[str]) -> int:
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
     from toolkit.train import checkpoint as ckpt
+    from toolkit.train.compile import check_backend, compile_model
     from toolkit.train.setup import build_run, resolve_device
 
     pairs = split_overrides(args)
@@ -46,6 +49,8 @@ def _body(args: list[str]) -> int:
     cfg = OmegaConf.structured(EvalConfig)
     apply_overrides(cfg, own)
     check_complete(cfg)
+    if cfg.compile:
+        check_backend(cfg.compile_backend)
 
     load_registries()
     state = ckpt.load_checkpoint(cfg.checkpoint)
@@ -61,6 +66,8 @@ def _body(args: list[str]) -> int:
     model = run.model.to(device)
     model.load_state_dict(state["model"])
     model.eval()
+    if cfg.compile:
+        compile_model(model, cfg.compile_backend)
     memories = UsageMonitor(model)
     metrics = run.task.evaluate(model, cfg.subset, device)
     metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
