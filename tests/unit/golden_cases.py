@@ -37,9 +37,10 @@ FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "golden"
 SUFFIX = ".golden"
 PKM_LAYER = "pkm_layer"  # the stand-alone ProductKeyMemory (not a registered model)
 
-# Names a stored config key may have been renamed to since the fixtures were written: {model: {old: new}}.
-# Empty today; add an entry (never edit the fixtures) when a config field is renamed.
-CONFIG_RENAMES: Dict[str, Dict[str, str]] = {}
+# Names a stored config key may have been renamed to since the fixtures were written: {model: {old: new}}
+# (new = None: the field was removed and its stored value is dropped). Empty today; add an entry (never edit
+# the fixtures) when a config field is renamed or removed.
+CONFIG_RENAMES: Dict[str, Dict[str, Optional[str]]] = {}
 # Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. Empty today. A
 # change of layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
 STATE_RENAMES: List[Tuple[str, str]] = []
@@ -75,7 +76,7 @@ def plain_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 def build_model(model: str, config: Dict[str, Any], task: Dict[str, Any], memory: Optional[Dict[str, Any]]) -> nn.Module:
     """The model of a stored case, built as the trainer builds it (registry builder, then memory placement)."""
     renames = CONFIG_RENAMES.get(model, {})
-    config = {renames.get(key, key): value for key, value in config.items()}
+    config = {renames.get(key, key): value for key, value in config.items() if renames.get(key, key) is not None}
     if model == PKM_LAYER:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PKMConfig), config))
         return ProductKeyMemory(task["d_in"], task["d_out"], cfg)

@@ -32,6 +32,8 @@ class EvalConfig:
     device: str = "auto"  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
     save_nll: Optional[str] = None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
+    compile: bool = False  # torch.compile the model (toolkit/train/compile.py)
+    compile_backend: str = "inductor"  # 'inductor', 'aot_eager' or 'eager'
 
 
 def _body(args: list[str]) -> int:
@@ -45,6 +47,7 @@ def _body(args: list[str]) -> int:
     from toolkit.cli.outputs import check_output_file
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
+    from toolkit.train.compile import check_backend, compile_model
     from toolkit.train.trained_run import load_trained_run
 
     pairs = split_overrides(args)
@@ -55,9 +58,13 @@ def _body(args: list[str]) -> int:
     check_complete(cfg)
     if cfg.results:
         check_output_file(cfg.results, "results")
+    if cfg.compile:
+        check_backend(cfg.compile_backend)
 
     run = load_trained_run(cfg.checkpoint, passthrough, cfg.data, cfg.device)
     model, device = run.model, run.device
+    if cfg.compile:
+        compile_model(model, cfg.compile_backend)
     memories = UsageMonitor(model)
     check_token_nll(run.task, cfg.save_nll)
     run.task.record_token_nll = cfg.save_nll is not None

@@ -59,6 +59,8 @@ class TrainConfig:
     device: str = "auto"  # 'cpu', 'cuda' or 'auto' (cuda when available)
     precision: str = "fp32"  # 'fp32', 'bf16' or 'fp16' (autocast; CUDA only, fp32 on CPU)
     threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
+    compile: bool = False  # torch.compile the model for training and evaluation (toolkit/train/compile.py)
+    compile_backend: str = "inductor"  # 'inductor' (generated kernels), 'aot_eager' or 'eager' (tracing checks)
     dry_run: bool = False  # build task and model, print a summary and exit
     update_freq: int = 1  # gradient accumulation: micro-batches per update (derived when `batch` is set)
     batch: GlobalBatchConfig = field(default_factory=GlobalBatchConfig)  # batch per update over all processes

@@ -22,6 +22,7 @@ from toolkit.train.averaging import AVERAGE, check_averaging, write_average
 from toolkit.train.global_batch import apply_global_batch, describe
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
+from toolkit.train.compile import check_backend, compile_model
 from toolkit.train.resume_check import check_resume_fits
 from toolkit.train.run_lock import RunFolderBusy, RunFolderLock
 from toolkit.train.setup import build_run, parameter_summary
@@ -57,6 +58,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
     if not Path(cfg.data).is_dir():
         raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
     check_averaging(cfg)
+    if cfg.compile:
+        check_backend(cfg.compile_backend)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
@@ -96,6 +99,8 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
     groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     for group in groups:
         log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
+    if cfg.compile:
+        compile_model(model, cfg.compile_backend)
     wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
     trainer = Trainer(cfg, run.task, model, run.criterion, groups, device, run_dir, wrap)
     if state is not None:
@@ -158,4 +163,6 @@ def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch
     run = build_run(cfg)
     run.model.to(device).train()
     groups = build_param_groups(run.model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
+    if cfg.get("compile"):
+        compile_model(run.model, cfg.compile_backend)
     return Trainer(cfg, run.task, run.model, run.criterion, groups, device, Path(run_dir))

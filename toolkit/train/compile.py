@@ -1,0 +1,38 @@
+"""`compile=true`: torch.compile the model for training and evaluation.
+
+The model is compiled in place (`nn.Module.compile`): its state_dict keys, checkpoints, attribute access and
+the trainer's hooks are unchanged, and every `model(...)` call (training steps, validation, streamed
+scoring) runs the compiled forward. An encoder-decoder's `decode` (incremental decoding in beam search) is
+compiled too. Shapes are left to dynamo's automatic dynamic shapes: the first change of a size (a stream's
+cache growing from one block to the next, the decoding step's cache length, a batch of another length)
+recompiles once with that dimension marked dynamic, so later steps reuse the graph (tests/unit/test_compile.py
+counts the compilations). Data-dependent Python branches (adaptive-span window length, "any padding?")
+are graph breaks, not errors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+from toolkit.errors import ConfigError
+
+BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"compile_backend: '{backend}' (valid: {', '.join(BACKENDS)})")
+
+
+def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor") -> nn.Module:
+    """Compile `model`'s forward (and `decode` when it has one) in place; returns the same object.
+    `backend`: a name from BACKENDS, or a dynamo backend callable (tests count compilations with one)."""
+    if isinstance(backend, str):
+        check_backend(backend)
+    model.compile(backend=backend)
+    if hasattr(model, "decode"):
+        model.decode = torch.compile(model.decode, backend=backend)  # type: ignore[method-assign]
+    return model
