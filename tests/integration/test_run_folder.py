@@ -61,6 +61,10 @@ def test_second_trainer_on_a_busy_run_folder_is_refused(text8_small, trained, ca
         assert line == (f"error: run_dir={trained} is in use by another tk-train (host {__import__('socket').gethostname()} "
                         f"pid {holder.pid}); wait for it to finish or choose another run_dir")
         assert snapshot(trained) == before
+        # distributed.world_size=2 is refused by the launcher itself, before torchrun starts any rank
+        assert train_main(tiny_char_args(text8_small, trained, max_update=3) + ["distributed.world_size=2"]) == 2
+        assert error_line(capsys.readouterr().err) == line
+        assert snapshot(trained) == before
     finally:
         holder.kill()
         holder.wait()

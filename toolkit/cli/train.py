@@ -61,6 +61,12 @@ def _body(args: list[str]) -> int:
     check_averaging(cfg)
     check_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():
+        from pathlib import Path
+
+        from toolkit.train.run_lock import RunFolderLock
+
+        with RunFolderLock(Path(cfg.run_dir)):  # a busy run folder: one line here, not N ranks failing under torchrun
+            pass
         return launch_local(cfg.distributed.world_size, original)
 
     if cfg.dry_run:

@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 
 SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
 # checkpoint_last.pt is only replaced by a sane state: the last update's loss finite, every weight finite, every
-# validation since the previous save finite, and the loss of the weights being saved (on the last training
-# batch, eval mode) at most this factor above the best such loss of an earlier save (or the first update's
-# loss, before any). A training loss describes the weights before its update, so it cannot tell whether the
-# update just made blew them up (lr=1e10: weights in the 1e8s after one update); this check forward can.
-# A diverging run thus keeps its last good state, which the exit-4 error line names.
+# validation since the previous save finite, and the loss of the weights being saved on the last training batch
+# (eval mode) at most this factor above that same batch's loss before the update. A training loss describes the
+# weights before its update, so it cannot tell whether the update just made blew them up (lr=1e10: weights in
+# the 1e8s after one update); this check forward can, and comparing one batch with itself is free of the noise
+# between batches. A diverging run thus keeps its last good state, which the exit-4 error line names.
 SANE_LOSS_FACTOR = 2.0
 
 
@@ -70,8 +70,8 @@ class Trainer:
         self.best: Optional[float] = None
         self.bad_validations = 0
         self.nonfinite_in_row = self.nonfinite_total = 0
-        self.reference_loss: Optional[float] = None  # best per-token loss of a saved state (sanity bound)
         self.last_batch: Optional[Dict[str, Any]] = None  # the last micro-batch trained on (for the check)
+        self.last_batch_loss = 0.0  # its summed loss before the update
         self.valid_finite = True  # every validation since the last save was finite
         self.last_good_step: Optional[int] = None  # step held by checkpoint_last.pt (None: none written)
         self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
@@ -95,7 +95,6 @@ class Trainer:
                 "nonfinite_total": self.nonfinite_total,
                 "main_updates": self.main_updates,
                 "world_size": comm.world_size(),
-                "reference_loss": self.reference_loss,
             },
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }
@@ -110,7 +109,6 @@ class Trainer:
         trainer = state["trainer"]
         self.best, self.bad_validations = trainer["best"], trainer["bad_validations"]
         self.nonfinite_total = trainer["nonfinite_total"]
-        self.reference_loss = trainer.get("reference_loss")
         self.last_good_step = self.step
         self.main_updates = trainer.get("main_updates", self.step)
         saved_world = trainer.get("world_size", 1)
@@ -134,10 +132,10 @@ class Trainer:
             ckpt.save_checkpoint(state, self.run_dir / name)
 
     @torch.no_grad()
-    def _check_loss(self) -> Optional[float]:
-        """Per-token loss of the current weights on the last training batch (eval mode, all ranks summed).
-
-        Uses no random numbers, and puts back the task's stream state, so that training goes on unchanged."""
+    def _check_losses(self) -> Optional[tuple[float, float]]:
+        """Per-token loss of the last training batch before its update and with the current weights (eval
+        mode), summed over ranks. Uses no random numbers and puts back the task's stream state, so that
+        training goes on unchanged."""
         if self.last_batch is None:
             return None
         stream = self.task.state_dict()
@@ -147,8 +145,10 @@ class Trainer:
         self.model.train()
         self.task.load_state_dict(stream)
         key = "nll_loss" if "nll_loss" in logs else "loss"
-        summed = comm.all_reduce_sums({"loss": float(logs[key]), "ntokens": float(logs["ntokens"])})
-        return summed["loss"] / max(summed["ntokens"], 1.0)
+        summed = comm.all_reduce_sums({"before": self.last_batch_loss, "after": float(logs[key]),
+                                       "ntokens": float(logs["ntokens"])})
+        tokens = max(summed["ntokens"], 1.0)
+        return summed["before"] / tokens, summed["after"] / tokens
 
     def insane_reason(self) -> Optional[str]:
         """Why the current state must not replace checkpoint_last.pt (None: it is sane). Same on every rank."""
@@ -158,15 +158,15 @@ class Trainer:
             return "a validation since the last save was not finite"
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             return "some weights are not finite"
-        loss = self._check_loss()
-        if loss is None:
+        losses = self._check_losses()
+        if losses is None:
             return None
-        if not math.isfinite(loss):
-            return f"the loss of these weights on the last batch is {loss}"
-        if self.reference_loss is not None and loss > SANE_LOSS_FACTOR * self.reference_loss:
-            return (f"the loss of these weights on the last batch ({loss:.4g} per token) is over "
-                    f"{SANE_LOSS_FACTOR:g}x the best of an earlier save ({self.reference_loss:.4g})")
-        self.reference_loss = loss if self.reference_loss is None else min(self.reference_loss, loss)
+        before, after = losses
+        if not math.isfinite(after):
+            return f"the loss of these weights on the last batch is {after}"
+        if after > SANE_LOSS_FACTOR * before:
+            return (f"the loss of these weights on the last batch is {after:.4g} per token, over "
+                    f"{SANE_LOSS_FACTOR:g}x its {before:.4g} before the update")
         return None
 
     def save_last(self, progress: Progress, interval: bool = False) -> bool:
@@ -184,12 +184,6 @@ class Trainer:
             if self.is_main:
                 ckpt.prune_interval_checkpoints(self.run_dir, self.cfg.keep_interval_checkpoints)
         return True
-
-    def _track_loss(self, logs: Dict[str, float]) -> None:
-        """Before any save, the first update's loss (the model at its initialisation) bounds the sane ones."""
-        if self.reference_loss is None:
-            key = "nll_loss" if "nll_loss" in logs else "loss"
-            self.reference_loss = logs[key] / max(int(logs["ntokens"]), 1)
 
     def divergence_message(self, count: int) -> str:
         if self.last_good_step is None:
@@ -245,6 +239,7 @@ class Trainer:
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
                 loss, _, logs = self.criterion(self.forward_model, batch, self.step)  # sample size is logs["ntokens"]
+                self.last_batch_loss = logs["nll_loss" if "nll_loss" in logs else "loss"]
                 self.scaler.scale(loss).backward()
             for key, value in logs.items():
                 if key in summed:
@@ -324,7 +319,6 @@ class Trainer:
                             print(self.divergence_message(self.nonfinite_in_row), file=sys.stderr, flush=True)
                         return DIVERGED_EXIT
                     continue
-                self._track_loss(logs)
                 for key, value in logs.items():
                     window[key] = window.get(key, 0.0) + value if key in SUMMED_LOGS else value
                 tokens_since += int(logs["ntokens"])
