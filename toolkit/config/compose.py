@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
 from toolkit.registry import CRITERIONS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS, Registry
 
@@ -110,4 +111,5 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
         OmegaConf.set_struct(cfg[open_mapping], False)
     apply_overrides(cfg, plain)
     check_complete(cfg)
+    validate_train_config(cfg)
     return cfg
