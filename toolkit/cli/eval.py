@@ -34,7 +34,8 @@ def _body(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    from toolkit.config.compose import load_registries
+    from toolkit.config.compose import load_registries, typed_train_config
+    from toolkit.config.validate import validate_train_config
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
     from toolkit.train import checkpoint as ckpt
@@ -51,9 +52,9 @@ def _body(args: list[str]) -> int:
     state = ckpt.load_checkpoint(cfg.checkpoint)
     if "config" not in state or "model" not in state:
         raise ConfigError(f"{cfg.checkpoint} is not a tk-train checkpoint (no config/model inside)")
-    train_cfg = OmegaConf.create(state["config"])
-    OmegaConf.set_struct(train_cfg, True)
+    train_cfg = typed_train_config(state["config"])  # typed: task.KEY=... is checked as in tk-train
     apply_overrides(train_cfg, passthrough)
+    validate_train_config(train_cfg)
     if cfg.data is not None:
         train_cfg.data = cfg.data
     device = resolve_device(cfg.device)

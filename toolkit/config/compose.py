@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
 from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
 from toolkit.registry import CRITERIONS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS, Registry
@@ -112,4 +112,25 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     apply_overrides(cfg, plain)
     check_complete(cfg)
     validate_train_config(cfg)
+    return cfg
+
+
+def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
+    """A resolved training config read back as plain data (from a checkpoint), typed again: the schema with
+    the components it names, so that overrides of it (tk-eval's task.KEY=...) are checked like tk-train's."""
+    from toolkit.config.schema import TrainConfig
+
+    load_registries()
+    cfg = OmegaConf.structured(TrainConfig)
+    for group, registry in GROUPS.items():
+        name = (raw.get(group) or {}).get("name")
+        if name is not None:
+            cfg[group] = OmegaConf.structured(registry.get(str(name)).config_cls)
+    try:
+        cfg = OmegaConf.merge(cfg, raw)
+    except OmegaConfBaseException as error:
+        raise explain(error, cfg) from None
+    OmegaConf.set_struct(cfg, True)
+    for open_mapping in OPEN_MAPPINGS:
+        OmegaConf.set_struct(cfg[open_mapping], False)
     return cfg
