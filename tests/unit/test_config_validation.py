@@ -78,6 +78,10 @@ def test_a_bad_value_is_one_line_in_every_cli(tmp_path, capsys):
     assert one_line_error(capsys).startswith("error: input='abc: not a valid value (")
     assert eval_main(["checkpoint=[", "device=cpu"]) == 2
     assert one_line_error(capsys).startswith("error: checkpoint=[: not a valid value (")
+    assert preprocess_main(["config=iwslt14_sample", "vocab_size=3", f"destdir={tmp_path / 'out'}"]) == 2
+    assert one_line_error(capsys) == "error: vocab_size=3 must be >= 8"
+    assert preprocess_main(["config=wmt14_en_de", "clean_tokenizer=spaces", f"destdir={tmp_path / 'out'}"]) == 2
+    assert one_line_error(capsys) == "error: clean_tokenizer: 'spaces' (valid: moses, whitespace)"
     assert not (tmp_path / "out").exists()
 
 

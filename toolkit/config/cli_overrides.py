@@ -22,6 +22,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from toolkit.config.ranges import check_ranges
 from toolkit.errors import ConfigError, close_matches
 
 
@@ -123,4 +124,5 @@ def build_config(schema: type, argv: Sequence[str]) -> DictConfig:
     cfg = OmegaConf.structured(schema)
     apply_overrides(cfg, split_overrides(argv))
     check_complete(cfg)
+    check_ranges(cfg)
     return cfg
