@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from toolkit.errors import ConfigError
 from toolkit.models.adaptive_io import (
     AdaptiveIOConfig,
     AdaptiveSoftmaxOutput,

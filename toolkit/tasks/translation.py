@@ -17,7 +17,7 @@ from torch import nn
 
 from toolkit.config.ranges import bounded
 from toolkit.data.atomic import atomic_write_bytes
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import DataError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.eval.bleu import BleuProtocol, corpus_bleu, read_lines
 from toolkit.registry import TASKS
