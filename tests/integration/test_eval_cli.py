@@ -39,6 +39,15 @@ def test_bpc_equals_independent_computation(text8_small, tmp_path, capsys):
     assert metrics["tokens"] == 9_999 == test.numel() - 1
     assert math.isclose(metrics["bpc"], nll / 9_999 / math.log(2), rel_tol=1e-6)
 
+    # another data folder that does not exist: the task names it and what it needs, in one line
+    assert eval_main([f"checkpoint={run / 'checkpoint_last.pt'}", "data=/nonexistent", "device=cpu"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: data=/nonexistent: no such folder; task char_lm needs a character-level dataset "
+        "(tk-preprocess config=text8 or config=enwik8)"
+    )
+    assert eval_main([f"checkpoint={run / 'checkpoint_last.pt'}", "task.eval_protocol=quick", "device=cpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: task.eval_protocol: 'quick' (valid: windows, exact, fast, stream)"
+
 
 def test_eval_errors_are_one_line(tmp_path, capsys):
     assert eval_main([]) == 2

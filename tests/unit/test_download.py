@@ -56,7 +56,9 @@ def test_file_url_downloads_into_cache_with_sha(source: Path, tmp_path: Path) ->
     assert got == cache_path(url, cache)
     assert got.parent.parent == cache and got.name == "corpus.txt"
     assert got.read_bytes() == CONTENT
-    assert [p.name for p in got.parent.iterdir()] == ["corpus.txt"]  # no temporary file left
+    # no temporary file left; the digest is recorded beside the file, to check the cached copy when reused
+    assert sorted(p.name for p in got.parent.iterdir()) == ["corpus.txt", "corpus.txt.sha256"]
+    assert (got.parent / "corpus.txt.sha256").read_text() == digest(CONTENT) + "\n"
     source.unlink()  # the second call is served from the cache
     assert resolve_input(url, cache) == got
     assert resolve_input(url, cache, sha256=digest(CONTENT)) == got

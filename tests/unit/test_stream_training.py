@@ -161,10 +161,15 @@ def test_metrics_report_spans_per_layer_and_head_and_after_update_clamps() -> No
     assert StreamingLM(StreamingLMConfig(vocab_size=11, d_model=16, n_heads=2, adaptive_span=False)).metrics() == {}
 
 
+def test_a_bad_mode_is_refused_when_composing() -> None:
+    with pytest.raises(ConfigError) as error:
+        compose_train_config("adaptive_span_tiny_text8", ["task.mode=streams"])
+    assert str(error.value) == "task.mode: 'streams' (valid: random, stream)"
+
+
 @pytest.mark.parametrize(
     "overrides, model_overrides, message",
     [
-        ({"mode": "streams"}, {}, "task.mode: 'streams' (valid: random, stream)"),
         ({}, {"block_size": 32}, "model.block_size=32 differs from task.tokens_per_sample=16 (the streamed block "
                                  "length); set model.block_size=0 to take the task's"),
         ({"batch_size": 6000}, {}, None),

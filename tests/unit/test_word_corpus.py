@@ -156,7 +156,7 @@ def test_bad_utf8_midway_leaves_no_output(tmp_path):
     folder = write_corpus(tmp_path / "raw", TRAIN, VALID, "\n")
     (folder / "wiki.test.tokens").write_bytes(b" ok\n bad \xff byte\n")
     dest = tmp_path / "out"
-    with pytest.raises(DataError, match=r"wiki\.test\.tokens: not valid UTF-8 after line 0 \(invalid start byte\)$"):
+    with pytest.raises(DataError, match=r"wiki\.test\.tokens:2: not valid UTF-8 \(byte 0xff: invalid start byte\)$"):
         wikitext2(WikiText2Config(input=str(folder), destdir=str(dest)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # neither destdir nor a temporary folder
 

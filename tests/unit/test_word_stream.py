@@ -110,9 +110,10 @@ def test_training_cache_is_task_state_and_a_restored_one_continues_exactly(wikit
         ({"eval_protocol": "windows"}, "task.eval_protocol: 'windows' (valid: context_window, stream)"),
     ],
 )
-def test_bad_stream_settings_are_one_line_errors(wikitext_small, overrides, message) -> None:
+def test_bad_stream_settings_are_one_line_errors(overrides, message) -> None:
+    """Fixed choices are Enums: refused when the config is composed, naming the key and the valid values."""
     with pytest.raises(ConfigError) as error:
-        word_task(wikitext_small, **overrides)
+        compose_train_config("all_attention_tiny_wikitext2", [f"task.{k}={v}" for k, v in overrides.items()])
     assert str(error.value) == message
 
 

@@ -80,6 +80,7 @@ def train_job(args: List[str], swept: Sequence[str]) -> int:
     """Compose, check and train as tk-train does with these arguments; returns the exit code."""
     from toolkit.cli.common import pop_config_name
     from toolkit.config.compose import compose_train_config
+    from toolkit.config.validate import check_run
     from toolkit.distributed import submitit_env
     from toolkit.distributed.launch import launch_local, under_torchrun
     from toolkit.train.run import dry_run, train
@@ -97,6 +98,7 @@ def train_job(args: List[str], swept: Sequence[str]) -> int:
         submitit_env.export_torch_env()
     if submitit_env.in_submitit_job():
         submitit_env.forward_preemption_to_sigterm()
+    check_run(cfg, training=not cfg.dry_run)
     if cfg.dry_run:
         print(json.dumps(dry_run(cfg)))
         return 0

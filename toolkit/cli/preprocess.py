@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 from toolkit.cli.common import pop_config_name, run_cli
 from toolkit.config.cli_overrides import build_config
+from toolkit.data.atomic import check_output_folder
 from toolkit.data.recipes import load_all
 from toolkit.errors import ConfigError, close_matches
 from toolkit.registry import PREPROCESSORS
@@ -28,6 +29,8 @@ def _body(args: list[str]) -> int:
         )
     entry = PREPROCESSORS.get(name)
     cfg = build_config(entry.config_cls, args)
+    if "destdir" in cfg:
+        check_output_folder(cfg.destdir, "destdir")  # a file, under a file, read-only: before any work
     entry.builder(cfg)
     return 0
 

@@ -53,11 +53,13 @@ def _body(args: list[str]) -> int:
     if show_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
         return 0
+    from toolkit.config.validate import check_run
     from toolkit.distributed.launch import launch_local, under_torchrun
     from toolkit.train.averaging import check_averaging
     from toolkit.train.global_batch import check_global_batch
     from toolkit.train.run import dry_run, train
 
+    check_run(cfg, training=not cfg.dry_run)  # data, run folder, task and model: before anything is written
     check_averaging(cfg)
     check_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():

@@ -1,14 +1,19 @@
 """Parse `key=value` command-line arguments into a typed (dataclass) OmegaConf config.
 
-Used by the CLIs that do not need Hydra's config-group composition (tk-preprocess, tk-eval). Every
-problem becomes a ConfigError whose message is one line naming the key.
+Used by every CLI (tk-train applies its plain overrides with it after Hydra's composition). Every problem
+becomes a ConfigError whose message is one line naming the key. Values are read as YAML, except that a
+number, boolean or date given for a text field stays the text typed (`run_dir=0042`, `data=1e3`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+import datetime
+import re
+from typing import Any, Iterable, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.nodes import EnumNode, StringNode
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -17,6 +22,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from toolkit.config.ranges import check_ranges
 from toolkit.errors import ConfigError, close_matches
 
 
@@ -44,6 +50,9 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
+INVALID_CHOICE = re.compile(r"^Invalid value '(.*)', expected one of \[(.*)\]$")
+
+
 def explain(error: OmegaConfBaseException, cfg: Any) -> ConfigError:
     """Turn an OmegaConf exception into a one-line ConfigError naming the key and close matches."""
     key = getattr(error, "full_key", None) or getattr(error, "key", None) or "?"
@@ -54,6 +63,9 @@ def explain(error: OmegaConfBaseException, cfg: Any) -> ConfigError:
         return ConfigError(f"unknown key '{key}'{close_matches(key, _keys(cfg))}")
     if isinstance(error, ValidationError):
         msg = str(error).splitlines()[0]
+        choice = INVALID_CHOICE.match(msg)
+        if choice:  # an Enum field: the value and the valid ones, as the hand-written checks said it
+            return ConfigError(f"{key}: '{choice.group(1)}' (valid: {choice.group(2)})")
         return ConfigError(f"wrong type for key '{key}': {msg}")
     return ConfigError(f"config key '{key}': {str(error).splitlines()[0]}")
 
@@ -61,8 +73,9 @@ def explain(error: OmegaConfBaseException, cfg: Any) -> ConfigError:
 def apply_overrides(cfg: DictConfig, pairs: Iterable[tuple[str, str]]) -> DictConfig:
     """Merge dotted overrides into a structured config, validating keys and types."""
     for key, value in pairs:
+        parsed = parse_value(key, value, text_field=_is_text_field(cfg, key))
         try:
-            OmegaConf.update(cfg, key, _parse_value(value), merge=True, force_add=False)
+            OmegaConf.update(cfg, key, parsed, merge=True, force_add=False)
         except OmegaConfBaseException as error:
             if getattr(error, "full_key", None) in (None, ""):
                 error.full_key = key  # type: ignore[attr-defined]
@@ -70,9 +83,33 @@ def apply_overrides(cfg: DictConfig, pairs: Iterable[tuple[str, str]]) -> DictCo
     return cfg
 
 
-def _parse_value(text: str) -> Any:
-    """YAML-like scalar parsing, as Hydra does: 1 -> int, true -> bool, null -> None, [a,b] -> list."""
-    return OmegaConf.create(f"v: {text}" if text != "" else "v: ''")["v"]
+def _is_text_field(cfg: DictConfig, key: str) -> bool:
+    """True when `key` names an existing text (str or Enum) field of cfg."""
+    parent_key, _, name = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    except OmegaConfBaseException:
+        return False
+    node: Optional[Any] = parent._get_node(name) if isinstance(parent, DictConfig) and name in parent else None
+    return isinstance(node, (StringNode, EnumNode))
+
+
+def parse_value(key: str, text: str, text_field: bool = False) -> Any:
+    """YAML scalar parsing, as Hydra does: 1 -> int, true -> bool, null -> None, [a,b] -> list.
+
+    For a text field, a value YAML reads as a number, boolean or date stays the text typed (YAML 1.1 reads
+    0042 as octal 34). Text that is not valid YAML (`'abc`, `[`) is a one-line ConfigError naming the key.
+    """
+    if text == "":
+        return ""
+    try:
+        value = OmegaConf.create(f"v: {text}")["v"]
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{key}={text}: not a valid value ({problem}; quote text with '...')") from None
+    if text_field and isinstance(value, (bool, int, float, datetime.date)):
+        return text
+    return value
 
 
 def check_complete(cfg: DictConfig) -> None:
@@ -87,4 +124,5 @@ def build_config(schema: type, argv: Sequence[str]) -> DictConfig:
     cfg = OmegaConf.structured(schema)
     apply_overrides(cfg, split_overrides(argv))
     check_complete(cfg)
+    check_ranges(cfg)
     return cfg

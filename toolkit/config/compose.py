@@ -8,16 +8,19 @@ key in one line (unknown key with close matches, wrong type, missing value).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
+from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
 from toolkit.registry import CRITERIONS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS, Registry
 
@@ -78,6 +81,43 @@ def describe_composition_error(text: str) -> str:
     return f"{problem} (key '{key}')" if key else problem
 
 
+def describe_missing_option(text: str) -> str:
+    """One line for a defaults entry naming a group option or preset that does not exist."""
+    where = re.match(r"In '([^']+)'", text)
+    missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
+    if missing is None:
+        return describe_composition_error(text)
+    group, _, option = missing.group(1).rpartition("/")
+    valid = group_options(group) if group in GROUPS else presets() if group == "config" else []
+    place = f"{config_dir() / where.group(1)}.yaml selects " if where and where.group(1) != "train" else ""
+    listing = f"{close_matches(option, valid)}; valid: {', '.join(valid)}" if valid else ""
+    return f"{place}unknown {group or 'config'} '{option}'{listing}"
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """'FILE, line N: problem' for a config file that is not valid YAML (a tab, an unclosed bracket, ...)."""
+    # where the unfinished construct began (an unclosed bracket's line), else where the parser stopped
+    mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if "'\\t'" in problem:
+        problem += " (YAML indents with spaces, not tabs)"
+    if mark is None:
+        return f"a config file is not valid YAML: {problem}"
+    return f"{mark.name}, line {mark.line + 1}: not valid YAML: {problem}"
+
+
+def undecodable_config_file() -> str:
+    """'FILE, line N: not valid UTF-8' for the first config file that does not decode."""
+    for path in sorted(config_dir().rglob("*.yaml")):
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[: error.start].count(b"\n") + 1
+            return f"{path}, line {line}: not valid UTF-8 (byte 0x{data[error.start]:02x})"
+    return "a config file is not valid UTF-8"
+
+
 def _compose_defaults(overrides: list[str]) -> DictConfig:
     """train.yaml with a preset and group choices. Inside a Hydra app (`tk-train -m`, whose search path is
     configs/ already) Hydra is initialised and is used as it is."""
@@ -103,11 +143,39 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
             plain.append((key, value))
     try:
         cfg = _compose_defaults([f"config={preset}", *group_choices])
+    except MissingConfigException as error:
+        raise ConfigError(f"preset '{preset}': {describe_missing_option(str(error))}") from None
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"preset '{preset}': {describe_composition_error(str(error))}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(describe_yaml_error(error)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(undecodable_config_file()) from None
     OmegaConf.set_struct(cfg, True)
     for open_mapping in OPEN_MAPPINGS:  # user-named entries: param_groups.NAME=..., aux_weights.TERM=...
         OmegaConf.set_struct(cfg[open_mapping], False)
     apply_overrides(cfg, plain)
     check_complete(cfg)
+    validate_train_config(cfg)
+    return cfg
+
+
+def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
+    """A resolved training config read back as plain data (from a checkpoint), typed again: the schema with
+    the components it names, so that overrides of it (tk-eval's task.KEY=...) are checked like tk-train's."""
+    from toolkit.config.schema import TrainConfig
+
+    load_registries()
+    cfg = OmegaConf.structured(TrainConfig)
+    for group, registry in GROUPS.items():
+        name = (raw.get(group) or {}).get("name")
+        if name is not None:
+            cfg[group] = OmegaConf.structured(registry.get(str(name)).config_cls)
+    try:
+        cfg = OmegaConf.merge(cfg, raw)
+    except OmegaConfBaseException as error:
+        raise explain(error, cfg) from None
+    OmegaConf.set_struct(cfg, True)
+    for open_mapping in OPEN_MAPPINGS:
+        OmegaConf.set_struct(cfg[open_mapping], False)
     return cfg

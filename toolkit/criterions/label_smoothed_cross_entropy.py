@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.criterions.aux_terms import weighted_aux
+from toolkit.config.ranges import bounded
 from toolkit.registry import CRITERIONS
 from toolkit.train.schedules import AuxWeights
 
@@ -41,7 +42,7 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float, ignore_in
 @dataclass
 class LabelSmoothedCrossEntropyConfig:
     name: str = "label_smoothed_cross_entropy"
-    label_smoothing: float = 0.1
+    label_smoothing: float = bounded(0.1, ge=0, lt=1)
     """eps: probability mass moved from the target to the other V - 1 classes, evenly."""
 
 

@@ -60,6 +60,42 @@ def _stream(response: BinaryIO, out: BinaryIO, total: Optional[int], label: str)
     return digest.hexdigest()
 
 
+def recorded_digest_path(dest: Path) -> Path:
+    """Where the sha256 of a cached download is recorded when it is fetched (NAME.sha256 beside it)."""
+    return dest.with_name(dest.name + ".sha256")
+
+
+def _record_digest(dest: Path, digest: str) -> None:
+    from toolkit.data.atomic import atomic_write_bytes
+
+    atomic_write_bytes(recorded_digest_path(dest), (digest + "\n").encode())
+
+
+def _cached_copy(url: str, dest: Path, sha256: Optional[str]) -> Optional[Path]:
+    """The cached file of `url` when it can be used: it matches `sha256`, or else the digest recorded when it
+    was downloaded. A cached copy changed since its download is a DataError (it is never used unchecked)."""
+    if not dest.is_file():
+        return None
+    actual = sha256_file(dest)
+    if sha256 is not None:
+        if actual == sha256.lower():
+            logger.info("using cached %s for %s (sha256 verified)", dest, url)
+            return dest
+        logger.warning("cached %s does not match sha256=%s (it has %s): downloading again", dest, sha256, actual)
+        return None
+    record = recorded_digest_path(dest)
+    recorded = record.read_text().strip() if record.is_file() else None
+    if recorded is None:
+        logger.warning("using cached %s for %s, UNVERIFIED: no sha256 given and none recorded at download "
+                       "(its sha256 is %s)", dest, url, actual)
+    elif actual != recorded:
+        raise DataError(f"cached {dest} changed since it was downloaded from {url}: sha256 {actual}, recorded "
+                        f"{recorded} in {record}; delete both to download it again")
+    else:
+        logger.info("using cached %s for %s (sha256 as recorded at download)", dest, url)
+    return dest
+
+
 def download(url: str, dest: Path, sha256: Optional[str] = None) -> Path:
     """Fetch url to dest via a temporary name; verify sha256 (if given) before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +114,15 @@ def download(url: str, dest: Path, sha256: Optional[str] = None) -> Path:
             out.flush()
             os.fsync(out.fileno())
         _check_digest(f"{url} (downloaded to {dest})", actual, sha256)
+        _record_digest(dest, actual)  # a later use of the cached copy is checked against it
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a partial or bad download never stays in the cache
         raise
     logger.info("downloaded %s -> %s (%d bytes, sha256 %s)", url, dest, dest.stat().st_size, actual)
+    if sha256 is None:
+        logger.warning("%s is UNVERIFIED: no sha256 was given to check the download against (pass sha256=%s "
+                       "if that is the published digest)", url, actual)
     return dest
 
 
@@ -90,18 +130,16 @@ def resolve_input(spec: str, cache_dir: Path, sha256: Optional[str] = None) -> P
     """Turn an input spec into an existing local file.
 
     - a local path: used in place; it must exist and be a file.
-    - an http(s):// or file:// URL: fetched into `cache_dir` (reused when already there and, if `sha256`
-      is given, matching it).
+    - an http(s):// or file:// URL: fetched into `cache_dir` (its sha256 recorded beside it), and reused when
+      already there and matching `sha256`, or without `sha256` the recorded digest. A download without
+      `sha256` is logged as unverified.
     With `sha256`, the file's digest must match; a mismatch raises DataError naming the file and both
     digests (a downloaded file is removed, a local file is left alone).
     """
     scheme = urllib.parse.urlparse(spec).scheme.lower()
     if scheme in URL_SCHEMES:
         dest = cache_path(spec, Path(cache_dir).expanduser())
-        if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256.lower()):
-            logger.info("using cached %s for %s", dest, spec)
-            return dest
-        return download(spec, dest, sha256)
+        return _cached_copy(spec, dest, sha256) or download(spec, dest, sha256)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"input file {path} does not exist")

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from toolkit.data.atomic import OUTPUT_ERRNOS
 from toolkit.data.download import resolve_input, sha256_file
 from toolkit.errors import ConfigError, DataError
 
@@ -56,14 +57,19 @@ def read_lines(path: Path, errors: str = "strict") -> list[str]:
 
 
 def iter_lines(path: Path, errors: str = "strict") -> Iterator[str]:
-    """Lines of a UTF-8 text file, streamed; invalid UTF-8 (errors='strict') names the file and line."""
-    lineno = 0
-    try:
-        with open(path, encoding="utf-8", errors=errors, newline="\n") as handle:
-            for lineno, line in enumerate(handle, 1):
-                yield line.rstrip("\n")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({error.reason})") from None
+    """Lines of a UTF-8 text file, streamed; invalid UTF-8 (errors='strict') names the file and its line.
+
+    Each line is decoded on its own (split at b"\\n" only), so the line number of a bad byte is exact.
+    """
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8", errors)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[error.start]:02x}: {error.reason})"
+                ) from None
+            yield line[:-1] if line.endswith("\n") else line
 
 
 def count_lines(path: Path) -> int:
@@ -357,6 +363,8 @@ class FileSource:
                             shutil.copyfileobj(source, out, 1 << 20)
                         found[name] = folder / name
         except ARCHIVE_ERRORS as error:
+            if isinstance(error, OSError) and error.errno in OUTPUT_ERRNOS:
+                raise  # writing the extracted file failed (full disk): the output's problem, named by its writer
             raise DataError(f"{self.path}: cannot read archive ({error})") from None
         return found
 

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from toolkit.data.atomic import atomic_output_dir, atomic_write_bytes
+from toolkit.data.utf8 import first_invalid_line
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,10 @@ def iter_word_chunks(source: SourceFile) -> Iterator[List[str]]:
                 lines_done += len(lines)
                 yield chunk.replace("\n", " <eos> ").split()
     except UnicodeDecodeError as error:
-        raise DataError(f"{source.label}: not valid UTF-8 after line {lines_done} ({error.reason})") from None
+        with source.opener() as raw:  # the text reader decodes ahead: find the real line of the bad byte
+            found = first_invalid_line(raw)
+        line, reason = found if found is not None else (lines_done + 1, error.reason)
+        raise DataError(f"{source.label}:{line}: not valid UTF-8 ({reason})") from None
     except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as error:
         raise DataError(f"{source.label}: cannot read: {error}") from None
 

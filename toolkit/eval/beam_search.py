@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
 from toolkit.eval.ngram_blocking import banned_token_mask
 
@@ -32,19 +33,19 @@ NEG_INF = -math.inf
 class GenerationConfig:
     """Beam search options (names and meanings as in fairseq-generate)."""
 
-    beam: int = 5
+    beam: int = bounded(5, ge=1)
     """Hypotheses kept per sentence; 1 = greedy decoding."""
-    nbest: int = 1
+    nbest: int = bounded(1, ge=1)
     """Hypotheses returned per sentence, best first (at most `beam`)."""
     lenpen: float = 1.0
     """Length penalty: final score = sum of token log-probs / length**lenpen (length includes eos)."""
-    max_len_a: float = 0.0
+    max_len_a: float = bounded(0.0, ge=0)
     """Maximum output length (tokens before eos) = max_len_a * source length + max_len_b, per sentence."""
-    max_len_b: int = 200
+    max_len_b: int = bounded(200, ge=0)
     """See max_len_a. The source length counts non-padding tokens (its eos included)."""
-    min_len: int = 1
+    min_len: int = bounded(1, ge=0)
     """Minimum number of tokens before eos."""
-    no_repeat_ngram_size: int = 0
+    no_repeat_ngram_size: int = bounded(0, ge=0)
     """Forbid repeating any n-gram of this size within a hypothesis; 0 = off."""
 
 

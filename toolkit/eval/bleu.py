@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,17 @@ from sacremoses import MosesTokenizer
 
 from toolkit.errors import ConfigError, DataError
 
-PROTOCOLS = ("sacrebleu", "tokenized_lower", "tokenized_compound")
+
+
+class BleuProtocol(StrEnum):
+    """How hypotheses and references are tokenized for BLEU."""
+
+    sacrebleu = "sacrebleu"  # detokenized text, sacrebleu's 13a tokenizer
+    tokenized_lower = "tokenized_lower"  # IWSLT14: Moses-tokenized, lowercased
+    tokenized_compound = "tokenized_compound"  # WMT14: Moses-tokenized, compounds split (get_ende_bleu.sh)
+
+
+PROTOCOLS = tuple(protocol.value for protocol in BleuProtocol)
 # get_ende_bleu.sh runs `perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'` on bytes: \S is "not ASCII space"
 _COMPOUND = re.compile(rb"(\S)-(\S)")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -27,12 +28,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
-from toolkit.modules.transformer_layer import TransformerLayer
+from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
 IGNORE = -100  # label of positions without a k-ahead target (F.cross_entropy's ignore_index)
-POSITION_MODES = ("every_layer", "first_layer")
-HEAD_MODES = ("separate", "shared", "none")
+
+
+class CharPositions(StrEnum):
+    """Where learned positions are added."""
+
+    every_layer = "every_layer"  # at the input of every layer (T64)
+    first_layer = "first_layer"  # at the input of the first layer only
+
+
+class IntermediateHeads(StrEnum):
+    """The prediction heads after layers 1..n-1."""
+
+    separate = "separate"  # own LayerNorm + projection per layer
+    shared = "shared"  # the final LayerNorm + output projection
+    none = "none"  # no intermediate heads
 
 
 @dataclass
@@ -45,11 +59,10 @@ class CharTransformerConfig:
     dropout: float = 0.55  # residual and embedding dropout
     attention_dropout: float = 0.0  # dropout on attention probabilities
     activation_dropout: float = 0.0  # dropout after the FFN activation
-    activation: str = "relu"  # 'relu' or 'gelu'
+    activation: Activation = Activation.relu  # relu or gelu
     max_positions: int = 512  # rows of each learned position table (>= the window length)
-    positions: str = "every_layer"  # learned positions added at the input of 'every_layer' or 'first_layer' only
-    intermediate_heads: str = "separate"  # heads after layers 1..n-1: 'separate' (own LayerNorm + projection),
-    #                                       'shared' (the final LayerNorm + output projection) or 'none'
+    positions: CharPositions = CharPositions.every_layer  # learned positions added at every layer or the first only
+    intermediate_heads: IntermediateHeads = IntermediateHeads.separate  # heads after layers 1..n-1 (IntermediateHeads)
     n_targets: int = 2  # m: predict the characters 1..m ahead (1 = next character only, no target_k terms)
     tie_embeddings: bool = False  # share the input embedding and the final output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
@@ -83,10 +96,6 @@ class CharTransformer(nn.Module):
 
     def __init__(self, cfg: CharTransformerConfig, vocab_size: int):
         super().__init__()
-        if cfg.positions not in POSITION_MODES:
-            raise ConfigError(f"model.positions: '{cfg.positions}' (valid: {', '.join(POSITION_MODES)})")
-        if cfg.intermediate_heads not in HEAD_MODES:
-            raise ConfigError(f"model.intermediate_heads: '{cfg.intermediate_heads}' (valid: {', '.join(HEAD_MODES)})")
         if cfg.n_targets < 1:
             raise ConfigError(f"model.n_targets must be >= 1, got {cfg.n_targets}")
         self.cfg, self.vocab_size = cfg, vocab_size

@@ -217,15 +217,21 @@ class StreamingLM(nn.Module):
         padding_idx = getattr(task, "pad_idx", None) if (cfg.adaptive_input or cfg.adaptive_softmax) else None
         return cls.create(model_cfg, padding_idx)
 
+    def aux_term_names(self) -> List[str]:
+        """The auxiliary terms forward can return: the spans' L1 cost when spans are learned."""
+        return ["span_l1"] if self.cfg.adaptive_span else []
+
     def forward(
         self,
         tokens: Tensor,
         cache: Optional[Cache] = None,
         target: Optional[Tensor] = None,
         reset: Optional[bool] = None,
+        active_aux: Optional[set[str]] = None,
     ) -> tuple[Tensor, ...]:
         """With `target` (the trainer): (logits, aux), carrying the streams' cache itself (module docstring).
-        Without: tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of the streams."""
+        Without: tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of the streams.
+        `active_aux` is accepted for the criterion's sake: the span cost is a by-product, always returned."""
         if target is None:
             return self.forward_block(tokens, cache)
         if cache is not None:

@@ -34,8 +34,8 @@ from toolkit.modules.mae_gate import (
     expert_usage,
     gate_entropy,
 )
-from toolkit.modules.positional import build_positions
-from toolkit.modules.transformer_layer import AttentionFactory, TransformerLayer
+from toolkit.modules.positional import PositionKind, build_positions
+from toolkit.modules.transformer_layer import Activation, AttentionFactory, TransformerLayer
 from toolkit.registry import MODELS
 
 # Attention variants by config name: factory(d_model, n_heads, attention_dropout) -> module.
@@ -71,7 +71,7 @@ class TransformerConfig:
     """Dropout after the FFN activation."""
     pre_ln: bool = False
     """LayerNorm before each sublayer plus a final LayerNorm (True), or after each sublayer (False, the paper)."""
-    positions: str = "sinusoidal"
+    positions: PositionKind = PositionKind.sinusoidal
     """Position embeddings: 'sinusoidal' (fixed) or 'learned'."""
     max_positions: int = 1024
     """Longest source or target sequence (tokens, eos included) the position tables cover."""
@@ -81,7 +81,7 @@ class TransformerConfig:
     """Without share_all_embeddings: tie the decoder's input embedding and output projection."""
     scale_embedding: bool = True
     """Multiply token embeddings by sqrt(d_model) before adding positions."""
-    activation: str = "relu"
+    activation: Activation = Activation.relu
     """FFN activation: 'relu' or 'gelu'."""
     attention: str = "standard"
     """Attention module by name (see ATTENTIONS): 'standard', or 'mae' in the slots listed in mae_slots."""
@@ -188,8 +188,6 @@ class TransformerModel(nn.Module):
         self.cfg = cfg
         self.pad_idx, self.eos_idx, self.bos_idx = pad_idx, eos_idx, bos_idx
         self.decoder_start_idx = eos_idx if decoder_start_idx is None else decoder_start_idx
-        if cfg.positions not in ("sinusoidal", "learned"):
-            raise ConfigError(f"model.positions: unknown '{cfg.positions}'; valid: learned, sinusoidal")
         if cfg.share_all_embeddings and src_vocab_size != tgt_vocab_size:
             raise ConfigError(
                 f"model.share_all_embeddings=true needs a joint vocabulary, but the source has {src_vocab_size} "

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
-from toolkit.errors import ConfigError
 from toolkit.models.adaptive_io import (
     AdaptiveIOConfig,
     AdaptiveSoftmaxOutput,
@@ -27,9 +27,16 @@ from toolkit.models.adaptive_io import (
 )
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
-from toolkit.modules.positional import build_positions
-from toolkit.modules.transformer_layer import TransformerLayer
+from toolkit.modules.positional import PositionKind, build_positions
+from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
+
+
+class LMAttention(StrEnum):
+    """The self-attention of every layer."""
+
+    standard = "standard"  # multi-head attention
+    mae = "mae"  # mixture of attentive experts, causal prefix-mean gate
 
 
 def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
@@ -39,7 +46,7 @@ def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
     if cfg.attention == "mae":
         validate_mae_config(cfg.mae, cfg.n_heads)
         return functools.partial(MAEAttention, cfg=cfg.mae)
-    raise ConfigError(f"model.attention: '{cfg.attention}' (valid: standard, mae)")
+    raise AssertionError(f"unreachable: model.attention is an Enum, got {cfg.attention!r}")
 
 
 @dataclass
@@ -54,12 +61,12 @@ class TransformerLMConfig(AdaptiveIOConfig):
     dropout: float = 0.1  # residual and embedding dropout
     attention_dropout: float = 0.0  # dropout on attention probabilities
     activation_dropout: float = 0.0  # dropout after the FFN activation
-    activation: str = "relu"  # 'relu' or 'gelu'
+    activation: Activation = Activation.relu  # relu or gelu
     pre_ln: bool = True  # LayerNorm before each sublayer (True) or after (False, Vaswani et al.)
     final_norm: bool = True  # with pre_ln: a LayerNorm after the last layer (fairseq's wiki103 model has none)
-    attention: str = "standard"  # 'standard' or 'mae' (mixture of attentive experts, causal prefix-mean gate)
+    attention: LMAttention = LMAttention.standard  # standard or mae (mixture of attentive experts, causal prefix-mean gate)
     mae: MAEConfig = field(default_factory=MAEConfig)  # used when attention='mae' 
-    positions: str = "learned"  # 'learned' or 'sinusoidal'
+    positions: PositionKind = PositionKind.learned  # learned or sinusoidal
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Callable, Dict, List, Optional
 
 from omegaconf import OmegaConf
@@ -20,7 +21,21 @@ from toolkit.modules.pkm_metrics import MemoryUsageTracker
 
 log = logging.getLogger(__name__)
 
-MODES = ("replace_ffn", "after_layer")
+
+
+class MemoryMode(StrEnum):
+    """How a memory joins its layer."""
+
+    replace_ffn = "replace_ffn"  # the memory is the layer's FFN
+    after_layer = "after_layer"  # a residual memory sublayer after the layer
+
+
+class MemoryStack(StrEnum):
+    """The model's module list holding the layers."""
+
+    auto = "auto"  # whichever of decoder_layers, layers exists
+    layers = "layers"
+    decoder_layers = "decoder_layers"
 
 
 @dataclass
@@ -28,8 +43,8 @@ class MemoryPlacementConfig:
     """Where product-key memories go (none by default)."""
 
     layers: List[int] = field(default_factory=list)  # 0-based layer indices; empty = no memory
-    mode: str = "replace_ffn"  # 'replace_ffn' or 'after_layer' (a residual memory sublayer after the layer)
-    stack: str = "auto"  # module list holding the layers: 'layers', 'decoder_layers' or 'auto' (whichever exists)
+    mode: MemoryMode = MemoryMode.replace_ffn  # replace_ffn or after_layer (a residual memory sublayer after it)
+    stack: MemoryStack = MemoryStack.auto  # module list holding the layers: layers, decoder_layers or auto
     pkm: PKMConfig = field(default_factory=PKMConfig)
 
 
@@ -61,8 +76,6 @@ def place_memories(model: nn.Module, raw: Optional[object]) -> List[ProductKeyMe
     cfg = OmegaConf.merge(OmegaConf.structured(MemoryPlacementConfig), raw)
     if not cfg.layers:
         return []
-    if cfg.mode not in MODES:
-        raise ConfigError(f"memory.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
     stack = _stack(model, cfg.stack)
     pkm_cfg = OmegaConf.to_object(cfg.pkm)
     memories = []

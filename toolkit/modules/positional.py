@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,13 @@ class LearnedPositions(nn.Embedding):
 
     def forward(self, positions: Tensor) -> Tensor:  # type: ignore[override]
         return super().forward(positions)
+
+
+class PositionKind(StrEnum):
+    """Position embeddings: a learned table or fixed sinusoids."""
+
+    learned = "learned"
+    sinusoidal = "sinusoidal"
 
 
 def build_positions(kind: str, max_positions: int, dim: int) -> nn.Module:

@@ -6,6 +6,7 @@ Used by the encoder, the decoder and the decoder-only LM. The attention class is
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Callable, Optional
 
 import torch.nn.functional as F
@@ -14,6 +15,13 @@ from torch import Tensor, nn
 from toolkit.modules.attention import Cache, MultiheadAttention
 
 AttentionFactory = Callable[[int, int, float], nn.Module]
+
+
+class Activation(StrEnum):
+    """The FFN's nonlinearity."""
+
+    relu = "relu"
+    gelu = "gelu"
 
 
 class FeedForward(nn.Module):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Collection, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from toolkit.data.dataset_kind import missing_data, require_dataset
+from toolkit.errors import ConfigError
 from toolkit.registry import MODELS
 
 Batch = Dict[str, Any]  # {"net_input": {...}, "target": Tensor, "ntokens": int}
@@ -21,6 +24,7 @@ class Task:
     """
 
     valid_metric = "loss"  # lower is better
+    dataset_kind = ""  # what tk-preprocess makes for this task: char, word or translation (dataset_kind.py)
     vocab_size: int = 0
     pad_idx: Optional[int] = None
     record_token_nll: bool = False  # LM tasks: keep each scored target's NLL of the next evaluation (tk-eval save_nll=)
@@ -29,6 +33,22 @@ class Task:
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
         self.cfg, self.data_dir, self.seed = cfg, data_dir, seed
         self.rank, self.world_size = rank, world_size
+
+    def has_data(self) -> bool:
+        """True when the data folder exists (it may not for a dry run); it must then hold this task's kind of
+        dataset, or a one-line DataError names what it holds and what the task needs."""
+        if self.data_dir is None or not Path(self.data_dir).exists():
+            return False
+        require_dataset(self.data_dir, self.dataset_kind, self.cfg.name)
+        return True
+
+    def check_subset(self, subset: str, available: Collection[str]) -> None:
+        """A one-line error unless `subset` is one of the loaded splits (or no data folder was there)."""
+        if subset in available:
+            return
+        if not available:
+            raise missing_data(self.data_dir, self.dataset_kind, self.cfg.name)
+        raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(available)})")
 
     def build_model(self, model_cfg: Any) -> nn.Module:
         return MODELS.get(model_cfg.name).builder.build(model_cfg, self)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from enum import StrEnum
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.registry import TASKS
@@ -25,35 +26,50 @@ from toolkit.tasks.stream_lm_data import array_gather
 from toolkit.tasks.stream_mode import StreamTraining
 
 
+class CharLMMode(StrEnum):
+    """How training batches are drawn."""
+
+    random = "random"  # windows at random offsets
+    stream = "stream"  # batch_size * world_size contiguous streams read block by block (models with a cache)
+
+
+class CharEvalProtocol(StrEnum):
+    """How a split is scored."""
+
+    windows = "windows"  # windows of eval_window, moved by eval_stride
+    exact = "exact"  # stride 1: every character sees a full window
+    fast = "fast"  # eval_stride, default window // 4
+    stream = "stream"  # eval_streams contiguous sub-streams, cache carried
+
+
 @dataclass
 class CharLMConfig:
     name: str = "char_lm"
-    tokens_per_sample: int = 256  # training window length
-    batch_size: int = 16  # windows per batch and process
-    vocab_size: int = 27  # used only when no data folder is prepared yet (dry runs): 27 text8, 256 enwik8
-    batches_per_epoch: int = 0  # 0 = train tokens / (batch_size * world_size * tokens_per_sample)
-    eval_window: int = 0  # evaluation context window (0 = tokens_per_sample)
-    eval_stride: int = 0  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
-    eval_protocol: str = "windows"  # 'windows' (eval_stride as set), 'exact' (stride 1: every character sees
-    #                                 a full window) or 'fast' (eval_stride, default window // 4)
-    valid_protocol: Optional[str] = None  # protocol of validation during training (null = eval_protocol); when it
-    #                                         differs, tk-eval and the final test also report it (bpc_<protocol>)
-    eval_batch_size: int = 32  # windows per evaluation batch
-    valid_max_tokens: int = 0  # score at most this many tokens during training validation (0 = all)
-    eval_max_tokens: int = 0  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
-    mode: str = "random"  # training batches: 'random' windows, or 'stream': batch_size * world_size contiguous
-    #                       streams read block by block (tokens_per_sample), for models with a cache (streaming_lm)
-    eval_streams: int = 8  # eval_protocol=stream: contiguous sub-streams a split is cut into (cache carried)
+    tokens_per_sample: int = bounded(256, ge=1)  # training window length
+    batch_size: int = bounded(16, ge=1)  # windows per batch and process
+    vocab_size: int = bounded(27, ge=1)  # used only when no data folder is prepared yet (dry runs): 27 text8, 256 enwik8
+    batches_per_epoch: int = bounded(0, ge=0)  # 0 = train tokens / (batch_size * world_size * tokens_per_sample)
+    eval_window: int = bounded(0, ge=0)  # evaluation context window (0 = tokens_per_sample)
+    eval_stride: int = bounded(0, ge=0)  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
+    eval_protocol: CharEvalProtocol = CharEvalProtocol.windows  # windows, exact, fast or stream (see CharEvalProtocol)
+    valid_protocol: Optional[CharEvalProtocol] = None  # protocol of validation during training (null = eval_protocol);
+    #                                                    when it differs, tk-eval and the final test also report it
+    eval_batch_size: int = bounded(32, ge=1)  # windows per evaluation batch
+    valid_max_tokens: int = bounded(0, ge=0)  # score at most this many tokens during training validation (0 = all)
+    eval_max_tokens: int = bounded(0, ge=0)  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
+    mode: CharLMMode = CharLMMode.random  # training batches: random windows or contiguous streams (see CharLMMode)
+    eval_streams: int = bounded(8, ge=1)  # eval_protocol=stream: contiguous sub-streams a split is cut into (cache carried)
 
 
 @TASKS.register("char_lm", CharLMConfig)
 class CharLMTask(StreamTraining, Task):
     valid_metric = "bpc"
+    dataset_kind = "char"
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(cfg, data_dir, seed, rank, world_size)
         self.splits: Dict[str, np.ndarray] = {}
-        if data_dir is not None and Path(data_dir).exists():
+        if self.has_data():
             from toolkit.data.char_corpus import load_char_split, load_vocab
 
             self.vocab = load_vocab(data_dir)
@@ -66,8 +82,6 @@ class CharLMTask(StreamTraining, Task):
                 )
         else:
             self.vocab_size = cfg.vocab_size
-        if cfg.mode not in MODES:
-            raise ConfigError(f"task.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
         if "train" in self.splits:
             self.setup_streams(len(self.splits["train"]), f"{data_dir}/train")
 
@@ -97,8 +111,7 @@ class CharLMTask(StreamTraining, Task):
     def evaluate(
         self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
-        if subset not in self.splits:
-            raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.splits)})")
+        self.check_subset(subset, self.splits)
         valid_protocol = self.cfg.valid_protocol or self.cfg.eval_protocol
         if during_training:
             return self._evaluate(model, subset, device, valid_protocol, self.cfg.valid_max_tokens)
@@ -137,14 +150,8 @@ class CharLMTask(StreamTraining, Task):
         return {"subset": subset, "bpc": metrics["loss"] / math.log(2), **metrics}
 
 
-PROTOCOLS = ("windows", "exact", "fast", "stream")
-MODES = ("random", "stream")
-
-
 def eval_stride(protocol: str, stride: int, window: int) -> int:
     """The stride of an evaluation protocol; every character after the first window sees >= window - stride."""
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"task.eval_protocol: '{protocol}' (valid: {', '.join(PROTOCOLS)})")
     if protocol == "exact":
         return 1
     stride = stride or (max(1, window // 4) if protocol == "fast" else window)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from enum import StrEnum
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
@@ -40,47 +41,50 @@ from toolkit.tasks.stream_mode import StreamTraining
 EOS, PAD = 2, 1  # toolkit.data.word_corpus ids (fairseq's)
 
 
+class LMMode(StrEnum):
+    """How training batches are drawn."""
+
+    blocks = "blocks"  # the train stream's blocks, shuffled
+    stream = "stream"  # batch_size * world_size contiguous streams read block by block (models with a cache)
+
+
+class LMEvalProtocol(StrEnum):
+    """How a split is scored."""
+
+    context_window = "context_window"  # fairseq's eval-lm: blocks after up to context_window tokens of history
+    stream = "stream"  # eval_streams contiguous sub-streams in blocks of tokens_per_sample, cache carried
+
+
 @dataclass
 class LanguageModelingConfig:
     name: str = "language_modeling"
-    tokens_per_sample: int = 512  # block length in tokens: training blocks and the longest evaluation window
-    batch_size: int = 8  # blocks per batch and process
-    vocab_size: int = 0  # used only when no data folder is prepared yet (dry runs): 267744 for WikiText-103
-    batches_per_epoch: int = 0  # 0 = train blocks // (batch_size * world_size)
-    context_window: int = 0  # evaluation (tk-eval, final test): blocks of tokens_per_sample - context_window
+    tokens_per_sample: int = bounded(512, ge=1)  # block length in tokens: training blocks and the longest evaluation window
+    batch_size: int = bounded(8, ge=1)  # blocks per batch and process
+    vocab_size: int = bounded(0, ge=0)  # used only when no data folder is prepared yet (dry runs): 267744 for WikiText-103
+    batches_per_epoch: int = bounded(0, ge=0)  # 0 = train blocks // (batch_size * world_size)
+    context_window: int = bounded(0, ge=0)  # evaluation (tk-eval, final test): blocks of tokens_per_sample - context_window
     #                          new tokens, each after up to context_window tokens of history; 0 = no overlap
-    valid_context_window: int = 0  # the same for validation during training (0: cheap, non-overlapping)
-    eval_batch_size: int = 8  # windows per evaluation batch
-    valid_max_tokens: int = 0  # score at most this many targets during training validation (0 = all)
-    mode: str = "blocks"  # training batches: 'blocks' (shuffled), or 'stream': batch_size * world_size contiguous
-    #                       streams read block by block, for models with a cache (streaming_lm)
-    eval_protocol: str = "context_window"  # 'context_window' (fairseq's eval-lm) or 'stream' (eval_streams
-    #                                        contiguous sub-streams in blocks of tokens_per_sample, cache carried)
-    eval_streams: int = 8  # eval_protocol=stream: contiguous sub-streams a split is cut into
+    valid_context_window: int = bounded(0, ge=0)  # the same for validation during training (0: cheap, non-overlapping)
+    eval_batch_size: int = bounded(8, ge=1)  # windows per evaluation batch
+    valid_max_tokens: int = bounded(0, ge=0)  # score at most this many targets during training validation (0 = all)
+    mode: LMMode = LMMode.blocks  # training batches: shuffled blocks or contiguous streams (see LMMode)
+    eval_protocol: LMEvalProtocol = LMEvalProtocol.context_window  # context_window or stream (see LMEvalProtocol)
+    eval_streams: int = bounded(8, ge=1)  # eval_protocol=stream: contiguous sub-streams a split is cut into
     eval_eos: bool = True  # score the <eos> (end-of-line) targets; false: they are context only, as the papers
     #                        that report word perplexity without end-of-line (e.g. the all-attention paper's 20.6)
-
-
-MODES = ("blocks", "stream")
-PROTOCOLS = ("context_window", "stream")
 
 
 @TASKS.register("language_modeling", LanguageModelingConfig)
 class LanguageModelingTask(StreamTraining, Task):
     valid_metric = "ppl"
+    dataset_kind = "word"
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(cfg, data_dir, seed, rank, world_size)
         self.pad_idx = PAD  # never in the data (a literal <pad> is <unk>); the criterion ignores it anyway
         self.splits: Dict[str, np.ndarray] = {}
         self._order_cache: tuple[int, np.ndarray] | None = None
-        if cfg.tokens_per_sample < 1 or cfg.batch_size < 1:
-            raise ConfigError("task.tokens_per_sample and task.batch_size must be positive")
-        if cfg.mode not in MODES:
-            raise ConfigError(f"task.mode: '{cfg.mode}' (valid: {', '.join(MODES)})")
-        if cfg.eval_protocol not in PROTOCOLS:
-            raise ConfigError(f"task.eval_protocol: '{cfg.eval_protocol}' (valid: {', '.join(PROTOCOLS)})")
-        if data_dir is not None and Path(data_dir).exists():
+        if self.has_data():
             from toolkit.data.word_corpus import load_dictionary, load_word_split
 
             self.vocab_size = len(load_dictionary(data_dir))
@@ -144,9 +148,7 @@ class LanguageModelingTask(StreamTraining, Task):
     def evaluate(
         self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
-        if subset not in self.splits:
-            valid = ", ".join(self.splits) or "none: no data folder"
-            raise ConfigError(f"unknown subset '{subset}' (valid: {valid})")
+        self.check_subset(subset, self.splits)
         tokens = self.splits[subset]
         if during_training and self.cfg.valid_max_tokens:
             tokens = tokens[: self.cfg.valid_max_tokens]

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -14,29 +15,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.config.ranges import bounded
 from toolkit.data.atomic import atomic_write_bytes
-from toolkit.errors import ConfigError, DataError
+from toolkit.errors import DataError
 from toolkit.eval.beam_search import GenerationConfig, generate
-from toolkit.eval.bleu import corpus_bleu, read_lines
+from toolkit.eval.bleu import BleuProtocol, corpus_bleu, read_lines
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task, to_device
 
 log = logging.getLogger(__name__)
 
 
+class Overlong(StrEnum):
+    """What happens to an example longer than the model's positions."""
+
+    skip = "skip"  # skipped, with a warning and a count
+    fail = "fail"  # an error naming the example
+
+
 @dataclass
 class TranslationConfig:
     name: str = "translation"
-    max_tokens: int = 4096  # tokens per batch and process (padded source or target, whichever is larger)
-    max_sentences: Optional[int] = None  # also cap sentences per batch (null = no cap)
-    max_source_positions: int = 1024  # longer examples are skipped or fail (see overlong)
-    max_target_positions: int = 1024
-    overlong: str = "skip"  # 'skip' (with a warning and a count) or 'fail' (error naming the example)
-    vocab_size: int = 10000  # joint vocabulary size, used only when no data folder is prepared (dry runs)
-    eval_max_tokens: int = 6000  # tokens per batch when scoring and generating
+    max_tokens: int = bounded(4096, ge=1)  # tokens per batch and process (padded source or target, whichever is larger)
+    max_sentences: Optional[int] = bounded(None, ge=1)  # also cap sentences per batch (null = no cap)
+    max_source_positions: int = bounded(1024, ge=2)  # longer examples are skipped or fail (see overlong)
+    max_target_positions: int = bounded(1024, ge=2)
+    overlong: Overlong = Overlong.skip  # skip (with a warning and a count) or fail (error naming the example)
+    vocab_size: int = bounded(10000, ge=5)  # joint vocabulary size, used only when no data folder is prepared (dry runs)
+    eval_max_tokens: int = bounded(6000, ge=1)  # tokens per batch when scoring and generating
     eval_bleu: bool = True  # BLEU in tk-eval and the final test (beam search over the subset)
     validate_bleu: bool = False  # also BLEU at each validation during training (slower)
-    bleu_protocol: str = "sacrebleu"  # 'sacrebleu' (detokenized, 13a), 'tokenized_lower' (IWSLT14), 'tokenized_compound' (WMT14)
+    bleu_protocol: BleuProtocol = BleuProtocol.sacrebleu  # sacrebleu (detokenized, 13a), tokenized_lower (IWSLT14), tokenized_compound (WMT14)
     hypotheses: Optional[str] = None  # write the detokenized hypotheses here (one per line, in corpus order)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
@@ -44,13 +53,14 @@ class TranslationConfig:
 @TASKS.register("translation", TranslationConfig)
 class TranslationTask(Task):
     valid_metric = "nll"
+    dataset_kind = "translation"
 
     def __init__(self, cfg: Any, data_dir: Optional[str], seed: int, rank: int = 0, world_size: int = 1):
         super().__init__(cfg, data_dir, seed, rank, world_size)
         self.bos_idx, self.pad_idx, self.eos_idx = 0, 1, 2  # the spm ids of toolkit.data.spm.SpmVocab
         self.datasets: Dict[str, tuple[Any, Any]] = {}
         self._epoch_batches: tuple[int, List[np.ndarray]] = (0, [])
-        if data_dir is None or not Path(data_dir).exists():
+        if not self.has_data():
             self.vocab_size = cfg.vocab_size
             return
         from toolkit.data.indexed_dataset import IndexedDataset
@@ -119,8 +129,7 @@ class TranslationTask(Task):
 
     # ---- evaluation ----------------------------------------------------------------------------------
     def _check_subset(self, subset: str) -> None:
-        if subset not in self.datasets:
-            raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(self.datasets)})")
+        self.check_subset(subset, self.datasets)
 
     @torch.no_grad()
     def score(self, model: nn.Module, subset: str, device: torch.device) -> Dict[str, float]:

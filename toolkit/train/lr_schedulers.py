@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from toolkit.config.ranges import bounded
 from toolkit.registry import LR_SCHEDULERS
 
 
@@ -14,8 +15,8 @@ class WarmupConfig:
     """Fields every schedule shares: a linear warmup from warmup_init_lr_scale * lr to lr."""
 
     name: str = "constant"
-    warmup_updates: int = 0  # updates of linear warmup
-    warmup_init_lr_scale: float = 0.0  # warmup starts at this fraction of lr
+    warmup_updates: int = bounded(0, ge=0)  # updates of linear warmup
+    warmup_init_lr_scale: float = bounded(0.0, ge=0)  # warmup starts at this fraction of lr
 
 
 @dataclass
@@ -32,7 +33,7 @@ class InverseSqrtConfig(WarmupConfig):
     """Linear warmup, then lr * sqrt(warmup / step) (Vaswani et al.)."""
 
     name: str = "inverse_sqrt"
-    warmup_updates: int = 4000
+    warmup_updates: int = bounded(4000, ge=0)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class CosineConfig(WarmupConfig):
     """Linear warmup, then cosine decay to min_lr_scale * lr at max_update."""
 
     name: str = "cosine"
-    min_lr_scale: float = 0.0
+    min_lr_scale: float = bounded(0.0, ge=0)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class LinearDecayConfig(WarmupConfig):
     """Linear warmup, then linear decay to end_lr_scale * lr at max_update."""
 
     name: str = "linear"
-    end_lr_scale: float = 0.0
+    end_lr_scale: float = bounded(0.0, ge=0)
 
 
 Schedule = Callable[[Any, int, int], float]

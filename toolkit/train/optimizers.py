@@ -8,44 +8,45 @@ from typing import Iterable, List
 import torch
 from torch import nn
 
+from toolkit.config.ranges import bounded
 from toolkit.registry import OPTIMIZERS
 
 
 @dataclass
 class AdamConfig:
     name: str = "adam"
-    lr: float = 1e-3  # peak learning rate (the lr schedule multiplies it)
+    lr: float = bounded(1e-3, ge=0)  # peak learning rate (the lr schedule multiplies it)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    eps: float = bounded(1e-8, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
     sparse: bool = False  # SparseAdam for sparse gradients (e.g. product-key memory values)
 
 
 @dataclass
 class AdamWConfig:
     name: str = "adamw"
-    lr: float = 1e-3
+    lr: float = bounded(1e-3, ge=0)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    eps: float = 1e-8
-    weight_decay: float = 0.01  # decoupled weight decay
+    eps: float = bounded(1e-8, ge=0)
+    weight_decay: float = bounded(0.01, ge=0)  # decoupled weight decay
 
 
 @dataclass
 class SGDConfig:
     name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
+    lr: float = bounded(0.1, ge=0)
+    momentum: float = bounded(0.0, ge=0)
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
 
 
 @dataclass
 class AdagradConfig:
     name: str = "adagrad"
-    lr: float = 0.07
-    eps: float = 1e-10
-    weight_decay: float = 0.0
-    per_tensor_clip: float = 0.0  # adaptive-span reference: lr * min(1, clip / ||grad_p||) per tensor (0 = off)
+    lr: float = bounded(0.07, ge=0)
+    eps: float = bounded(1e-10, ge=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    per_tensor_clip: float = bounded(0.0, ge=0)  # adaptive-span reference: lr * min(1, clip / ||grad_p||) per tensor (0 = off)
 
 
 Params = Iterable[nn.Parameter]

@@ -7,26 +7,41 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Mapping, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from toolkit.config.cli_overrides import explain
+from toolkit.config.ranges import bounded, check_ranges
 from toolkit.errors import ConfigError
 
-SCHEDULE_KINDS = ("constant", "step_off", "linear_decay", "linear_warmup")
+
+
+class ScheduleKind(StrEnum):
+    """The shape of a weight over training."""
+
+    constant = "constant"  # `value` throughout
+    step_off = "step_off"  # `value` until `end`, then 0
+    linear_decay = "linear_decay"  # from `value` linearly to 0 at `end`
+    linear_warmup = "linear_warmup"  # from 0 at `start` linearly to `value` at `end`
+
+
+SCHEDULE_KINDS = tuple(kind.value for kind in ScheduleKind)
 
 
 @dataclass
 class WeightScheduleConfig:
     """A weight over training: `value` until `end` (step_off), or decaying linearly to 0 at `end`."""
 
-    kind: str = "constant"  # constant | step_off | linear_decay | linear_warmup
+    kind: ScheduleKind = ScheduleKind.constant  # constant | step_off | linear_decay | linear_warmup
     value: float = 1.0  # the weight while the schedule is on (start value for linear_decay)
-    start: int = 0  # linear_warmup: update where the ramp from 0 starts
-    end: Optional[int] = None  # update where the schedule ends (off / reaches 0 / reaches value)
-    end_fraction: Optional[float] = None  # `end` as a fraction of max_update (used when end is null)
+    start: int = bounded(0, ge=0)  # linear_warmup: update where the ramp from 0 starts
+    end: Optional[int] = bounded(None, ge=0)  # update where the schedule ends (off / reaches 0 / reaches value)
+    end_fraction: Optional[float] = bounded(None, ge=0)  # `end` as a fraction of max_update (used when end is null)
     per_layer_fraction: bool = False  # end_fraction * l / n for a term named ..._<l>_... (T64: 1/2 * l/n)
-    n_layers: int = 0  # n for per_layer_fraction
+    n_layers: int = bounded(0, ge=0)  # n for per_layer_fraction
 
 
 def end_step(cfg: WeightScheduleConfig, max_update: int, layer: Optional[int] = None) -> float:
@@ -69,11 +84,15 @@ class AuxWeights:
             cfg = OmegaConf.structured(WeightScheduleConfig)
             try:
                 cfg = OmegaConf.merge(cfg, value if isinstance(value, Mapping) else {"value": value})
-            except Exception as error:  # noqa: BLE001 - OmegaConf raises several types
-                raise ConfigError(f"aux_weights.{key}: {str(error).splitlines()[0]}") from None
-            if cfg.kind not in SCHEDULE_KINDS:
-                raise ConfigError(f"aux_weights.{key}.kind: '{cfg.kind}' (valid: {', '.join(SCHEDULE_KINDS)})")
-            self.rules.append((re.compile(key), OmegaConf.to_object(cfg)))
+            except OmegaConfBaseException as error:
+                error.full_key = f"aux_weights.{key}.{getattr(error, 'full_key', '') or ''}".rstrip(".")
+                raise explain(error, cfg) from None
+            check_ranges(cfg, f"aux_weights.{key}.")
+            try:
+                pattern = re.compile(key)
+            except re.error as error:
+                raise ConfigError(f"aux_weights.{key}: not a valid regex ({error})") from None
+            self.rules.append((pattern, OmegaConf.to_object(cfg)))
 
     def weight(self, term: str, step: int) -> Optional[float]:
         """The weight of `term` at `step`, or None when no rule names it."""
@@ -108,8 +127,6 @@ BUDGETS = ("updates", "main_updates")
 
 
 def validate_phases(phases: Any, all_groups: list[str]) -> None:
-    if phases.unit not in ("update", "epoch"):
-        raise ConfigError(f"phases.unit: '{phases.unit}' (valid: update, epoch)")
     budget = phases.get("budget", "updates")
     if budget not in BUDGETS:
         raise ConfigError(f"phases.budget: '{budget}' (valid: {', '.join(BUDGETS)})")

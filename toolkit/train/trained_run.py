@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from toolkit.errors import ConfigError, DataError
@@ -44,36 +44,21 @@ class TrainedRun:
 def read_run_checkpoint(path: str, overrides: Iterable[Tuple[str, str]] = (), data: Optional[str] = None) -> RunCheckpoint:
     """The checkpoint's config and weights; `overrides` are dotted `key=value` pairs on its training config."""
     from toolkit.config.cli_overrides import apply_overrides
+    from toolkit.config.compose import typed_train_config
+    from toolkit.config.validate import validate_train_config
     from toolkit.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise DataError(f"{path} is not a tk-train checkpoint (no config/model inside)")
-    config = with_current_fields(state["config"])
-    OmegaConf.set_struct(config, True)
+    # typed on today's schema: fields added since the checkpoint was written take their defaults, and
+    # overrides (task.KEY=...) are checked as in tk-train
+    config = typed_train_config(state["config"])
     apply_overrides(config, overrides)
+    validate_train_config(config)
     if data is not None:
         config.data = data
     return RunCheckpoint(str(path), config, state["model"], state.get("position", {}).get("step"))
-
-
-def with_current_fields(saved: Dict[str, Any]) -> DictConfig:
-    """A saved training config on today's schema: fields added since the checkpoint was written take their
-    defaults, so a checkpoint stays usable as the config grows. A config the schema no longer takes (a removed
-    field) is used as it was saved."""
-    from toolkit.config.compose import GROUPS, load_registries
-    from toolkit.config.schema import TrainConfig
-
-    load_registries()
-    schema = OmegaConf.structured(TrainConfig)
-    try:
-        for group, registry in GROUPS.items():
-            name = (saved.get(group) or {}).get("name")
-            if name in registry and registry.get(name).config_cls is not None:
-                schema[group] = OmegaConf.structured(registry.get(name).config_cls)
-        return OmegaConf.merge(schema, saved)
-    except Exception:  # noqa: BLE001 - any schema disagreement: keep the saved config as it is
-        return OmegaConf.create(saved)
 
 
 def load_trained_run(

@@ -96,7 +96,7 @@ class Trainer:
                 "main_updates": self.main_updates,
                 "world_size": comm.world_size(),
             },
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "config": OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),  # plain data: weights_only
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:

@@ -25,12 +25,14 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
 from omegaconf import MISSING, DictConfig
 
+from toolkit.config.ranges import bounded
 from toolkit.data.atomic import atomic_output_dir
 from toolkit.data.indexed_dataset import best_dtype
 from toolkit.data.parallel_corpus import (
@@ -62,6 +64,20 @@ IWSLT_SETS = ("TED.dev2010", "TEDX.dev2012", "TED.tst2010", "TED.tst2011", "TED.
 WMT14_CORPORA = ["europarl-v7.de-en", "commoncrawl.de-en", "news-commentary-v9.de-en"]
 
 
+class SpmModelType(StrEnum):
+    """The sentencepiece model learned on the training text."""
+
+    bpe = "bpe"
+    unigram = "unigram"
+
+
+class CleanTokenizer(StrEnum):
+    """How the cleaning rule counts words."""
+
+    moses = "moses"  # sacremoses tokens, as fairseq's cleaning counts them
+    whitespace = "whitespace"  # fast: whitespace-separated words
+
+
 @dataclass
 class TranslationPrepConfig:
     """Options shared by the translation recipes."""
@@ -72,13 +88,13 @@ class TranslationPrepConfig:
     """Source language code (file suffix)."""
     tgt_lang: str = "en"
     """Target language code."""
-    vocab_size: int = 10000
+    vocab_size: int = bounded(10000, ge=8)
     """Joint sentencepiece vocabulary size, the 4 special ids included."""
-    spm_model_type: str = "bpe"
+    spm_model_type: SpmModelType = SpmModelType.bpe
     """sentencepiece model type (bpe or unigram)."""
-    character_coverage: float = 1.0
+    character_coverage: float = bounded(1.0, gt=0, le=1)
     """Fraction of training characters that get their own piece."""
-    spm_sample_sentences: int = 1_000_000
+    spm_sample_sentences: int = bounded(1_000_000, ge=2)
     """Sentences (both languages together, sampled as pairs) the sentencepiece model is learned on."""
     lowercase: bool = False
     """Lowercase all text (the IWSLT14 protocol)."""
@@ -86,9 +102,9 @@ class TranslationPrepConfig:
     """Unicode NFKC normalization before anything else."""
     seed: int = 1
     """Seed of the sentencepiece training sample."""
-    workers: int = 0
+    workers: int = bounded(0, ge=0)
     """Processes for binarization (and Moses word counts); 0 = one per CPU core."""
-    chunk_lines: int = 10000
+    chunk_lines: int = bounded(10000, ge=1)
     """Lines per binarization work item."""
     overwrite: bool = False
     """Replace an existing, non-empty destdir (only once the new folder is complete)."""
@@ -104,17 +120,17 @@ class Iwslt14Config(TranslationPrepConfig):
     """Path or URL of the release: the de-en .tgz, or a folder with train.tags.de-en.* and the xml files."""
     sha256: Optional[str] = None
     """Expected sha256 of the input archive; None: unchecked."""
-    vocab_size: int = 10000
+    vocab_size: int = bounded(10000, ge=8)
     lowercase: bool = True
-    valid_every: int = 23
+    valid_every: int = bounded(23, ge=2)
     """Every n-th line (1-based) of the cleaned training text becomes valid."""
-    clean_ratio: float = 1.5
+    clean_ratio: float = bounded(1.5, ge=1)
     """Drop training pairs whose word-count ratio exceeds this."""
-    clean_min_words: int = 1
+    clean_min_words: int = bounded(1, ge=0)
     """Drop training pairs with fewer words on a side."""
-    clean_max_words: int = 175
+    clean_max_words: int = bounded(175, ge=1)
     """Drop training pairs with more words on a side."""
-    clean_tokenizer: str = "moses"
+    clean_tokenizer: CleanTokenizer = CleanTokenizer.moses
     """How the cleaning rule counts words: moses (fairseq's counts) or whitespace."""
 
 
@@ -126,7 +142,7 @@ class Iwslt14SampleConfig(TranslationPrepConfig):
     """The release's xml files (folder or archive); defaults to the sample shipped in data/iwslt14/."""
     sha256: Optional[str] = None
     """Expected sha256 of the input archive; None: unchecked."""
-    vocab_size: int = 4000
+    vocab_size: int = bounded(4000, ge=8)
     lowercase: bool = True
     train_sets: List[str] = field(default_factory=lambda: ["TED.tst2010", "TED.tst2011", "TED.tst2012"])
     """xml sets concatenated into train (4,698 pairs by default)."""
@@ -154,11 +170,11 @@ class Wmt14Config(TranslationPrepConfig):
     """Expected digests as NAME:HEX, NAME the file name of an input path/URL; others unchecked."""
     src_lang: str = "en"
     tgt_lang: str = "de"
-    vocab_size: int = 32000
-    clean_ratio: float = 1.5
-    clean_min_words: int = 1
-    clean_max_words: int = 250
-    clean_tokenizer: str = "whitespace"
+    vocab_size: int = bounded(32000, ge=8)
+    clean_ratio: float = bounded(1.5, ge=1)
+    clean_min_words: int = bounded(1, ge=0)
+    clean_max_words: int = bounded(250, ge=1)
+    clean_tokenizer: CleanTokenizer = CleanTokenizer.whitespace
     """Word counts for the cleaning rule: whitespace (fast, 4.5M pairs) or moses."""
 
 
@@ -206,7 +222,7 @@ def build_dataset(cfg: DictConfig, out: Path, scratch: Path, splits: dict[str, S
     src, tgt = cfg.src_lang, cfg.tgt_lang
     workers = _workers(cfg)
     sample, sample_pairs = _spm_sample(splits["train"], cfg, scratch)
-    settings = SpmTrainSettings(cfg.vocab_size, cfg.spm_model_type, cfg.character_coverage, cfg.seed, workers)
+    settings = SpmTrainSettings(cfg.vocab_size, str(cfg.spm_model_type), cfg.character_coverage, cfg.seed, workers)
     model = train_spm(sample, out / "spm", settings)
     vocab = SpmVocab(model)
     dtype = best_dtype(len(vocab))
