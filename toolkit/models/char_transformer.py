@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.transformer_layer import TransformerLayer
 from toolkit.registry import MODELS
 
@@ -53,6 +54,7 @@ class CharTransformerConfig:
     n_targets: int = 2  # m: predict the characters 1..m ahead (1 = next character only, no target_k terms)
     tie_embeddings: bool = False  # share the input embedding and the final output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
+    init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
 
 
 def k_ahead_labels(target: Tensor, ks: List[int]) -> Tensor:
@@ -89,6 +91,7 @@ class CharTransformer(nn.Module):
             raise ConfigError(f"model.intermediate_heads: '{cfg.intermediate_heads}' (valid: {', '.join(HEAD_MODES)})")
         if cfg.n_targets < 1:
             raise ConfigError(f"model.n_targets must be >= 1, got {cfg.n_targets}")
+        check_scheme(cfg.init)
         self.cfg, self.vocab_size = cfg, vocab_size
         d, n = cfg.d_model, cfg.n_layers
         self.embed = nn.Embedding(vocab_size, d)
@@ -122,6 +125,7 @@ class CharTransformer(nn.Module):
             )
         # extra targets k = 2..m, each a projection of the final normalised states
         self.target_heads = nn.ModuleList(nn.Linear(d, vocab_size) for _ in range(cfg.n_targets - 1))
+        apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], [self.positions]))
 
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "CharTransformer":
