@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -21,6 +22,7 @@ from toolkit.train import checkpoint as ckpt
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
 from toolkit.train.setup import build_run, parameter_summary
+from toolkit.train.summary import report_run
 from toolkit.train.trainer import Trainer
 
 log = logging.getLogger("toolkit.train")
@@ -51,6 +53,7 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
         raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
     with distributed_context(cfg) as (device, rank, world_size):
         run_dir = Path(cfg.run_dir)
         if rank != 0:
@@ -95,6 +98,8 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
             metrics["checkpoint"] = str(best if best.is_file() else run_dir / ckpt.LAST)
             if rank == 0:
                 print(json.dumps(metrics), flush=True)
+        if code == 0 and rank == 0:
+            report_run(run_dir, run.task, metrics if cfg.final_subset else None, time.perf_counter() - started)
         if world_size > 1:
             comm.barrier()  # leave together: a rank tearing down while a peer still talks to it can abort
         return code
