@@ -55,6 +55,8 @@ class CharTransformerConfig:
     tie_embeddings: bool = False  # share the input embedding and the final output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
+    scale_embedding: bool = True  # multiply the token embedding by sqrt(d_model) (fairseq); false learns
+    #                               faster (the positions keep up with the tokens; docs/init.md)
 
 
 def k_ahead_labels(target: Tensor, ks: List[int]) -> Tensor:
@@ -96,7 +98,7 @@ class CharTransformer(nn.Module):
         d, n = cfg.d_model, cfg.n_layers
         self.embed = nn.Embedding(vocab_size, d)
         nn.init.normal_(self.embed.weight, mean=0.0, std=d**-0.5)
-        self.embed_scale = math.sqrt(d)
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
         n_tables = n if cfg.positions == "every_layer" else 1
         self.positions = nn.Parameter(torch.randn(n_tables, cfg.max_positions, d) * d**-0.5)
         self.dropout = nn.Dropout(cfg.dropout)

@@ -65,6 +65,8 @@ class TransformerLMConfig(AdaptiveIOConfig):
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
+    scale_embedding: bool = True  # multiply a plain token embedding by sqrt(d_model) (fairseq); false learns
+    #                               faster (the positions keep up with the tokens; docs/init.md)
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
@@ -83,6 +85,8 @@ class TransformerLM(nn.Module):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
         self.embed, self.embed_scale = build_input_embedding(cfg, vocab_size, cfg.d_model, padding_idx, cfg.d_model**-0.5)
+        if not cfg.scale_embedding and not cfg.adaptive_input:
+            self.embed_scale = 1.0
         self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
