@@ -1,13 +1,14 @@
 """Parameter initialisation as a named choice of every model (`model.init`), implemented once here.
 
-- ``gpt2`` (the default): every weight matrix N(0, 0.02), biases 0, LayerNorms 1/0; the residual output
+- ``gpt2`` (the default of the decoder-only LMs with learned positions, transformer_lm and char_transformer): every weight matrix N(0, 0.02), biases 0, LayerNorms 1/0; the residual output
   projections (attention output, FFN second layer) N(0, 0.02 / sqrt(R)) with R the number of residual
   branches (2 per decoder-only layer, as GPT-2's 2 x layers); token embeddings such that the vector the
   first layer sees is N(0, 0.02) (the table is divided by the model's fixed input scale, so a model that
   multiplies its embeddings by sqrt(d) keeps doing so and its outputs for given weights do not depend on
   the scheme); learned positions N(0, 0.02), the same size as the tokens. A fresh LM then predicts a near
   uniform distribution (first loss ~ ln V) and attention can tell positions apart from the first update.
-- ``fairseq``: the model's constructor as the paper's reference code initialises it (fairseq: embeddings
+- ``fairseq`` (the default of the streamed LM and the encoder-decoder model, whose positions do not drown
+  under the tokens): the model's constructor as the paper's reference code initialises it (fairseq: embeddings
   N(0, d^-1/2) used times sqrt(d), Xavier attention projections, PyTorch's default Linear init elsewhere;
   the streamed LM: the adaptive-span reference's PyTorch defaults). Nothing is re-initialised.
 

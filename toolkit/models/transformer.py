@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError, close_matches
-from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
+from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
 from toolkit.modules.mae_gate import (
@@ -91,8 +91,9 @@ class TransformerConfig:
     mae_slots: List[str] = field(default_factory=lambda: list(MAE_SLOTS))
     """With attention='mae': the slots that use MAE (encoder_self, decoder_self, encoder_decoder); the
     others keep standard attention."""
-    init: str = DEFAULT_SCHEME
-    """Parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (Vaswani et al. / fairseq's; docs/init.md)."""
+    init: str = "fairseq"
+    """Parameter initialisation: 'fairseq' (the default here: Vaswani et al. / fairseq's, whose sinusoidal
+    positions are as large as the scaled tokens) or 'gpt2' (docs/init.md)."""
 
 
 @dataclass
