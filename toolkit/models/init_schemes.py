@@ -1,6 +1,7 @@
 """Parameter initialisation as a named choice of every model (`model.init`), implemented once here.
 
-- ``gpt2`` (the default of the decoder-only LMs with learned positions, transformer_lm and char_transformer): every weight matrix N(0, 0.02), biases 0, LayerNorms 1/0; the residual output
+- ``gpt2`` (the default of the decoder-only LMs with learned positions, transformer_lm and char_transformer):
+  every weight matrix N(0, 0.02), biases 0, LayerNorms 1/0; the residual output
   projections (attention output, FFN second layer) N(0, 0.02 / sqrt(R)) with R the number of residual
   branches (2 per decoder-only layer, as GPT-2's 2 x layers); token embeddings such that the vector the
   first layer sees is N(0, 0.02) (the table is divided by the model's fixed input scale, so a model that
