@@ -241,7 +241,8 @@ def main() -> None:
     for name in args.only or list(COMPARISONS):
         comparison = COMPARISONS[name]
         updates = args.updates or comparison.default_updates
-        results = {arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in range(1, args.seeds + 1)]
+        seeds = range(1, args.seeds + 1)
+        results = {arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in seeds]
                    for arm in comparison.arms}
         args.docs.mkdir(parents=True, exist_ok=True)
         text = report(comparison, results, updates, args.seeds)

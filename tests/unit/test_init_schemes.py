@@ -86,7 +86,9 @@ def test_gpt2_leaves_method_specific_parameters_alone():
     assert torch.equal(fairseq.key_pe, gpt2.key_pe)
 
 
-@pytest.mark.parametrize("name", ["transformer_lm", "transformer_lm_untied_sinusoidal", "char_transformer", "streaming_lm"])
+@pytest.mark.parametrize(
+    "name", ["transformer_lm", "transformer_lm_untied_sinusoidal", "char_transformer", "streaming_lm"]
+)
 def test_first_loss_of_a_fresh_gpt2_lm_is_close_to_uniform(name):
     vocab = 27
     model = build(name, "gpt2").eval()
