@@ -123,3 +123,14 @@ def test_the_scheme_never_changes_outputs_for_given_weights(name):
 def test_unknown_scheme_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^model.init: unknown scheme 'xavier' \(valid: gpt2, fairseq\)$"):
         TransformerLM.create(TransformerLMConfig(init="xavier"), 27)
+
+
+def test_quickstart_lm_has_tokens_and_positions_of_the_same_size():
+    torch.manual_seed(0)
+    cfg = TransformerLMConfig(d_model=256, n_layers=2, d_ff=1024, init="gpt2", scale_embedding=False)
+    model = TransformerLM.create(cfg, 27)
+    assert model.embed_scale == 1.0
+    assert close(model.embed.weight, GPT2_STD, rel=0.15) and close(model.positions.weight, GPT2_STD)
+    tokens = torch.randint(27, (2, 32), generator=torch.Generator().manual_seed(0))
+    loss = F.cross_entropy(model.eval()(tokens)[0][:, :-1].reshape(-1, 27), tokens[:, 1:].reshape(-1)).item()
+    assert abs(loss - math.log(27)) < 0.02
