@@ -133,4 +133,4 @@ def test_quickstart_lm_has_tokens_and_positions_of_the_same_size():
     assert close(model.embed.weight, GPT2_STD, rel=0.15) and close(model.positions.weight, GPT2_STD)
     tokens = torch.randint(27, (2, 32), generator=torch.Generator().manual_seed(0))
     loss = F.cross_entropy(model.eval()(tokens)[0][:, :-1].reshape(-1, 27), tokens[:, 1:].reshape(-1)).item()
-    assert abs(loss - math.log(27)) < 0.02
+    assert abs(loss - math.log(27)) < 0.15  # logits of std ~0.02 * sqrt(d): near uniform, not ~14 nats
