@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
@@ -66,6 +67,9 @@ class CharTransformerConfig:
     n_targets: int = 2  # m: predict the characters 1..m ahead (1 = next character only, no target_k terms)
     tie_embeddings: bool = False  # share the input embedding and the final output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
+    init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
+    scale_embedding: bool = True  # multiply the token embedding by sqrt(d_model) (fairseq); false learns
+    #                               faster (the positions keep up with the tokens; docs/init.md)
 
 
 def k_ahead_labels(target: Tensor, ks: List[int]) -> Tensor:
@@ -98,11 +102,12 @@ class CharTransformer(nn.Module):
         super().__init__()
         if cfg.n_targets < 1:
             raise ConfigError(f"model.n_targets must be >= 1, got {cfg.n_targets}")
+        check_scheme(cfg.init)
         self.cfg, self.vocab_size = cfg, vocab_size
         d, n = cfg.d_model, cfg.n_layers
         self.embed = nn.Embedding(vocab_size, d)
         nn.init.normal_(self.embed.weight, mean=0.0, std=d**-0.5)
-        self.embed_scale = math.sqrt(d)
+        self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
         n_tables = n if cfg.positions == "every_layer" else 1
         self.positions = nn.Parameter(torch.randn(n_tables, cfg.max_positions, d) * d**-0.5)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -131,6 +136,7 @@ class CharTransformer(nn.Module):
             )
         # extra targets k = 2..m, each a projection of the final normalised states
         self.target_heads = nn.ModuleList(nn.Linear(d, vocab_size) for _ in range(cfg.n_targets - 1))
+        apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], [self.positions]))
 
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "CharTransformer":

@@ -38,6 +38,7 @@ from toolkit.models.adaptive_io import (
     build_input_embedding,
     check_adaptive_config,
 )
+from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.relative_attention import RelativeAttention
 from toolkit.modules.transformer_layer import FeedForward
@@ -87,6 +88,10 @@ class StreamingLMConfig(AdaptiveIOConfig):
     """Dropout on attention weights (context and persistent) and on FFN hidden units."""
     emb_dropout: float = 0.0
     """Dropout on the input embeddings and on the last hidden states."""
+    init: str = "fairseq"
+    """Parameter initialisation: 'fairseq' (the default here: the adaptive-span reference's own PyTorch
+    defaults, unscaled embeddings, positions inside attention, which learn fast) or 'gpt2'; relative position
+    keys, spans and persistent memory keep theirs under both (docs/init.md)."""
 
 
 @dataclass
@@ -118,6 +123,7 @@ def validate_config(cfg: StreamingLMConfig) -> None:
     if cfg.dynamic_span and not cfg.adaptive_span:
         raise ConfigError("model.dynamic_span=true needs model.adaptive_span=true")
     check_adaptive_config(cfg, tie_embeddings=False)
+    check_scheme(cfg.init)
 
 
 def build_span(cfg: StreamingLMConfig) -> Optional[nn.Module]:
@@ -177,6 +183,7 @@ class StreamingLM(nn.Module):
         use_ffn = cfg.persistent_memory == 0 or cfg.keep_ffn
         self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn) for _ in range(cfg.n_layers))
         self.output: nn.Module = self._build_output()
+        apply_init(self, cfg.init, InitTargets([(self.embed, 1.0)]))
 
     def _build_output(self) -> nn.Module:
         return nn.Linear(self.cfg.d_model, self.cfg.vocab_size)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError, close_matches
+from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
 from toolkit.modules.mae_gate import (
@@ -90,6 +91,9 @@ class TransformerConfig:
     mae_slots: List[str] = field(default_factory=lambda: list(MAE_SLOTS))
     """With attention='mae': the slots that use MAE (encoder_self, decoder_self, encoder_decoder); the
     others keep standard attention."""
+    init: str = "fairseq"
+    """Parameter initialisation: 'fairseq' (the default here: Vaswani et al. / fairseq's, whose sinusoidal
+    positions are as large as the scaled tokens) or 'gpt2' (docs/init.md)."""
 
 
 @dataclass
@@ -193,6 +197,7 @@ class TransformerModel(nn.Module):
                 f"model.share_all_embeddings=true needs a joint vocabulary, but the source has {src_vocab_size} "
                 f"and the target {tgt_vocab_size} symbols"
             )
+        check_scheme(cfg.init)
         factories = slot_factories(cfg)
         d = cfg.d_model
         self.embed_scale = math.sqrt(d) if cfg.scale_embedding else 1.0
@@ -230,6 +235,9 @@ class TransformerModel(nn.Module):
         # decoder-input padding of the last teacher-forced call: the decoder's per-position gates have no
         # padding mask of their own (causality keeps real positions clean), metrics() drops padded rows with it
         self._target_padding: Optional[Tensor] = None
+        embeds = {id(e): e for e in (self.encoder_embed, self.decoder_embed)}.values()
+        positions = [p.weight for p in (self.encoder_positions, self.decoder_positions) if isinstance(p, nn.Embedding)]
+        apply_init(self, cfg.init, InitTargets([(e, self.embed_scale) for e in embeds], positions))
 
     @classmethod
     def build(cls, cfg: TransformerConfig, task: Any) -> "TransformerModel":

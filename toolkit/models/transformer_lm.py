@@ -25,6 +25,7 @@ from toolkit.models.adaptive_io import (
     build_input_embedding,
     check_adaptive_config,
 )
+from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
 from toolkit.modules.positional import PositionKind, build_positions
@@ -70,6 +71,9 @@ class TransformerLMConfig(AdaptiveIOConfig):
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
+    init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
+    scale_embedding: bool = True  # multiply a plain token embedding by sqrt(d_model) (fairseq); false learns
+    #                               faster (the positions keep up with the tokens; docs/init.md)
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
@@ -83,10 +87,13 @@ class TransformerLM(nn.Module):
     def __init__(self, cfg: TransformerLMConfig, vocab_size: int, padding_idx: Optional[int] = None):
         super().__init__()
         check_adaptive_config(cfg, cfg.tie_embeddings)
+        check_scheme(cfg.init)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
         self.embed, self.embed_scale = build_input_embedding(cfg, vocab_size, cfg.d_model, padding_idx, cfg.d_model**-0.5)
+        if not cfg.scale_embedding and not cfg.adaptive_input:
+            self.embed_scale = 1.0
         self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
@@ -105,6 +112,8 @@ class TransformerLM(nn.Module):
         )
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_ln and cfg.final_norm else nn.Identity()
         self.output: nn.Module = self._build_output(cfg, vocab_size)
+        positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
+        apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
 
     def _build_output(self, cfg: TransformerLMConfig, vocab_size: int) -> nn.Module:
         output = nn.Linear(cfg.d_model, vocab_size, bias=False)

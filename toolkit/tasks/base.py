@@ -80,6 +80,11 @@ class Task:
     def summary(self) -> Dict[str, Any]:
         return {"task": self.cfg.name, "vocab_size": self.vocab_size}
 
+    def reference_levels(self, subset: str) -> Dict[str, float]:
+        """Simple reference levels of the validation metric on `subset` for the end-of-training report
+        (e.g. n-gram bpc of a char LM), in the metric's units; none by default."""
+        return {}
+
     def state_dict(self) -> Dict[str, Any]:
         """Extra iteration state beyond (epoch, index), e.g. stream caches. Empty for stateless tasks."""
         return {}

@@ -20,6 +20,7 @@ from torch import nn
 from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
+from toolkit.eval.ngram_reference import ngram_references
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
 from toolkit.tasks.stream_lm_data import array_gather
@@ -141,6 +142,14 @@ class CharLMTask(StreamTraining, Task):
         return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
                 "protocol": protocol, "window": window, "stride": stride, "context": window - stride,
                 "seconds": round(time.perf_counter() - start, 3)}
+
+    def reference_levels(self, subset: str) -> Dict[str, float]:
+        """Unigram/bigram/trigram bpc (add-one count tables fitted on train) on the tokens the final
+        evaluation scores (the first eval_max_tokens when set)."""
+        if "train" not in self.splits or subset not in self.splits:
+            return {}
+        tokens = self.splits[subset][: self.cfg.eval_max_tokens or None]
+        return ngram_references(self.splits["train"], tokens, self.vocab_size)
 
     def _evaluate_streams(
         self, model: nn.Module, subset: str, device: torch.device, block: int, max_tokens: int

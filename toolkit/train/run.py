@@ -7,6 +7,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -27,6 +28,7 @@ from toolkit.train.resume_check import check_resume_fits
 from toolkit.train.run_lock import RunFolderBusy, RunFolderLock
 from toolkit.train.setup import build_run, parameter_summary
 from toolkit.train.signals import Interrupted
+from toolkit.train.summary import report_run
 from toolkit.train.trainer import Trainer
 
 log = logging.getLogger("toolkit.train")
@@ -85,6 +87,7 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
 def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device: torch.device, rank: int,
                   world_size: int) -> int:
     """Everything is checked (checkpoint readable, fits the new config and data) before the run folder changes."""
+    started = time.perf_counter()
     resume = ckpt.find_resume(run_dir)
     state = ckpt.load_checkpoint(resume) if resume is not None else None
     run = build_run(cfg, rank, world_size)
@@ -133,18 +136,23 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
             write_average(run_dir, cfg.average_last_n)
         if world_size > 1:
             comm.barrier()  # the others read what rank 0 wrote
+    metrics = None
     if code == 0 and cfg.final_subset:
         try:
-            _final_evaluation(cfg, run_dir, model, run.task, device, rank)
+            metrics = _final_evaluation(cfg, run_dir, model, run.task, device, rank)
         except Interrupted as stop:
             stop.during = f"the final evaluation ({run_dir / ckpt.LAST} is saved)"
             raise
+    if code == 0 and rank == 0:
+        report_run(run_dir, run.task, metrics, time.perf_counter() - started)
     if world_size > 1:
         comm.barrier()  # leave together: a rank tearing down while a peer still talks to it can abort
     return code
 
 
-def _final_evaluation(cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any, device: torch.device, rank: int) -> None:
+def _final_evaluation(
+    cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any, device: torch.device, rank: int
+) -> Dict[str, Any]:
     # the averaged model when the run averages (the papers' number), else the best, else the last
     average = run_dir / AVERAGE
     best = average if cfg.average_last_n and average.is_file() else run_dir / ckpt.BEST
@@ -155,6 +163,7 @@ def _final_evaluation(cfg: Any, run_dir: Path, model: torch.nn.Module, task: Any
     metrics["checkpoint"] = str(best if best.is_file() else run_dir / ckpt.LAST)
     if rank == 0:
         print(json.dumps(metrics), flush=True)
+    return metrics
 
 
 def single_process_trainer(cfg: Any, run_dir: Path, device: torch.device = torch.device("cpu")) -> Trainer:

@@ -329,6 +329,7 @@ class Trainer:
                     metrics.update({
                         "lr": self.groups["main"].optimizer.param_groups[0]["lr"] if "main" in self.groups else 0.0,
                         "tokens_per_s": tokens_since / max(elapsed, 1e-9),
+                        "tokens": tokens_since,  # summed by the end-of-training summary
                         "epoch": self.epoch,
                         "nonfinite": self.nonfinite_total,
                     })

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Each paper's effect at CPU scale on the shipped real data: equal budgets, several seeds, a verdict.
+
+Every comparison trains its arms (tiny presets plus overrides) for the same budget with seeds 1..S, then
+writes OUT_DOCS/NAME.md (mean and spread over seeds of the final metric, the parameter counts, the
+comparison's own statistics) and OUT_DOCS/NAME.png (the validation curves, mean over seeds with the min-max
+band), and states whether the paper's effect appeared. The verdict rule is fixed in advance per comparison
+(below), and budgets and seeds are whatever the command line says: nothing is retried until it looks right.
+
+    tk-preprocess config=text8 input=data/text8/text8-prefix-5M.xz destdir=data-bin/text8_sample
+    tk-preprocess config=iwslt14_sample destdir=data-bin/iwslt14_sample      # for --only mae
+    python scripts/reproduce_small.py --only t64 --seeds 3 --updates 600
+    python scripts/reproduce_small.py                 # every comparison, their default budgets
+
+Comparisons: t64 (auxiliary losses vs none), adaptive_span (learned vs fixed span), all_attention
+(persistent memory without FFN vs FFN without memory), pkm (2 layers + memory vs 4 layers without, equal
+updates; parameters excluding the memory are reported), mae (BASE vs NoBCD vs MAE-7, MAE-7 given 1.25x the
+updates so its experts get as many updates as BASE under the 40/10 BCD cycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from toolkit.data.atomic import atomic_write_bytes  # noqa: E402
+
+TEXT8 = "data-bin/text8_sample"
+IWSLT = "data-bin/iwslt14_sample"
+
+
+@dataclass
+class Arm:
+    label: str
+    preset: str
+    overrides: List[str] = field(default_factory=list)
+    update_factor: float = 1.0  # this arm trains round(updates * factor) updates
+
+
+@dataclass
+class Comparison:
+    name: str
+    claim: str  # the paper's effect, in words
+    data: str
+    metric: str  # final metric in the last stdout JSON
+    higher_is_better: bool
+    arms: List[Arm]
+    rule: str  # 'better': arms[0] beats arms[1]; 'matches': arms[0] within tolerance of arms[1]
+    tolerance: float  # smallest difference that counts (metric units)
+    default_updates: int
+    valid_metric: str = "bpc"  # what the validation curves show
+    extra: Optional[Callable[[Path], Dict[str, float]]] = None  # per-run statistics from the run folder
+
+
+def read_log(run_dir: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def span_stats(run_dir: Path) -> Dict[str, float]:
+    """Mean learned span per layer at the end of training (the last training record)."""
+    last = [r for r in read_log(run_dir) if r["kind"] == "train"][-1]
+    layers: Dict[int, List[float]] = {}
+    for key, value in last.items():
+        match = re.fullmatch(r"span/layer(\d+)_head\d+", key)
+        if match:
+            layers.setdefault(int(match.group(1)), []).append(value)
+    out = {f"span layer {l} mean": sum(v) / len(v) for l, v in sorted(layers.items())}
+    out.update({f"span layer {l} max": max(v) for l, v in sorted(layers.items())})
+    return out
+
+
+def gate_entropy(run_dir: Path) -> Dict[str, float]:
+    """Per-token gate entropy (nats; ln 8 = 2.079 is uniform), mean over MAE modules, last 10 train records."""
+    train = [r for r in read_log(run_dir) if r["kind"] == "train"][-10:]
+    values = [v for r in train for k, v in r.items() if k.startswith("mae/") and k.endswith("/entropy")]
+    return {"gate entropy": sum(values) / len(values)} if values else {}
+
+
+COMMON_CHAR = ["progress=plain", "tensorboard=false", "threads=1"]
+COMPARISONS = {
+    c.name: c
+    for c in [
+        Comparison(
+            "t64", "a deep narrow char model with the three auxiliary losses converges faster than without",
+            TEXT8, "bpc", False,
+            [Arm("aux losses", "t64_tiny_text8"), Arm("no aux losses", "t64_tiny_text8_noaux")],
+            "better", 0.02, 600,
+        ),
+        Comparison(
+            "adaptive_span", "learned spans give the bpc of a fixed span (spans shrink in lower layers, grow in "
+            "some upper heads) at lower cost", TEXT8, "bpc", False,
+            [Arm("adaptive span", "adaptive_span_tiny_text8"),
+             Arm("fixed span 1024", "adaptive_span_tiny_text8", ["model.adaptive_span=false", "aux_weights={}"])],
+            "matches", 0.03, 600, "bpc", span_stats,
+        ),
+        Comparison(
+            "all_attention", "persistent memory without FFN (5 layers, N=128; 184k parameters) matches a "
+            "same-size model with FFN (3 layers, FFN 288; 181k)", TEXT8, "bpc", False,
+            [Arm("all-attention (no FFN)", "all_attention_tiny_text8"),
+             Arm("FFN, no memory (3 layers, FFN 288)", "all_attention_tiny_text8",
+                 ["model.persistent_memory=0", "model.n_layers=3", "model.d_ff=288"])],
+            "matches", 0.03, 600,
+        ),
+        Comparison(
+            "pkm", "a shallower model with a memory matches a deeper one without (equal updates; parameters "
+            "excluding the memory 1.19M vs 3.30M, so neither equal parameters nor equal step time)", TEXT8, "bpc",
+            False,
+            [Arm("2 layers + memory", "pkm_text8_tiny", ["model.n_layers=2"]),
+             Arm("4 layers, no memory", "text8_char_tiny", ["model.n_layers=4"])],
+            "matches", 0.03, 600,
+        ),
+        Comparison(
+            "mae", "MAE-7 (BCD) beats BASE in BLEU", IWSLT, "bleu", True,
+            [Arm("MAE-7", "mae7_iwslt14_tiny", update_factor=1.25), Arm("BASE", "base_iwslt14_tiny"),
+             Arm("NoBCD", "nobcd_mae7_iwslt14_tiny")],
+            "better", 0.3, 1200, "nll", gate_entropy,
+        ),
+    ]
+}
+PARAMS = re.compile(r"model \S+: [\d,]+ parameters \((\{.*\})\)")
+
+
+def last_json(stdout: str) -> Dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("no JSON result on stdout")
+
+
+def train(comparison: Comparison, arm: Arm, seed: int, updates: int, out: Path, extra: List[str]) -> Dict[str, Any]:
+    run_dir = out / comparison.name / re.sub(r"\W+", "_", arm.label) / f"seed{seed}"
+    steps = max(1, round(updates * arm.update_factor))
+    interval = max(1, steps // 6)
+    cmd = ["tk-train", f"config={arm.preset}", f"data={comparison.data}", f"run_dir={run_dir}", f"seed={seed}",
+           f"max_update={steps}", f"validate_interval={interval}", f"save_interval={steps}", *COMMON_CHAR,
+           *arm.overrides, *extra]
+    print(" ".join(cmd), flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    params = PARAMS.search(done.stderr)
+    result = {"final": last_json(done.stdout)[comparison.metric], "command": " ".join(cmd),
+              "params": json.loads(params.group(1)) if params else {},
+              "valid": [(r["step"], r[comparison.valid_metric]) for r in read_log(run_dir) if r["kind"] == "valid"]}
+    if comparison.extra is not None:
+        result["extra"] = comparison.extra(run_dir)
+    return result
+
+
+def spread(values: List[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(comparison: Comparison, finals: Dict[str, List[float]]) -> str:
+    """The fixed rule: 'better' needs arm 0 ahead of arm 1 by more than both the tolerance and the larger
+    spread; 'matches' needs the means within the tolerance plus the larger spread."""
+    first, second = (comparison.arms[0].label, comparison.arms[1].label)
+    a, b = statistics.mean(finals[first]), statistics.mean(finals[second])
+    gain = (a - b) if comparison.higher_is_better else (b - a)
+    noise = max(spread(finals[first]), spread(finals[second]))
+    if comparison.rule == "better":
+        seen = gain > max(comparison.tolerance, noise)
+        word = "APPEARED" if seen else "DID NOT APPEAR"
+        return (f"Effect {word}: {first} vs {second}: {a:.3f} vs {b:.3f} {comparison.metric} "
+                f"(signed gain in the paper's direction {gain:+.3f}; needed > {max(comparison.tolerance, noise):.3f}).")
+    seen = abs(gain) <= comparison.tolerance + noise
+    word = "APPEARED" if seen else "DID NOT APPEAR"
+    return (f"Effect {word}: {first} {'matches' if seen else 'does not match'} {second}: {a:.3f} vs {b:.3f} "
+            f"{comparison.metric} (|difference| {abs(gain):.3f}; allowed {comparison.tolerance + noise:.3f}).")
+
+
+def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, runs) in enumerate(results.items()):
+        steps = [s for s, _ in runs[0]["valid"]]
+        columns = [[run["valid"][j][1] for run in runs if j < len(run["valid"])] for j in range(len(steps))]
+        means = [statistics.mean(c) for c in columns]
+        ax.plot(steps, means, marker="o", color=f"C{i}", label=f"{label} (mean of {len(runs)})")
+        ax.fill_between(steps, [min(c) for c in columns], [max(c) for c in columns], color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("update")
+    ax.set_ylabel(f"valid {comparison.valid_metric}")
+    ax.set_title(f"{comparison.name}: {updates} updates, seeds 1..{len(next(iter(results.values())))}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def report(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int, seeds: int) -> str:
+    finals = {label: [r["final"] for r in runs] for label, runs in results.items()}
+    lines = [f"# {comparison.name} at CPU scale", "", f"Claim: {comparison.claim}.", "",
+             f"Budget: {updates} updates per arm (times the arm's factor), seeds 1..{seeds}, data {comparison.data}.",
+             "", f"| arm | final {comparison.metric} (mean ± std) | per seed | parameters |", "|---|---|---|---|"]
+    for label, runs in results.items():
+        values = finals[label]
+        params = runs[0]["params"]
+        shown = ", ".join(f"{k} {v:,}" for k, v in params.items() if k.endswith("parameters"))
+        lines.append(f"| {label} | {statistics.mean(values):.3f} ± {spread(values):.3f} | "
+                     f"{', '.join(f'{v:.3f}' for v in values)} | {shown} |")
+    for label, runs in results.items():
+        if runs[0].get("extra"):
+            keys = runs[0]["extra"].keys()
+            means = {k: statistics.mean(r["extra"][k] for r in runs) for k in keys}
+            lines += ["", f"{label}: " + ", ".join(f"{k} {v:.3g}" for k, v in means.items()) + " (mean over seeds)"]
+    lines += ["", verdict(comparison, finals), "", f"![curves]({comparison.name}.png)", "", "Commands:", ""]
+    lines += [f"    {r['command']}" for runs in results.values() for r in runs]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(COMPARISONS), action="append", help="run only these comparisons")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=0, help="updates per arm (0 = the comparison's default)")
+    parser.add_argument("--out", type=Path, default=Path("runs/reproduce_small"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run (e.g. task.eval_max_tokens=20000 for a quick look)")
+    parser.add_argument("--docs", type=Path, default=Path("docs/reproduce_small"), help="where NAME.md/.png go")
+    args = parser.parse_args()
+    if args.seeds < 1 or args.updates < 0:
+        print("error: --seeds must be >= 1 and --updates >= 0", file=sys.stderr)
+        sys.exit(2)
+    for name in args.only or list(COMPARISONS):
+        comparison = COMPARISONS[name]
+        if not Path(comparison.data).is_dir():
+            print(f"error: {comparison.data} is missing (prepare it with tk-preprocess; see --help)", file=sys.stderr)
+            sys.exit(2)
+    for name in args.only or list(COMPARISONS):
+        comparison = COMPARISONS[name]
+        updates = args.updates or comparison.default_updates
+        seeds = range(1, args.seeds + 1)
+        results = {arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in seeds]
+                   for arm in comparison.arms}
+        args.docs.mkdir(parents=True, exist_ok=True)
+        text = report(comparison, results, updates, args.seeds)
+        atomic_write_bytes(args.docs / f"{name}.md", text.encode())
+        atomic_write_bytes(args.docs / f"{name}.png", curves_png(comparison, results, updates))
+        atomic_write_bytes(args.out / name / "results.json", json.dumps(results, indent=1).encode())
+        print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
