@@ -56,7 +56,7 @@ def test_forced_length_and_plain_loop_match_the_toolkit(small_model_and_batch, b
     assert len(reference) == src.size(0)
     for nbest, ref in zip(toolkit, reference):
         assert torch.equal(nbest[0].tokens[:-1], ref["tokens"][:-1]) and int(ref["tokens"][-1]) == model.eos_idx
-        assert nbest[0].score == pytest.approx(ref["score"], rel=1e-6, abs=1e-6)
+        assert nbest[0].score == ref["score"]  # same float32 sums in the same order
 
 
 def test_bench_script_forced_mode_on_an_untrained_model(iwslt_sample: Path, tmp_path: Path, monkeypatch) -> None:
