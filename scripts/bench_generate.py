@@ -3,6 +3,17 @@
     python scripts/bench_generate.py --data DIR [--checkpoint RUN/checkpoint_best.pt] \
         [--split test] [--beams 1,5] [--batch-sizes 16,64,128] [--limit 400]
 
+    python scripts/bench_generate.py --data DIR --force-len 31 --beams 5 --batch-sizes 128 --limit 500 \
+        --threads 1 [--rounds 5]
+
+With --force-len N every hypothesis has exactly N tokens before eos (eos is masked before N tokens and forced
+after them: min_len = max_len = N), the model needs no training (an untrained one is built from the flags unless
+--checkpoint is given), and the toolkit's beam search is timed against a plain hand-written batched beam loop
+(scripts/plain_beam_search.py: same model, same caches, topk over beam x vocab, index_select reordering) in
+alternating rounds. The clock is CPU time (time.process_time; use --threads 1), less sensitive than wall time to
+other processes; every figure is printed with the load average beside it, as `uptime` reports it. The script
+reports each side's median sentences/s and their ratio, and checks that both returned the same best hypotheses.
+
 DIR is a dataset folder from tk-preprocess (meta.json, spm.model, SPLIT.SRC-TGT.{SRC,TGT}.{bin,idx},
 SPLIT.TGT.txt). The model comes from a run checkpoint ("model" state dict, "config" with the model section),
 or, without one, is built from --layers/--d-model/... and trained for --train-steps updates on the folder's
@@ -14,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +46,9 @@ from toolkit.errors import USER_ERROR_EXIT, UserError
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.train.checkpoint import load_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_beam_search import plain_beam_search  # noqa: E402  (a sibling script module)
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +66,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--ffn-dim", type=int, default=1024)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="training updates without a checkpoint (default 300; 0 with --force-len)")
+    p.add_argument("--force-len", type=int, default=0,
+                   help="force every output to N tokens and time the toolkit against a plain beam loop")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per setting (--force-len)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the untrained model's weights")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per training batch")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
@@ -72,8 +93,11 @@ def load_model(args: argparse.Namespace, task: SimpleNamespace, data: Path, src:
         encoder_layers=args.layers, decoder_layers=args.layers, d_model=args.d_model,
         ffn_dim=args.ffn_dim, n_heads=args.heads, dropout=0.1,
     )
+    torch.manual_seed(args.seed)
     model = TransformerModel.build(cfg, task).to(args.device)
-    quick_train(model, args, task, data, src, tgt)
+    if args.train_steps:
+        quick_train(model, args, task, data, src, tgt)
+    model.eval()
     return model
 
 
@@ -117,9 +141,16 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.force_len < 0 or args.rounds < 1:
+        raise UserError("--force-len must be >= 0 and --rounds >= 1")
+    if args.train_steps is None:
+        args.train_steps = 0 if args.force_len else 300
+    data = Path(args.data)
+    for name in ("meta.json", "spm.model"):
+        if not (data / name).is_file():
+            raise UserError(f"--data {data}: no {name} (expected a dataset folder from tk-preprocess)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = Path(args.data)
     meta = json.loads((data / "meta.json").read_text())
     src, tgt = meta["src_lang"], meta["tgt_lang"]
     vocab = SpmVocab(data / "spm.model")
@@ -131,6 +162,9 @@ def run(args: argparse.Namespace) -> None:
     order = np.argsort(src_ds.sizes[:n], kind="stable")  # length-sorted batches waste little padding
     print(f"{n} {args.split} sentences, device {args.device}, threads {torch.get_num_threads()}, "
           f"model {sum(p.numel() for p in model.parameters()):,} parameters")
+    if args.force_len:
+        compare_with_plain_loop(args, model, task, src_ds, order)
+        return
     results = []
     for beam in map(int, args.beams.split(",")):
         cfg = GenerationConfig(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
@@ -157,6 +191,59 @@ def run(args: argparse.Namespace) -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
     print(f"BLEU signature: {bleu.signature}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, as `uptime` prints them."""
+    return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def forced_config(beam: int, length: int, lenpen: float) -> GenerationConfig:
+    """Exactly `length` tokens before eos: eos masked before them (min_len), forced after them (max_len)."""
+    return GenerationConfig(beam=beam, lenpen=lenpen, min_len=length, max_len_a=0.0, max_len_b=length)
+
+
+def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: IndexedDataset, order) -> None:
+    """Alternating rounds of the toolkit and the plain loop on the same batches; medians and their ratio."""
+    n, cuda = len(order), args.device.startswith("cuda")
+    clock = time.perf_counter if cuda else time.process_time  # CPU time is the load-robust clock on the CPU
+    results = []
+    for beam in map(int, args.beams.split(",")):
+        cfg = forced_config(beam, args.force_len, args.lenpen)
+        for batch_size in map(int, args.batch_sizes.split(",")):
+            batches = [collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
+                       .to(args.device) for i in range(0, n, batch_size)]
+            runners = {
+                "toolkit": lambda b: [nbest[0].tokens[:-1] for nbest in generate(model, b, cfg)],
+                "plain": lambda b: [h["tokens"][:-1] for h in plain_beam_search(model, b, beam, args.force_len,
+                                                                               args.lenpen)],
+            }
+            for run_one in runners.values():  # warm-up
+                run_one(batches[0])
+            rates: dict[str, list[float]] = {name: [] for name in runners}
+            outputs: dict[str, list] = {}
+            for r in range(args.rounds):
+                for name, run_one in runners.items():
+                    if cuda:
+                        torch.cuda.synchronize()
+                    start = clock()
+                    outputs[name] = [h for b in batches for h in run_one(b)]
+                    if cuda:
+                        torch.cuda.synchronize()
+                    rates[name].append(n / (clock() - start))
+                    print(f"beam {beam} batch {batch_size} round {r + 1} {name}: {rates[name][-1]:.1f} "
+                          f"sentences/s ({load()})", flush=True)
+            lengths = {len(h) for hyps in outputs.values() for h in hyps}
+            same = sum(bool(torch.equal(a, b)) for a, b in zip(outputs["toolkit"], outputs["plain"]))
+            toolkit, plain = statistics.median(rates["toolkit"]), statistics.median(rates["plain"])
+            row = dict(beam=beam, batch_size=batch_size, sentences=n, force_len=args.force_len,
+                       clock=clock.__name__, toolkit_sentences_per_s=round(toolkit, 1),
+                       plain_sentences_per_s=round(plain, 1), ratio=round(toolkit / plain, 3),
+                       output_lengths=sorted(lengths), same_best_hypotheses=f"{same}/{n}", load=load())
+            results.append(row)
+            print(json.dumps(row), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

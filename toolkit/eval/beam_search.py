@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -113,17 +113,21 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
     fin_score = torch.full((bsz, k), NEG_INF, dtype=score_dtype, device=device)
     fin_count = torch.zeros(bsz, dtype=torch.long, device=device)
     cand_order = torch.arange(2 * k, device=device)
+    # per-step constants, recomputed only when sentences leave the batch
+    row_max_lens, first_row = max_lens.repeat_interleave(k), torch.arange(bsz, device=device)[:, None] * k
+    first_forced = int(max_lens.min())  # no row is at its maximum length before this step
 
     for t in range(max_steps + 1):  # t = tokens generated so far
         logits = model.decode(tokens[:, -1:], None, state)[:, -1]
         lprobs = F.log_softmax(logits, dim=-1, dtype=score_dtype)
         n_active, vocab = cum.size(0), lprobs.size(-1)
-        lprobs = _apply_constraints(lprobs, tokens, t, max_lens.repeat_interleave(k), cfg, pad, eos, bos)
+        lprobs = _apply_constraints(lprobs, tokens, t, row_max_lens if t >= first_forced else None,
+                                    cfg, pad, eos, bos)
 
         cand = (cum[:, :, None] + lprobs.view(n_active, k, vocab)).view(n_active, k * vocab)
         cand_scores, cand_idx = cand.topk(min(2 * k, k * vocab), dim=1)
         cand_tokens = cand_idx % vocab
-        cand_rows = torch.arange(n_active, device=device)[:, None] * k + cand_idx // vocab
+        cand_rows = first_row + cand_idx // vocab
         cand_lp = lprobs.view(n_active, k * vocab).gather(1, cand_idx)
 
         # finalize eos among the best k candidates, in score order, up to k per sentence
@@ -154,6 +158,8 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
             keep = (~done).nonzero().squeeze(1)
             next_rows, cum, next_tokens, next_lp = next_rows[keep], cum[keep], next_tokens[keep], next_lp[keep]
             sent_ids, max_lens = sent_ids[keep], max_lens[keep]
+            row_max_lens, first_row = max_lens.repeat_interleave(k), first_row[: keep.numel()]
+            first_forced = int(max_lens.min())
         order = next_rows.view(-1)
         tokens = torch.cat([tokens[order], next_tokens.view(-1, 1)], dim=1)
         pos_scores = torch.cat([pos_scores[order], next_lp.view(-1, 1)], dim=1)
@@ -164,10 +170,15 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
 
 
 def _apply_constraints(
-    lprobs: Tensor, tokens: Tensor, t: int, max_lens: Tensor, cfg: GenerationConfig, pad: int, eos: int, bos: int
+    lprobs: Tensor, tokens: Tensor, t: int, max_lens: Optional[Tensor], cfg: GenerationConfig, pad: int, eos: int,
+    bos: int,
 ) -> Tensor:
-    """Mask impossible tokens: pad and bos always, eos before min_len, n-gram repeats; force eos at max length."""
-    eos_lp = lprobs[:, eos].clone()
+    """Mask impossible tokens: pad and bos always, eos before min_len, n-gram repeats; force eos at max length.
+    `max_lens` (per row) is None at steps where no row can be at its maximum length."""
+    at_max = max_lens.le(t) if max_lens is not None else None
+    # rare: only at a sentence's last step, so skip the (rows, vocab) pass otherwise
+    force_eos = at_max is not None and bool(at_max.any())
+    eos_lp = lprobs[:, eos].clone() if force_eos else None
     lprobs[:, pad] = NEG_INF
     if bos != eos:
         lprobs[:, bos] = NEG_INF
@@ -177,8 +188,7 @@ def _apply_constraints(
         # n-grams of the hypothesis only: the start symbol (eos by default) is not part of it
         banned = banned_token_mask(tokens[:, 1:], cfg.no_repeat_ngram_size, lprobs.size(1))
         lprobs.masked_fill_(banned, NEG_INF)
-    at_max = max_lens.le(t)
-    if bool(at_max.any()):  # rare: only at a sentence's last step, so skip the (rows, vocab) pass otherwise
+    if force_eos:
         lprobs[at_max] = NEG_INF
         lprobs[:, eos] = torch.where(at_max, eos_lp, lprobs[:, eos])
     return lprobs
