@@ -46,6 +46,11 @@ def one_line_error(capsys: pytest.CaptureFixture) -> str:
         ("aux_weights.x.end=-3", "aux_weights.x.end=-3 must be >= 0"),
         ("param_groups.emb.optimizer.lr=-2", "param_groups.emb.optimizer.lr=-2.0 must be >= 0"),
         ("phases.unit=step", "phases.unit: 'step' (valid: update, epoch)"),
+        ("phases.budget=epochs", "phases.budget: 'epochs' (valid: updates, main_updates)"),
+        ("compile_backend=tvm", "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)"),
+        ("device=tpu", "device: 'tpu' (valid: auto, cpu, cuda)"),
+        ("checkpoint_sanity_factor=0.5", "checkpoint_sanity_factor=0.5 must be >= 1"),
+        ("init_from_min_fraction=2", "init_from_min_fraction=2.0 must be <= 1 and >= 0"),
         ("run_dir='abc", "run_dir='abc: not a valid value (found unexpected end of stream; quote text with '...')"),
         ("train_only=[", "train_only=[: not a valid value (expected the node content, but found '<stream end>'; "
                          "quote text with '...')"),
