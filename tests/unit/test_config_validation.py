@@ -174,3 +174,23 @@ def test_ranges_declared_on_a_new_field():
     with pytest.raises(ConfigError, match=r"^rate=1.0 must be < 1 and >= 0$"):
         check_ranges(cfg)
     assert Range(gt=0).problem(0) == "must be > 0" and Range(le=5).problem(5) is None
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("eval", ["checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),
+        ("eval", ["checkpoint=none.pt", "compile=true", "compile_backend=tvm"],
+         "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)"),
+        ("translate", ["checkpoint=none.pt", "device=gpu"], "device: 'gpu' (valid: auto, cpu, cuda)"),
+        ("translate", ["checkpoint=none.pt", "batch_size=0"], "batch_size=0 must be >= 1"),
+        ("analyze", ["gates", "checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),
+    ],
+)
+def test_eval_translate_and_analyze_choices_are_checked_first(tmp_path, capsys, command, args, message):
+    """Checked before the (missing) checkpoint is looked at."""
+    import importlib
+
+    main = importlib.import_module(f"toolkit.cli.{command}").main
+    assert main(args) == 2
+    assert one_line_error(capsys) == f"error: {message}"
