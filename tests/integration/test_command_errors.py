@@ -91,5 +91,6 @@ def test_init_from_a_checkpoint_of_another_task_is_refused(text8_small, mt_check
     assert train_main(tiny_char_args(text8_small, run, max_update=1) + [f"init_from={mt_checkpoint}"]) == 2
     line = error_line(capsys.readouterr().err)
     assert re.fullmatch(rf"error: init_from={re.escape(str(mt_checkpoint))}: the checkpoint holds 0 of the model's "
-                        r"[\d,]+ parameter values \(0%; at least 50% needed\): a checkpoint of another model or task", line)
+                        r"[\d,]+ parameter values \(0%; at least 50% needed\): a checkpoint of another model or task "
+                        r"\(init_from_min_fraction=0.5\)", line)
     assert not run.exists()

@@ -46,6 +46,11 @@ def one_line_error(capsys: pytest.CaptureFixture) -> str:
         ("aux_weights.x.end=-3", "aux_weights.x.end=-3 must be >= 0"),
         ("param_groups.emb.optimizer.lr=-2", "param_groups.emb.optimizer.lr=-2.0 must be >= 0"),
         ("phases.unit=step", "phases.unit: 'step' (valid: update, epoch)"),
+        ("phases.budget=epochs", "phases.budget: 'epochs' (valid: updates, main_updates)"),
+        ("compile_backend=tvm", "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)"),
+        ("device=tpu", "device: 'tpu' (valid: auto, cpu, cuda)"),
+        ("checkpoint_sanity_factor=0.5", "checkpoint_sanity_factor=0.5 must be >= 1"),
+        ("init_from_min_fraction=2", "init_from_min_fraction=2.0 must be <= 1 and >= 0"),
         ("run_dir='abc", "run_dir='abc: not a valid value (found unexpected end of stream; quote text with '...')"),
         ("train_only=[", "train_only=[: not a valid value (expected the node content, but found '<stream end>'; "
                          "quote text with '...')"),
@@ -169,3 +174,23 @@ def test_ranges_declared_on_a_new_field():
     with pytest.raises(ConfigError, match=r"^rate=1.0 must be < 1 and >= 0$"):
         check_ranges(cfg)
     assert Range(gt=0).problem(0) == "must be > 0" and Range(le=5).problem(5) is None
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        ("eval", ["checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),
+        ("eval", ["checkpoint=none.pt", "compile=true", "compile_backend=tvm"],
+         "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)"),
+        ("translate", ["checkpoint=none.pt", "device=gpu"], "device: 'gpu' (valid: auto, cpu, cuda)"),
+        ("translate", ["checkpoint=none.pt", "batch_size=0"], "batch_size=0 must be >= 1"),
+        ("analyze", ["gates", "checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),
+    ],
+)
+def test_eval_translate_and_analyze_choices_are_checked_first(tmp_path, capsys, command, args, message):
+    """Checked before the (missing) checkpoint is looked at."""
+    import importlib
+
+    main = importlib.import_module(f"toolkit.cli.{command}").main
+    assert main(args) == 2
+    assert one_line_error(capsys) == f"error: {message}"

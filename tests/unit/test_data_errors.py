@@ -98,6 +98,33 @@ def test_full_disk_while_writing_a_char_dataset(text8_input, tmp_path, capsys, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text8_raw"]
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 64 kB tmpfs (needs root and mount; skipped elsewhere): a disk that really fills up."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_names_the_output(tmp_path, small_disk, capsys):
+    """numpy's own short-write error carries no errno; the dataset's files are written so that it does."""
+    import lzma
+
+    from tests.conftest import TEXT8_SAMPLE
+
+    raw = tmp_path / "text8_200k"  # 200 kB of splits for 64 kB of disk
+    with lzma.open(TEXT8_SAMPLE, "rb") as handle:
+        raw.write_bytes(handle.read(200_000))
+    assert preprocess(raw, small_disk / "bin") == 2
+    assert one_line_error(capsys) == f"error: cannot write {small_disk / 'bin'}: No space left on device"
+    assert list(small_disk.iterdir()) == []
+
+
 def test_overwrite_through_a_symlink_replaces_the_target(text8_input, tmp_path, capsys):
     real, link = tmp_path / "real", tmp_path / "link"
     real.mkdir()

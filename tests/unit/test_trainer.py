@@ -97,3 +97,19 @@ def test_gradient_accumulation_equals_larger_batch(text8_small, tmp_path):
         trainer.train_step()
     for a, b in zip(grads["big"], grads["small"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_sanity_factor_bounds_the_saved_weights_loss(text8_small, tmp_path):
+    """A save is refused exactly when the new weights' loss on the last batch exceeds the factor times its loss
+    before the update; the factor is the config's checkpoint_sanity_factor."""
+    trainer = make_trainer(text8_small, tmp_path, **{"optimizer.lr": 20.0})
+    trainer.train_step()
+    before, after = trainer._check_losses()
+    ratio = after / before
+    assert ratio > 1  # lr 20 on Adam: this batch got worse (finitely)
+    trainer.cfg.checkpoint_sanity_factor = max(1.0, ratio * 0.99)
+    assert trainer.insane_reason() == (f"the loss of these weights on the last batch is {after:.4g} per token, over "
+                                       f"{trainer.cfg.checkpoint_sanity_factor:g}x its {before:.4g} before the update "
+                                       "(checkpoint_sanity_factor)")
+    trainer.cfg.checkpoint_sanity_factor = ratio * 1.01
+    assert trainer.insane_reason() is None

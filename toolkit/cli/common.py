@@ -16,7 +16,9 @@ def run_cli(body: Callable[[list[str]], int], argv: Optional[Sequence[str]] = No
     try:
         return body(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        from toolkit.distributed.rank_errors import report_error
+
+        report_error(f"error: {error}")  # a rank of the local launcher: the launcher prints it once
         return USER_ERROR_EXIT
 
 

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from omegaconf import MISSING, OmegaConf
 
 from toolkit.cli.common import run_cli
+from toolkit.config.choices import CompileBackend, Device
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
 
 PASSTHROUGH = ("task.", "model.")  # keys applied to the checkpoint's own training config
@@ -29,11 +30,11 @@ class EvalConfig:
     checkpoint: str = MISSING  # path to a checkpoint written by tk-train
     subset: str = "test"  # split to score: train, valid or test
     data: Optional[str] = None  # dataset folder (default: the one the checkpoint was trained on)
-    device: str = "auto"  # cpu, cuda or auto
+    device: Device = Device.auto  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
     save_nll: Optional[str] = None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
     compile: bool = False  # torch.compile the model (toolkit/train/compile.py)
-    compile_backend: str = "inductor"  # 'inductor', 'aot_eager' or 'eager'
+    compile_backend: CompileBackend = CompileBackend.inductor  # 'inductor', 'aot_eager' or 'eager'
 
 
 def _body(args: list[str]) -> int:
@@ -47,7 +48,7 @@ def _body(args: list[str]) -> int:
     from toolkit.cli.outputs import check_output_file
     from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
-    from toolkit.train.compile import check_backend, compile_model
+    from toolkit.train.compile import compile_model
     from toolkit.train.trained_run import load_trained_run
 
     pairs = split_overrides(args)
@@ -58,8 +59,6 @@ def _body(args: list[str]) -> int:
     check_complete(cfg)
     if cfg.results:
         check_output_file(cfg.results, "results")
-    if cfg.compile:
-        check_backend(cfg.compile_backend)
 
     run = load_trained_run(cfg.checkpoint, passthrough, cfg.data, cfg.device)
     model, device = run.model, run.device

@@ -59,16 +59,19 @@ def _body(args: list[str]) -> int:
     from toolkit.train.global_batch import check_global_batch
     from toolkit.train.run import dry_run, train
 
-    check_run(cfg, training=not cfg.dry_run)  # data, run folder, task and model: before anything is written
+    task, model = check_run(cfg, training=not cfg.dry_run)  # data, run folder, task and model: before anything is written
     check_averaging(cfg)
     check_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():
         from pathlib import Path
 
         from toolkit.train.run_lock import RunFolderLock
+        from toolkit.train.start_check import check_start_state
 
-        with RunFolderLock(Path(cfg.run_dir)):  # a busy run folder: one line here, not N ranks failing under torchrun
-            pass
+        # a busy run folder, a checkpoint that cannot be read or does not fit: one line here, not N ranks
+        # failing under torchrun
+        with RunFolderLock(Path(cfg.run_dir)):
+            check_start_state(cfg, task, model)
         return launch_local(cfg.distributed.world_size, original)
 
     if cfg.dry_run:

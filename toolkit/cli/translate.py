@@ -18,7 +18,9 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from toolkit.cli.common import run_cli
+from toolkit.config.choices import Device
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
+from toolkit.config.ranges import bounded, check_ranges
 from toolkit.errors import DataError
 
 
@@ -27,9 +29,9 @@ class TranslateConfig:
     checkpoint: str = MISSING  # a translation checkpoint written by tk-train
     input: str = "-"  # a text file, or '-' for stdin (interactive, one line at a time)
     output: str = "-"  # where translations go ('-' = stdout)
-    batch_size: int = 64  # sentences per batch when translating a file
+    batch_size: int = bounded(64, ge=1)  # sentences per batch when translating a file
     data: Optional[str] = None  # dataset folder with spm.model (default: the checkpoint's)
-    device: str = "auto"
+    device: Device = Device.auto  # cpu, cuda or auto (cuda when available)
 
 
 def _decoded(lines: Iterable[bytes], name: str) -> Iterator[str]:
@@ -75,6 +77,7 @@ def _body(args: list[str]) -> int:
     cfg = OmegaConf.structured(TranslateConfig)
     apply_overrides(cfg, [(k, v) for k, v in pairs if not k.startswith("task.")])
     check_complete(cfg)
+    check_ranges(cfg)
     if cfg.input != "-" and not Path(cfg.input).is_file():
         raise DataError(f"input={cfg.input}: no such file")
     if cfg.output != "-":

@@ -50,6 +50,21 @@ class PhaseUnit(StrEnum):
     epoch = "epoch"
 
 
+class PhaseBudget(StrEnum):
+    """What max_update counts when phases are set: every update, or only those that train group main."""
+
+    updates = "updates"
+    main_updates = "main_updates"
+
+
+class CompileBackend(StrEnum):
+    """torch.compile backend: generated kernels (inductor), or tracing only (aot_eager, eager)."""
+
+    inductor = "inductor"
+    aot_eager = "aot_eager"
+    eager = "eager"
+
+
 class Subset(StrEnum):
     """The splits every task's dataset holds."""
 

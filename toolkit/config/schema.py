@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from toolkit.config.choices import Backend, Device, PhaseUnit, Precision, Progress, Subset
+from toolkit.config.choices import Backend, CompileBackend, Device, PhaseBudget, PhaseUnit, Precision, Progress, Subset
 from toolkit.config.ranges import bounded
 from toolkit.modules.memory_placement import MemoryPlacementConfig
 from toolkit.train.global_batch import GlobalBatchConfig
@@ -30,7 +30,7 @@ class PhaseScheduleConfig:
     cycle: List[PhaseConfig] = field(default_factory=list)
     # what max_update counts: 'updates' (every update) or 'main_updates' (only updates that train group main, so
     # a BCD run gives its model as many updates as a run without phases; the gate-only updates come on top)
-    budget: str = "updates"
+    budget: PhaseBudget = PhaseBudget.updates
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrainConfig:
     precision: Precision = Precision.fp32  # fp32, bf16 or fp16 (autocast; CUDA only, fp32 on CPU)
     threads: int = bounded(0, ge=0)  # torch intra-op threads on CPU (0 = torch's default)
     compile: bool = False  # torch.compile the model for training and evaluation (toolkit/train/compile.py)
-    compile_backend: str = "inductor"  # 'inductor' (generated kernels), 'aot_eager' or 'eager' (tracing checks)
+    compile_backend: CompileBackend = CompileBackend.inductor  # 'inductor' (generated kernels), 'aot_eager' or 'eager' (tracing checks)
     dry_run: bool = False  # build task and model, print a summary and exit
     update_freq: int = bounded(1, ge=1)  # gradient accumulation: micro-batches per update (derived when `batch` is set)
     batch: GlobalBatchConfig = field(default_factory=GlobalBatchConfig)  # batch per update over all processes
@@ -78,6 +78,12 @@ class TrainConfig:
     progress: Progress = Progress.auto  # auto (bar on a terminal), bar or plain
     tensorboard: bool = True  # write tensorboard scalars under run_dir/tb
     init_from: Optional[str] = None  # fine-tuning: load model weights from this checkpoint (not when resuming)
+    # init_from is refused when its weights cover less than this share of the model's parameter values (a
+    # checkpoint of another model or task would otherwise initialise almost nothing)
+    init_from_min_fraction: float = bounded(0.5, ge=0, le=1)
+    # checkpoint_last.pt is only replaced when the saved weights' loss on the last batch is at most this factor
+    # times that batch's loss before the update (.inf: no such check; see docs/safety.md)
+    checkpoint_sanity_factor: float = bounded(2.0, ge=1)
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
     memory: MemoryPlacementConfig = field(default_factory=MemoryPlacementConfig)  # product-key memory layers
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -54,10 +54,11 @@ def check_param_groups(param_groups: Any) -> List[str]:
     return [str(name) for name in param_groups]
 
 
-def check_run(cfg: DictConfig, training: bool = True) -> None:
+def check_run(cfg: DictConfig, training: bool = True) -> Tuple[Any, torch.nn.Module]:
     """What needs the file system, the data and the model, checked before the run folder is written.
 
     For training, `data` must be a folder and `run_dir` a folder this process can write in (or create).
+    Returns the task and the meta-device model (see `check_task_and_model`).
     """
     if training:
         if cfg.data is None:
@@ -65,11 +66,13 @@ def check_run(cfg: DictConfig, training: bool = True) -> None:
         if not Path(cfg.data).is_dir():
             raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
         check_output_folder(cfg.run_dir, "run_dir")
-    check_task_and_model(cfg)
+    return check_task_and_model(cfg)
 
 
-def check_task_and_model(cfg: DictConfig) -> None:
-    """Build the task on its data and the model on the meta device; check the auxiliary weights' names."""
+def check_task_and_model(cfg: DictConfig) -> Tuple[Any, torch.nn.Module]:
+    """Build the task on its data and the model on the meta device; check the auxiliary weights' names.
+
+    Returns both (the model's tensors have shapes but no storage), for checks against a checkpoint."""
     from toolkit.modules.memory_placement import place_memories
 
     task = TASKS.get(cfg.task.name).builder(cfg.task, cfg.data, cfg.seed, 0, cfg.distributed.world_size)
@@ -77,6 +80,7 @@ def check_task_and_model(cfg: DictConfig) -> None:
         model = task.build_model(cfg.model)
         place_memories(model, cfg.get("memory"))
     check_aux_weights(cfg, aux_term_names(model))
+    return task, model
 
 
 def aux_term_names(model: torch.nn.Module) -> List[str]:

@@ -172,7 +172,8 @@ def preprocess_char_corpus(corpus_name: str, source: Path, destdir: Path, overwr
     }
     with atomic_output_dir(destdir, overwrite=overwrite) as tmp:
         for name, part in splits.items():
-            part.tofile(tmp / f"{name}.bin")
+            # not ndarray.tofile: on a full disk it raises an OSError without errno ("N requested and M written")
+            (tmp / f"{name}.bin").write_bytes(part.tobytes())
         (tmp / "vocab.json").write_text(json.dumps(list(corpus.vocab)) + "\n", encoding="utf-8")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

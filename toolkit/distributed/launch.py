@@ -17,14 +17,15 @@ def under_torchrun() -> bool:
 
 
 def launch_local(world_size: int, args: Sequence[str]) -> int:
-    """Run `torchrun --standalone --nproc_per_node=N -m toolkit.cli.train ARGS`; returns its exit code.
+    """Run `torchrun --standalone --nproc_per_node=N -m toolkit.cli.train ARGS`; returns the exit code of the
+    rank that failed first (toolkit.distributed.torchrun), else 0.
 
     SIGTERM/SIGINT sent to this process are forwarded to torchrun, which passes them to every rank; the ranks
     finish their update, save checkpoint_last.pt and leave, and this process then exits with code 3. torchrun
     runs in its own session so that a Ctrl-C in the terminal reaches the ranks once (through this process),
     not twice. torchrun kills ranks that have not left 30 s after the signal: a save must fit in that time.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}",
+    command = [sys.executable, "-m", "toolkit.distributed.torchrun", "--standalone", f"--nproc_per_node={world_size}",
                "-m", "toolkit.cli.train", *args]
     print(f"launching {world_size} processes: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     received: list[int] = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING, OmegaConf
 
+from toolkit.config.choices import Device
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
 from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError
@@ -35,7 +36,7 @@ class GatesConfig:
     max_sentences: Optional[int] = None  # only the first N sentences of the subset (None: all)
     batch_size: int = 64  # sentences per forward pass (the numbers do not depend on it)
     data: Optional[str] = None  # dataset folder (default: the checkpoint's)
-    device: str = "cpu"  # cpu, cuda or auto
+    device: Device = Device.cpu  # cpu, cuda or auto
 
 
 def load_run(checkpoint: str, data: Optional[str], device: str) -> tuple[Any, Any, Optional[int]]:

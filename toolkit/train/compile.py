@@ -17,21 +17,18 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from toolkit.config.choices import CompileBackend, values
 from toolkit.errors import ConfigError
-
-BACKENDS = ("inductor", "aot_eager", "eager")
-
-
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"compile_backend: '{backend}' (valid: {', '.join(BACKENDS)})")
 
 
 def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor") -> nn.Module:
     """Compile `model`'s forward (and `decode` when it has one) in place; returns the same object.
-    `backend`: a name from BACKENDS, or a dynamo backend callable (tests count compilations with one)."""
-    if isinstance(backend, str):
-        check_backend(backend)
+    `backend`: a CompileBackend name (the configs' Enum checked it), or a dynamo backend callable (tests count
+    compilations with one)."""
+    if isinstance(backend, str):  # configs hold a CompileBackend already; a caller's text is checked here
+        if backend not in set(CompileBackend):
+            raise ConfigError(f"compile_backend: '{backend}' (valid: {values(CompileBackend)})")
+        backend = CompileBackend(backend).value  # plain text for dynamo's backend lookup
     model.compile(backend=backend)
     if hasattr(model, "decode"):
         model.decode = torch.compile(model.decode, backend=backend)  # type: ignore[method-assign]

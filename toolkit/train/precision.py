@@ -7,15 +7,14 @@ from typing import ContextManager
 
 import torch
 
-from toolkit.errors import ConfigError
+from toolkit.config.choices import Precision
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# every Precision has its dtype (the config's Enum rejected any other value when it was composed)
+DTYPES = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:
-    if precision not in DTYPES:
-        raise ConfigError(f"precision: '{precision}' (valid: {', '.join(DTYPES)})")
-    dtype = DTYPES[precision]
+    dtype = DTYPES[Precision(precision)]
     if dtype is None or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=dtype)

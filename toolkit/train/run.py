@@ -23,7 +23,7 @@ from toolkit.train.averaging import AVERAGE, check_averaging, write_average
 from toolkit.train.global_batch import apply_global_batch, describe
 from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
 from toolkit.train.param_groups import build_param_groups
-from toolkit.train.compile import check_backend, compile_model
+from toolkit.train.compile import compile_model
 from toolkit.train.resume_check import check_resume_fits
 from toolkit.train.run_lock import RunFolderBusy, RunFolderLock
 from toolkit.train.setup import build_run, parameter_summary
@@ -60,15 +60,12 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
     if not Path(cfg.data).is_dir():
         raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
     check_averaging(cfg)
-    if cfg.compile:
-        check_backend(cfg.compile_backend)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     with distributed_context(cfg) as (device, rank, world_size):
         run_dir = Path(cfg.run_dir)
         if rank != 0:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports; the others only warn
-        log.info(describe(apply_global_batch(cfg, world_size)))
         lock = RunFolderLock(run_dir)
         busy: Optional[RunFolderBusy] = None
         if rank == 0:
@@ -88,16 +85,19 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
                   world_size: int) -> int:
     """Everything is checked (checkpoint readable, fits the new config and data) before the run folder changes."""
     started = time.perf_counter()
+    batch = apply_global_batch(cfg, world_size)  # sets the per-process batch and update_freq the run builds with
     resume = ckpt.find_resume(run_dir)
     state = ckpt.load_checkpoint(resume) if resume is not None else None
     run = build_run(cfg, rank, world_size)
     model = run.model.to(device)
-    params = parameter_summary(model)
-    log.info("model %s: %s parameters (%s)", cfg.model.name, f"{params['parameters']:,}", json.dumps(params))
     if state is not None:
         check_resume_fits(state, cfg, model, run.task, resume)
     elif cfg.init_from:
-        init_from_checkpoint(model, cfg.init_from)
+        init_from_checkpoint(model, cfg.init_from, cfg.init_from_min_fraction)
+    # reported once the start is known to fit: a refused run says one line
+    log.info(describe(batch))
+    params = parameter_summary(model)
+    log.info("model %s: %s parameters (%s)", cfg.model.name, f"{params['parameters']:,}", json.dumps(params))
     freeze_all_but(model, cfg.train_only)
     groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     for group in groups:

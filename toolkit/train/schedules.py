@@ -123,13 +123,7 @@ def active_groups(phases: Any, step: int, epoch: int, all_groups: list[str]) -> 
     raise AssertionError("unreachable")
 
 
-BUDGETS = ("updates", "main_updates")
-
-
 def validate_phases(phases: Any, all_groups: list[str]) -> None:
-    budget = phases.get("budget", "updates")
-    if budget not in BUDGETS:
-        raise ConfigError(f"phases.budget: '{budget}' (valid: {', '.join(BUDGETS)})")
     for i, phase in enumerate(phases.cycle):
         if phase.length <= 0:
             raise ConfigError(f"phases.cycle.{i}.length must be positive, got {phase.length}")

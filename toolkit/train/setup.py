@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolkit.config.choices import Device
 from toolkit.errors import ConfigError
 from toolkit.modules.memory_placement import memory_parameter_count, place_memories
 from toolkit.registry import CRITERIONS, TASKS
@@ -31,9 +32,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device: '{name}' (valid: cpu, cuda, auto)")
-    return torch.device(name)
+    return torch.device(Device(name).value)  # a Device: the configs' Enum rejected any other value
 
 
 def parameter_summary(model: nn.Module) -> Dict[str, int]:

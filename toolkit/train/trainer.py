@@ -41,8 +41,8 @@ SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
 # (eval mode) at most this factor above that same batch's loss before the update. A training loss describes the
 # weights before its update, so it cannot tell whether the update just made blew them up (lr=1e10: weights in
 # the 1e8s after one update); this check forward can, and comparing one batch with itself is free of the noise
-# between batches. A diverging run thus keeps its last good state, which the exit-4 error line names.
-SANE_LOSS_FACTOR = 2.0
+# between batches. A diverging run thus keeps its last good state, which the exit-4 error line names. The factor
+# is the config's checkpoint_sanity_factor.
 
 
 class Trainer:
@@ -164,9 +164,10 @@ class Trainer:
         before, after = losses
         if not math.isfinite(after):
             return f"the loss of these weights on the last batch is {after}"
-        if after > SANE_LOSS_FACTOR * before:
+        factor = float(self.cfg.get("checkpoint_sanity_factor", 2.0))
+        if after > factor * before:
             return (f"the loss of these weights on the last batch is {after:.4g} per token, over "
-                    f"{SANE_LOSS_FACTOR:g}x its {before:.4g} before the update")
+                    f"{factor:g}x its {before:.4g} before the update (checkpoint_sanity_factor)")
         return None
 
     def save_last(self, progress: Progress, interval: bool = False) -> bool:
