@@ -111,8 +111,11 @@ def test_old_format_checkpoint_loads_evaluates_and_resumes_exactly(text8_small, 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     resumed.mkdir()
     shutil.copy(OLD_FORMAT, resumed / "checkpoint_last.pt")
-    assert train_main(tiny_char_args(text8_small, resumed, max_update=4)) == 0
-    assert train_main(tiny_char_args(text8_small, straight, max_update=4)) == 0
+    # the fixture's run used the Quickstart model of its time: initialised as model.init=fairseq does, and
+    # with scaled embeddings
+    then = {"model.init": "fairseq", "model.scale_embedding": "true"}
+    assert train_main(tiny_char_args(text8_small, resumed, max_update=4, **then)) == 0
+    assert train_main(tiny_char_args(text8_small, straight, max_update=4, **then)) == 0
     a, b = load_checkpoint(resumed / "checkpoint_last.pt"), load_checkpoint(straight / "checkpoint_last.pt")
     assert a["position"] == b["position"] and a["position"]["step"] == 4
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

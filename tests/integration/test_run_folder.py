@@ -83,6 +83,27 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(text8_small, t
     assert snapshot(trained) == before
 
 
+def test_resume_with_weights_that_fit_but_compute_otherwise_is_refused(text8_small, trained, capsys):
+    """Same shapes, another computation (unscaled embeddings, post-LN): the saved weights would silently mean
+    something else, so the resume is refused; a changed dropout is regularisation and resumes."""
+    before = snapshot(trained)
+    capsys.readouterr()
+    changed = {"model.scale_embedding": "true", "model.pre_ln": "false"}
+    assert train_main(tiny_char_args(text8_small, trained, max_update=4, **changed)) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: cannot resume from {trained / 'checkpoint_last.pt'}: model.pre_ln is True in the "
+                    "checkpoint, False now; model.scale_embedding is False in the checkpoint, True now (resume with "
+                    "the run's settings, or choose another run_dir)")
+    assert snapshot(trained) == before
+
+
+def test_resume_with_another_dropout_continues(text8_small, tmp_path):
+    run = tmp_path / "run"
+    assert train_main(tiny_char_args(text8_small, run, max_update=2)) == 0
+    assert train_main(tiny_char_args(text8_small, run, max_update=3, **{"model.dropout": 0.0})) == 0
+    assert load_checkpoint(run / "checkpoint_last.pt")["position"]["step"] == 3
+
+
 def test_resume_on_data_of_another_vocabulary_is_refused_and_changes_nothing(trained, bytes_dataset, capsys):
     before = snapshot(trained)
     capsys.readouterr()

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from omegaconf import OmegaConf
 from torch import nn
 
-from toolkit.errors import DataError
+from toolkit.errors import DataError, UserError
 from toolkit.train.trained_run import VocabularyMismatch, check_weights_fit
 
 
@@ -21,10 +21,27 @@ def _flat(node: Any, prefix: str) -> Dict[str, Any]:
     return out
 
 
+# model settings that may change on resume: regularisation, and the initialisation (the weights come from the
+# checkpoint). Any other difference changes what the saved weights compute, so it is refused.
+RESUMABLE_MODEL_KEYS = ("dropout", "attention_dropout", "activation_dropout", "adaptive_softmax_dropout", "init")
+
+
+def _saved_model_config(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's model settings on today's schema: a field added since it was written takes the default
+    the checkpoint's model was built with."""
+    from toolkit.config.compose import typed_train_config
+
+    try:
+        typed = typed_train_config(saved)
+    except UserError:  # a config the schema no longer reads: compare what was saved
+        return saved.get("model", {})
+    return OmegaConf.to_container(typed.model, resolve=True, enum_to_str=True)
+
+
 def model_config_changes(saved: Dict[str, Any], current: Any) -> List[str]:
     """'model.n_layers is 1 in the checkpoint, 2 now' for each model key set in both that differs."""
-    before = _flat(saved.get("model", {}), "model")
-    after = _flat(OmegaConf.to_container(current.model, resolve=True), "model")
+    before = _flat(_saved_model_config(saved), "model")
+    after = _flat(OmegaConf.to_container(current.model, resolve=True, enum_to_str=True), "model")
     return [f"{key} is {before[key]!r} in the checkpoint, {after[key]!r} now"
             for key in sorted(before) if key in after and before[key] != after[key]]
 
@@ -40,3 +57,8 @@ def check_resume_fits(state: Dict[str, Any], cfg: Any, model: nn.Module, task: A
         what = "; ".join(changes) if changes and not isinstance(error, VocabularyMismatch) else str(error)
         raise DataError(f"cannot resume from {path}: {what} (resume with the run's settings, or choose "
                         "another run_dir)") from None
+    changes = [c for c in model_config_changes(state["config"], cfg)
+               if c.split(" ", 1)[0].rsplit(".", 1)[-1] not in RESUMABLE_MODEL_KEYS]
+    if changes:  # the weights fit, but would compute something else
+        raise DataError(f"cannot resume from {path}: {'; '.join(changes)} (resume with the run's settings, or "
+                        "choose another run_dir)")
