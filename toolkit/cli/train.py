@@ -8,11 +8,10 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from omegaconf import OmegaConf
-
 from toolkit.cli.common import pop_config_name, run_cli
-from toolkit.cli.hydra_launch import launch as launch_with_hydra, wants_hydra
-from toolkit.config.compose import GROUPS, compose_train_config, group_options, load_registries, presets
+
+# Everything heavy (torch, Hydra, the registries) is imported inside the functions: main() installs the
+# SIGTERM/SIGINT handler first, so a signal during start-up is one line and exit code 3, never a bare 143.
 
 log = logging.getLogger("toolkit.train")
 
@@ -28,6 +27,8 @@ device=cpu|cuda|auto dry_run=true. Any config key can be set with dotted paths (
 
 
 def print_help() -> None:
+    from toolkit.config.compose import GROUPS, group_options, load_registries, presets
+
     load_registries()
     print(HELP)
     print("config groups (choose with GROUP=NAME):")
@@ -37,6 +38,11 @@ def print_help() -> None:
 
 
 def _body(args: list[str]) -> int:
+    from omegaconf import OmegaConf
+
+    from toolkit.cli.hydra_launch import launch as launch_with_hydra, wants_hydra
+    from toolkit.config.compose import compose_train_config
+
     if any(a in ("-h", "--help") for a in args):
         print_help()
         return 0
