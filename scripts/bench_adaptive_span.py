@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: does adaptive attention span really trim the work? (Sukhbaatar et al. 2019, issue 6)
+"""Benchmark: does adaptive attention span really trim the work? (Sukhbaatar et al. 2019)
 
 Compares training steps (forward + backward + Adagrad step + span clamping, streamed blocks with the cache
 carried) of three models that differ only in attention span:

@@ -24,10 +24,10 @@ from toolkit.config.compose import compose_train_config
 from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
-    # the foundation issue's workload
+    # the Quickstart model at the benchmark batch (16 x 256)
     "text8_char_tiny": ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024",
                         "model.dropout=0.0", "task.tokens_per_sample=256", "task.batch_size=16"],
-    # the translation issue's: a 2+2-layer d256 model on the shipped IWSLT sample
+    # a 2+2-layer d256 translation model on the shipped IWSLT sample
     "iwslt14_tiny": ["model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=256", "model.ffn_dim=1024",
                      "model.dropout=0.0", "task.max_tokens=2048"],
 }

@@ -1,4 +1,4 @@
-"""Same-budget BASE vs MAE-7 vs NoBCD on the shipped IWSLT14 sample (the MAE issue's tiny real run).
+"""Same-budget BASE vs MAE-7 vs NoBCD on the shipped IWSLT14 sample.
 
 Trains each tiny preset for the same number of updates with the same seed, then reports the test BLEU
 (beam 5, tokenized lowercased, the preset's protocol), the best valid NLL, and for the MAE models the gate

@@ -101,3 +101,15 @@ def tiny_mt_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
     }
     args.update(overrides)
     return ["config=iwslt14_tiny"] + [f"{k}={v}" for k, v in args.items()]
+
+
+def folder_snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: equal snapshots mean nothing was written or changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def only_error_line(err: str) -> str:
+    """The single line of a CLI's stderr, asserting there is exactly one and no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

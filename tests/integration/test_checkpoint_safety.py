@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, read_log, tiny_char_args
+from tests.conftest import REPO, read_log, tiny_char_args, only_error_line
 from toolkit.cli.analyze import main as analyze_main
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
@@ -50,11 +50,10 @@ def evil(text8_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 
 def one_error_line(err: str, path: Path) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0] == (f"error: refusing to load checkpoint {path}: it holds 'posix.system', which loading could run "
-                        "as code (a tk-train checkpoint holds only tensors and plain data)")
-    return lines[0]
+    line = only_error_line(err)
+    assert line == (f"error: refusing to load checkpoint {path}: it holds 'posix.system', which loading could run "
+                    "as code (a tk-train checkpoint holds only tensors and plain data)")
+    return line
 
 
 def test_every_loader_refuses_a_checkpoint_that_would_run_code(evil, text8_small, tmp_path, capsys):

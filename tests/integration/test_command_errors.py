@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEXT8_SAMPLE, tiny_char_args, tiny_mt_args
+from tests.conftest import TEXT8_SAMPLE, tiny_char_args, tiny_mt_args, only_error_line as error_line
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.cli.translate import main as translate_main
-
-
-def error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

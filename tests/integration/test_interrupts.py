@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
-from tests.conftest import tiny_char_args
+from tests.conftest import tiny_char_args, folder_snapshot as snapshot
 from toolkit.cli.train import main as train_main
 from toolkit.errors import INTERRUPTED_EXIT
 from toolkit.train import run as run_module
 from toolkit.train.checkpoint import load_checkpoint
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def signalled_first(function, sig: int):

@@ -11,20 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TEXT8_SAMPLE, tiny_char_args
+from tests.conftest import TEXT8_SAMPLE, tiny_char_args, folder_snapshot as snapshot, only_error_line as error_line
 from toolkit.cli.train import main as train_main
 from toolkit.errors import DIVERGED_EXIT
 from toolkit.train.checkpoint import load_checkpoint
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

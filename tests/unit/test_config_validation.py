@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_char_args
+from tests.conftest import REPO, tiny_char_args, only_error_line
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.config.cli_overrides import build_config
@@ -19,10 +19,7 @@ from toolkit.errors import ConfigError
 
 
 def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return only_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import tiny_char_args, tiny_mt_args
+from tests.conftest import tiny_char_args, tiny_mt_args, only_error_line
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.data.download import cache_path, resolve_input
@@ -26,10 +26,7 @@ TEXT = "the quick brown fox jumps over the lazy dog " * 10
 
 
 def one_line_error(capsys: pytest.CaptureFixture) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return only_error_line(capsys.readouterr().err)
 
 
 @pytest.fixture
