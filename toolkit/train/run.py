@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.distributed import comm
-from toolkit.errors import DISTRIBUTED_EXIT, ConfigError, DataError
+from toolkit.errors import DISTRIBUTED_EXIT, DataError
 from toolkit.distributed.setup import distributed_context
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.averaging import AVERAGE, check_averaging, write_average
@@ -54,11 +54,8 @@ def _write_run_files(cfg: Any, run_dir: Path, preset: str, argv: List[str]) -> N
 
 
 def train(cfg: Any, preset: str, argv: List[str]) -> int:
-    """Train (resuming from run_dir/checkpoint_last.pt when present); returns the exit code."""
-    if cfg.data is None:
-        raise ConfigError("missing required value for key 'data' (a folder made by tk-preprocess)")
-    if not Path(cfg.data).is_dir():
-        raise ConfigError(f"data={cfg.data}: no such folder (prepare it with tk-preprocess)")
+    """Train (resuming from run_dir/checkpoint_last.pt when present); returns the exit code. The callers (tk-train,
+    a Hydra job) have run toolkit.config.validate.check_run: data, run folder, task and model are checked."""
     check_averaging(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
