@@ -45,6 +45,11 @@ SUMMED_LOGS = ("loss", "nll_loss", "ntokens")
 # is the config's checkpoint_sanity_factor.
 
 
+def prediction_loss(logs: Dict[str, Any]) -> Any:
+    """The summed prediction loss of a criterion's logs: the NLL without label smoothing when it reports one."""
+    return logs["nll_loss" if "nll_loss" in logs else "loss"]
+
+
 class Trainer:
     def __init__(
         self,
@@ -144,8 +149,7 @@ class Trainer:
             _, _, logs = self.criterion(self.model, self.last_batch, self.step)
         self.model.train()
         self.task.load_state_dict(stream)
-        key = "nll_loss" if "nll_loss" in logs else "loss"
-        summed = comm.all_reduce_sums({"before": self.last_batch_loss, "after": float(logs[key]),
+        summed = comm.all_reduce_sums({"before": self.last_batch_loss, "after": float(prediction_loss(logs)),
                                        "ntokens": float(logs["ntokens"])})
         tokens = max(summed["ntokens"], 1.0)
         return summed["before"] / tokens, summed["after"] / tokens
@@ -240,7 +244,7 @@ class Trainer:
             last = micro == self.cfg.update_freq - 1
             with comm.maybe_no_sync(self.forward_model, skip=not last), autocast(self.cfg.precision, self.device):
                 loss, _, logs = self.criterion(self.forward_model, batch, self.step)  # sample size is logs["ntokens"]
-                self.last_batch_loss = logs["nll_loss" if "nll_loss" in logs else "loss"]
+                self.last_batch_loss = prediction_loss(logs)
                 self.scaler.scale(loss).backward()
             for key, value in logs.items():
                 if key in summed:
