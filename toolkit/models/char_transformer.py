@@ -157,7 +157,8 @@ class CharTransformer(nn.Module):
         t = tokens.size(1)
         if t > self.cfg.max_positions:
             raise ConfigError(f"input of {t} characters is longer than model.max_positions={self.cfg.max_positions}")
-        wanted = set(self.aux_term_names()) if active_aux is None else set(active_aux)
+        # membership tests only: no set built from the argument (torch.compile of torch 2.11 cannot clone one)
+        wanted = self.aux_term_names() if active_aux is None else active_aux
         layer_ids = [l for l in range(1, self.n_intermediate + 1) if f"layer_{l}_nll" in wanted]
         keep = set(layer_ids)
         x = self.dropout(self.embed(tokens) * self.embed_scale)
