@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("error: torch sees no CUDA device (this profile reads CUDA kernel times)", file=sys.stderr)
+        return 2
     device = torch.device("cuda")
     torch.manual_seed(0)
     cfg, model, criterion = gpu_check.build(args.preset, args.set, device)
