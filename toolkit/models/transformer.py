@@ -317,6 +317,8 @@ class TransformerModel(nn.Module):
         x = F.dropout(x, self.cfg.dropout, self.training)
         # the decoder input is right-padded: causal attention keeps real positions off the padding
         enc_mask = encoder_out.padding_mask if encoder_out.any_padding else None
+        # ...but a product-key memory's BatchNorm must not see the pad rows (incremental decoding has none)
+        target_padding = prev_output_tokens.eq(self.pad_idx) if caches is None else None
         for i, layer in enumerate(self.decoder_layers):
             x = layer(
                 x,
@@ -325,11 +327,12 @@ class TransformerModel(nn.Module):
                 encoder_padding_mask=enc_mask,
                 self_cache=caches.self_caches[i] if caches is not None else None,
                 cross_cache=caches.cross_caches[i] if caches is not None else None,
+                ffn_padding_mask=target_padding,
             )
         if caches is not None:
             caches.length += t
         else:
-            self._target_padding = prev_output_tokens.eq(self.pad_idx)
+            self._target_padding = target_padding
         return self.output_layer(self.decoder_norm(x))
 
     def output_layer(self, x: Tensor) -> Tensor:

@@ -22,7 +22,6 @@ from toolkit.modules.pkm_metrics import MemoryUsageTracker
 log = logging.getLogger(__name__)
 
 
-
 class MemoryMode(StrEnum):
     """How a memory joins its layer."""
 
@@ -57,7 +56,9 @@ class MemoryAfterLayer(nn.Module):
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         x = self.layer(x, *args, **kwargs)
-        return x + self.dropout(self.memory(self.norm(x), kwargs.get("padding_mask")))
+        mask = kwargs.get("ffn_padding_mask")
+        mask = mask if mask is not None else kwargs.get("padding_mask")
+        return x + self.dropout(self.memory(self.norm(x), mask))
 
 
 def _stack(model: nn.Module, name: str) -> nn.ModuleList:

@@ -33,7 +33,8 @@ class FeedForward(nn.Module):
         self.activation = {"relu": F.relu, "gelu": F.gelu}[activation]
         self.activation_dropout = activation_dropout
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+        """`padding_mask` is accepted like a product-key memory's and not needed: each position is on its own."""
         h = F.dropout(self.activation(self.fc1(x)), self.activation_dropout, self.training)
         return self.fc2(h)
 
@@ -80,8 +81,13 @@ class TransformerLayer(nn.Module):
         encoder_padding_mask: Optional[Tensor] = None,
         self_cache: Optional[Cache] = None,
         cross_cache: Optional[Cache] = None,
+        ffn_padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        """x: (B, T, D). padding_mask: (B, T), True at padding. Caches enable incremental decoding."""
+        """x: (B, T, D). padding_mask: (B, T), True at padding. Caches enable incremental decoding.
+
+        `ffn_padding_mask` marks x's padding for the position-wise sublayer only (default: `padding_mask`): a
+        causal decoder's self-attention needs no mask for right padding, but a product-key memory in place of
+        the FFN must keep pad rows out of its BatchNorm statistics."""
         x = self._residual(
             x,
             self.self_attn_norm,
@@ -102,4 +108,5 @@ class TransformerLayer(nn.Module):
                     context=h,
                 ),
             )
-        return self._residual(x, self.ffn_norm, self.ffn)
+        ffn_mask = ffn_padding_mask if ffn_padding_mask is not None else padding_mask
+        return self._residual(x, self.ffn_norm, lambda h: self.ffn(h, ffn_mask))
