@@ -22,7 +22,7 @@ import torch
 
 from toolkit.config.compose import compose_train_config
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
-from toolkit.train.schedules import AuxWeights
+from toolkit.aux_weights import AuxWeights
 
 
 class NoData:

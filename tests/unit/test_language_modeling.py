@@ -21,7 +21,7 @@ from toolkit.tasks.language_modeling import (
     context_window_plan,
     score_with_context,
 )
-from toolkit.train.schedules import AuxWeights
+from toolkit.aux_weights import AuxWeights
 
 
 
