@@ -7,7 +7,7 @@ each a mean NLL per predicted character:
 - ``layer_{l}_nll`` (l = 1..n-1): next-character loss of a prediction head after layer l;
 - ``target_{k}_nll`` (k = 2..m): loss of predicting the character k ahead from the final layer.
 
-The model never weights them: schedules in the config's ``aux_weights`` do (DESIGN.md, Contracts). Only the
+The model never weights them: schedules in the config's ``aux_weights`` do (toolkit.aux_weights). Only the
 terms in ``active_aux`` (non-zero weight at this step) are computed, so a switched-off loss costs nothing
 and sends no gradient into its head.
 
