@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from toolkit.config.ranges import bounded
 from toolkit.data.atomic import atomic_write_bytes

@@ -9,7 +9,6 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-from torch import nn
 
 from toolkit.aux_weights import AuxWeights
 from toolkit.config.choices import Device
