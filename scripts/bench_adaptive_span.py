@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench_common import device_sync, median, peak_memory_mib, peak_rss_mib, print_result, set_threads
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 
 VARIANTS = ("adaptive", "fixed", "untrimmed")
@@ -62,10 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
 def build(args: argparse.Namespace, variant: str) -> StreamingLM:
     adaptive = variant != "fixed"
     cfg = StreamingLMConfig(
@@ -87,15 +82,15 @@ def build(args: argparse.Namespace, variant: str) -> StreamingLM:
 
 def worker(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     model = build(args, args.worker)
     spans = [p for n, p in model.named_parameters() if n.endswith("span_param")]
     others = [p for n, p in model.named_parameters() if not n.endswith("span_param")]
     groups = [{"params": others}] + ([{"params": spans, "lr": 0.0}] if spans else [])
     optimizer = torch.optim.Adagrad(groups, lr=0.07)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    baseline_rss = max_rss_mib()
+    sync = device_sync(device)
+    baseline_rss = peak_rss_mib()
     cache, times, cpu_times = None, [], []
     for step in range(args.warmup + args.steps):
         tokens = torch.randint(0, args.vocab, (args.batch, args.block + 1), device=device)
@@ -117,14 +112,12 @@ def worker(args: argparse.Namespace) -> dict:
         "variant": args.worker,
         "windows": model.current_windows() if args.worker != "untrimmed" else [args.max_span] * args.layers,
         "cache": [c.size(1) for c in cache],
-        "step_ms": 1000 * statistics.median(times),
-        "cpu_ms": 1000 * statistics.median(cpu_times),
+        "step_ms": 1000 * median(times),
+        "cpu_ms": 1000 * median(cpu_times),
         "min_ms": 1000 * min(times),
-        "peak_rss_mib": max_rss_mib(),
-        "train_mem_mib": max_rss_mib() - baseline_rss,
+        **peak_memory_mib(device),
     }
-    if device.type == "cuda":
-        result["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    result["train_mem_mib"] = result["peak_rss_mib"] - baseline_rss
     return result
 
 
@@ -163,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         u = results["untrimmed"]
         print(f"untrimmed / adaptive: step time {u['step_ms'] / a['step_ms']:.2f}x, "
               f"{mem_key} {u[mem_key] / a[mem_key]:.2f}x")
+    print_result("adaptive_span", threads=args.threads, device=args.device, variants=results,
+                 step_ratio=a["step_ms"] / f["step_ms"], memory_ratio=a[mem_key] / f[mem_key])
     return 0
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench_common import alternate, device_sync, median, paired_ratio, print_result, set_threads
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
 
@@ -64,18 +63,13 @@ def attention_factories(args: argparse.Namespace) -> Dict[str, Callable[[], nn.M
     }
 
 
-def step_fn(model: Stack, x: Tensor, causal: bool, device: torch.device, clock: str) -> Callable[[], float]:
+def step_fn(model: Stack, x: Tensor, causal: bool) -> Callable[[], None]:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    timer = time.perf_counter if clock == "wall" else time.process_time
 
-    def step() -> float:
-        start = timer()
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         model(x, causal).float().pow(2).mean().backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return timer() - start
 
     return step
 
@@ -102,7 +96,7 @@ def main() -> None:
     )
     args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     batch = max(1, args.tokens // args.seq_len)
@@ -111,14 +105,9 @@ def main() -> None:
     for name, factory in attention_factories(args).items():
         model = Stack(factory, args.layers, args.d_model, args.ffn).to(device).train()
         params[name] = sum(q.numel() for q in model.parameters())
-        steps[name] = step_fn(model, x, args.causal, device, args.clock)
-
-    times: Dict[str, List[float]] = {name: [] for name in steps}
-    for i in range(args.warmup + args.steps):
-        for name, step in steps.items():  # round-robin: drifting machine load hits every variant alike
-            elapsed = step()
-            if i >= args.warmup:
-                times[name].append(elapsed)
+        steps[name] = step_fn(model, x, args.causal)
+    # one step of each variant per round: drifting machine load hits every variant alike
+    times = alternate(steps, args.steps, 1, args.warmup, args.clock, device_sync(device))
 
     kind = "causal (per-position gates)" if args.causal else "non-causal (per-sequence gates)"
     print(
@@ -127,13 +116,15 @@ def main() -> None:
         f" {args.clock} clock,"
         f" median of {args.steps} steps after {args.warmup} warm-up"
     )
-    base = statistics.median(times["MHA"])
+    base = median(times["MHA"])
     # paired ratio: each round's step against the MHA step next to it, robust to load that drifts
     print(f"{'variant':8s} {'params':>11s} {'step ms':>9s} {'ratio':>7s} {'paired':>7s}")
+    rows = {}
     for name, t in times.items():
-        med = statistics.median(t)
-        paired = statistics.median(a / b for a, b in zip(t, times["MHA"]))
+        med, paired = median(t), paired_ratio(times, name, "MHA")
+        rows[name] = {"step_ms": 1000 * med, "ratio": med / base, "paired": paired, "params": params[name]}
         print(f"{name:8s} {params[name]:11,d} {1000 * med:9.1f} {med / base:7.3f} {paired:7.3f}")
+    print_result("mae", causal=args.causal, threads=args.threads, clock=args.clock, variants=rows)
 
 
 if __name__ == "__main__":

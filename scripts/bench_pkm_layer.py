@@ -14,38 +14,34 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
 
+from bench_common import alternate, median, print_result, set_threads
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
 
 
-def fwd_bwd_seconds(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> float:
-    """Seconds of one forward + backward (grads set to None first, as zero_grad does)."""
-    for p in layer.parameters():
-        p.grad = None
-    x.grad = None
-    start = time.perf_counter()
-    layer(x).backward(grad_out)
-    return time.perf_counter() - start
+def fwd_bwd(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Callable[[], None]:
+    """One forward + backward (grads set to None first, as zero_grad does)."""
+
+    def step() -> None:
+        for p in layer.parameters():
+            p.grad = None
+        x.grad = None
+        layer(x).backward(grad_out)
+
+    return step
 
 
 def time_against(
     layer: nn.Module, ref: nn.Module, x: torch.Tensor, runs: int, warmup: int
 ) -> Tuple[float, float]:
-    """Median seconds of `layer` and of `ref`, run alternately so that load changes hit both alike."""
+    """Median seconds of `layer` and of `ref`, run in alternating rounds so that load changes hit both alike."""
     grad_out = torch.randn(x.shape[0], x.shape[1], layer_out_dim(layer))
-    mine, theirs = [], []
-    for i in range(warmup + runs):
-        a, b = fwd_bwd_seconds(layer, x, grad_out), fwd_bwd_seconds(ref, x, grad_out)
-        if i >= warmup:
-            mine.append(a)
-            theirs.append(b)
-    return statistics.median(mine), statistics.median(theirs)
+    times = alternate({"pkm": fwd_bwd(layer, x, grad_out), "ffn": fwd_bwd(ref, x, grad_out)}, runs, 1, warmup)
+    return median(times["pkm"]), median(times["ffn"])
 
 
 def layer_out_dim(layer: nn.Module) -> int:
@@ -65,7 +61,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     d = args.d_model
     x = torch.randn(1, args.tokens, d, requires_grad=True)
@@ -92,6 +88,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for n, heads, knn, grad, sec, ref in rows:
         print(f"| {n}^2 | {heads} | {knn} | {grad} | {sec * 1e3:.1f} | {ref * 1e3:.1f} | {sec / ref:.2f} |")
+    print_result("pkm_layer", threads=args.threads, tokens=args.tokens, rows=[
+        {"slots": n * n, "heads": heads, "knn": knn, "value_grad": grad, "pkm_ms": sec * 1e3, "ffn_ms": ref * 1e3}
+        for n, heads, knn, grad, sec, ref in rows])
 
 
 if __name__ == "__main__":

@@ -9,13 +9,10 @@ memory: 128^2 slots, key dim 256, 4 heads, k = 32, values on their own Adam), al
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
+from bench_common import alternate, median, print_result, set_threads
 from toolkit.config.compose import compose_train_config
 from toolkit.train.run import single_process_trainer
 
@@ -36,24 +33,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     tokens = 16 * 256
     with tempfile.TemporaryDirectory() as tmp:
         plain, plain_params = make_step("text8_char_tiny", args.data, Path(tmp) / "plain")
         memory, memory_params = make_step("pkm_text8_tiny", args.data, Path(tmp) / "pkm")
-        speeds: dict[str, list[float]] = {"plain": [], "pkm": []}
-        for step in (plain, memory):
-            step(), step()  # warm-up
-        for _ in range(args.rounds):
-            for name, step in (("plain", plain), ("pkm", memory)):
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                speeds[name].append(tokens * args.steps / (time.perf_counter() - start))
-    p, m = statistics.median(speeds["plain"]), statistics.median(speeds["pkm"])
+        times = alternate({"plain": plain, "pkm": memory}, args.rounds, args.steps, warmup=2)
+    p, m = median([tokens / x for x in times["plain"]]), median([tokens / x for x in times["pkm"]])
     print(f"plain 2-layer d256 ({plain_params:,} params): {p:8.0f} tokens/s")
     print(f"layer-2 FFN -> PKM 128^2 ({memory_params:,} params): {m:8.0f} tokens/s")
     print(f"ratio pkm/plain: {m / p:.3f}  ({args.threads} threads, {args.rounds} rounds x {args.steps} steps)")
+    print_result("pkm_train", threads=args.threads, plain_tokens_per_s=p, pkm_tokens_per_s=m, ratio=m / p)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench_common import alternate, median, print_result, set_threads
 from toolkit.config.compose import compose_train_config
 from toolkit.train.run import single_process_trainer
 
@@ -52,13 +52,6 @@ def plain_loop(model: torch.nn.Module, task, lr: float, betas, label_smoothing: 
     return step
 
 
-def timed(step, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    return (time.perf_counter() - start) / n
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="text8_char_tiny")
@@ -69,7 +62,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     workload = WORKLOADS.get(args.config, [])
     cfg = compose_train_config(args.config, [f"data={args.data}", *workload, *COMMON, *args.overrides])
@@ -80,21 +73,19 @@ def main() -> None:
         reference.train()
         smoothing = cfg.criterion.get("label_smoothing", 0.0)
         plain = plain_loop(reference, trainer.task, cfg.optimizer.lr, cfg.optimizer.betas, smoothing)
-        toolkit_step = trainer.train_step
-        timed(plain, args.warmup), timed(toolkit_step, args.warmup)
         # tokens per step, averaged over the batches the timed steps see (token batching varies in size)
         tokens = statistics.mean(trainer.task.train_batch(1, i)["ntokens"] for i in range(min(50, trainer.task.epoch_length(1))))
-        plain_tps, toolkit_tps = [], []
-        for _ in range(args.rounds):
-            plain_tps.append(tokens / timed(plain, args.steps))
-            toolkit_tps.append(tokens / timed(toolkit_step, args.steps))
-    p, t = statistics.median(plain_tps), statistics.median(toolkit_tps)
+        times = alternate({"plain": plain, "toolkit": trainer.train_step}, args.rounds, args.steps, args.warmup)
+    plain_tps, toolkit_tps = [tokens / x for x in times["plain"]], [tokens / x for x in times["toolkit"]]
+    p, t = median(plain_tps), median(toolkit_tps)
     params = sum(x.numel() for x in trainer.model.parameters())
     print(f"workload: {args.config}: {cfg.model.name} {params:,} params, {tokens:.0f} tokens per step, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")
     print(f"ratio toolkit/plain: {t / p:.3f}")
+    print_result("train", workload=args.config, threads=args.threads, plain_tokens_per_s=p, toolkit_tokens_per_s=t,
+                 ratio=t / p)
 
 
 if __name__ == "__main__":

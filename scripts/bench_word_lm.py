@@ -16,15 +16,14 @@ eval:  tokens/s of the evaluation at context window C vs 0 (non-overlapping bloc
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable
 
 import numpy as np
 import torch
 
+from bench_common import CLOCKS, alternate, median, print_result, set_threads
 from toolkit.config.compose import compose_train_config
 from toolkit.tasks.language_modeling import score_with_context
 from toolkit.train.run import single_process_trainer
@@ -57,16 +56,6 @@ def plain_loop(model: torch.nn.Module, train: np.ndarray, batch: int, length: in
     return step
 
 
-CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time of this process (robust to load)
-
-
-def timed(step: Callable[[], None], n: int) -> float:
-    start = CLOCK()
-    for _ in range(n):
-        step()
-    return (CLOCK() - start) / n
-
-
 def bench_train(args: argparse.Namespace) -> None:
     cfg = compose_train_config(args.config, [f"data={args.data}", *WORKLOAD, *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
@@ -76,15 +65,11 @@ def bench_train(args: argparse.Namespace) -> None:
         reference.train()
         plain = plain_loop(reference, trainer.task.splits["train"], cfg.task.batch_size, cfg.task.tokens_per_sample,
                            cfg.optimizer.lr, cfg.optimizer.betas)
-        toolkit_step = trainer.train_step
-        timed(plain, args.warmup), timed(toolkit_step, args.warmup)
         tokens = cfg.task.batch_size * cfg.task.tokens_per_sample * cfg.update_freq
-        plain_tps: List[float] = []
-        toolkit_tps: List[float] = []
-        for _ in range(args.rounds):
-            plain_tps.append(tokens / timed(plain, args.steps))
-            toolkit_tps.append(tokens / timed(toolkit_step, args.steps))
-    p, t = statistics.median(plain_tps), statistics.median(toolkit_tps)
+        times = alternate({"plain": plain, "toolkit": trainer.train_step}, args.rounds, args.steps, args.warmup,
+                          args.clock)
+    plain_tps, toolkit_tps = [tokens / x for x in times["plain"]], [tokens / x for x in times["toolkit"]]
+    p, t = median(plain_tps), median(toolkit_tps)
     params = sum(x.numel() for x in trainer.model.parameters())
     print(f"workload: {cfg.model.name} (adaptive input/softmax, cutoffs {list(cfg.model.adaptive_cutoffs)}) "
           f"{params:,} params, vocab {trainer.task.vocab_size}, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
@@ -92,6 +77,8 @@ def bench_train(args: argparse.Namespace) -> None:
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")
     print(f"ratio toolkit/plain: {t / p:.3f}")
+    print_result("word_lm_train", threads=args.threads, clock=args.clock, plain_tokens_per_s=p,
+                 toolkit_tokens_per_s=t, ratio=t / p)
 
 
 def bench_eval(args: argparse.Namespace) -> None:
@@ -102,19 +89,22 @@ def bench_eval(args: argparse.Namespace) -> None:
     model = run.model.eval()
     tokens = np.asarray(run.task.splits["test"][: args.tokens])
     length = cfg.task.tokens_per_sample
+    clock = CLOCKS[args.clock]
     results = {}
     for context in (0, args.context):
         times = []
         for _ in range(args.repeats):
-            start = CLOCK()
+            start = clock()
             _, count = score_with_context(model, tokens, length, context, args.batch_size)
-            times.append(CLOCK() - start)
-        results[context] = count / statistics.median(times)
+            times.append(clock() - start)
+        results[context] = count / median(times)
         print(f"context {context:4d}/{length}: {results[context]:10.0f} tokens/s  "
               f"(runs: {', '.join(f'{x:.2f}s' for x in times)}, {count} tokens)")
     print(f"workload: {sum(p.numel() for p in model.parameters()):,} params, {args.threads} threads, "
           f"batch {args.batch_size} windows; slowdown of context {args.context}: "
           f"{results[0] / results[args.context]:.1f}x")
+    print_result("word_lm_eval", threads=args.threads, clock=args.clock, context=args.context,
+                 tokens_per_s={str(c): r for c, r in results.items()}, slowdown=results[0] / results[args.context])
 
 
 def main() -> None:
@@ -134,9 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="eval: runs per setting")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    set_threads(args.threads)
     bench_train(args) if args.mode == "train" else bench_eval(args)
 
 

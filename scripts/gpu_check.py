@@ -49,7 +49,7 @@ from toolkit.modules.pkm import PKMConfig, ProductKeyMemory  # noqa: E402
 from toolkit.registry import CRITERIONS, MODELS  # noqa: E402
 from toolkit.train.flops import peak_tflops, train_flops_per_token  # noqa: E402
 from toolkit.train.precision import DTYPES, grad_scaler  # noqa: E402
-from toolkit.train.schedules import AuxWeights  # noqa: E402
+from toolkit.aux_weights import AuxWeights  # noqa: E402
 
 PAD, EOS, BOS = 1, 2, 0
 # tiny sizes for --tiny (CPU tests): same code paths, seconds instead of minutes

@@ -24,10 +24,15 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """A name -> (builder, config dataclass) map for one kind of component."""
+    """A name -> (builder, config dataclass) map for one kind of component.
 
-    def __init__(self, group: str):
+    `base` (optional) returns the class every builder must derive from; it is a function so that this module
+    stays light to import (the models' base class brings torch).
+    """
+
+    def __init__(self, group: str, base: Optional[Callable[[], type]] = None):
         self.group = group
+        self._base = base
         self._entries: Dict[str, Entry[T]] = {}
 
     def register(self, name: str, config_cls: Optional[type] = None) -> Callable[[T], T]:
@@ -36,6 +41,13 @@ class Registry(Generic[T]):
         def wrap(builder: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.group} '{name}' is already registered")
+            if self._base is not None:
+                base = self._base()
+                if not (isinstance(builder, type) and issubclass(builder, base)):
+                    raise TypeError(
+                        f"{self.group} '{name}': {getattr(builder, '__qualname__', builder)!s} must be a subclass of "
+                        f"{base.__module__}.{base.__qualname__}"
+                    )
             if config_cls is not None:
                 if not dataclasses.is_dataclass(config_cls):
                     raise TypeError(f"config for {self.group} '{name}' must be a dataclass")
@@ -60,7 +72,13 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
-MODELS: Registry[Any] = Registry("model")
+def _model_base() -> type:
+    from toolkit.models.base import ToolkitModel
+
+    return ToolkitModel
+
+
+MODELS: Registry[Any] = Registry("model", base=_model_base)
 TASKS: Registry[Any] = Registry("task")
 CRITERIONS: Registry[Any] = Registry("criterion")
 OPTIMIZERS: Registry[Any] = Registry("optimizer")

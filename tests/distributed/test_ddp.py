@@ -87,6 +87,27 @@ def test_frozen_groups_under_ddp(text8_small, tmp_path):
     assert_close_models(single, double, atol=1e-6)
 
 
+def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
+    """A 3-layer T64 model whose layer-1 and layer-2 heads switch off after updates 1 and 2 (of 4)."""
+    args = {"data": data, "run_dir": run_dir, "max_update": 4, "log_interval": 1, "validate_interval": 0,
+            "save_interval": 4, "final_subset": "null", "tensorboard": "false", "progress": "plain", "device": "cpu",
+            "model.n_layers": 3, "model.d_model": 16, "model.n_heads": 2, "model.d_ff": 32, "model.max_positions": 32,
+            "model.dropout": 0.0, "optimizer.eps": 1e-3, "task.tokens_per_sample": 32, "task.batch_size": batch_size,
+            "aux_weights.layer_\\d+_nll.n_layers": 3, "lr_scheduler.warmup_updates": 0}
+    return ["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]
+
+
+def test_switched_off_aux_heads_are_frozen_under_ddp(text8_small, tmp_path):
+    """A head whose term's weight drops to 0 gets no gradient: the trainer freezes it (the model's
+    aux_term_parameters) and rebuilds DDP, so no rank waits for its gradient; result == 1 process."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert train_main(t64_args(text8_small, single, 8)) == 0
+    procs = start_ranks(t64_args(text8_small, double, 4))
+    assert wait_all(procs, timeout=120) == [0, 0], [p.stderr_text[-1500:] for p in procs]
+    assert_close_models(single, double, atol=1e-6)
+    assert [r["weight/layer_1_nll"] for r in read_log(double)] == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_resume_with_two_processes_is_exact(text8_small, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert wait_all(start_ranks(tiny_char_args(text8_small, straight, max_update=6))) == [0, 0]

@@ -123,7 +123,7 @@ def run_lm(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
     model.eval()
     out, aux = model(inputs["tokens"])
     result: Outputs = {"output": out, "aux": dict(aux), "gates": mae_gates(model)}
-    if hasattr(model, "output_nll"):
+    if model.scores_own_output:
         result["nll"] = model.output_nll(out, inputs["target"])
         result["log_prob"] = model.output_log_prob(out)
     return result
@@ -169,7 +169,7 @@ def run_stream(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
     first = inputs["blocks"][0]
     out, aux = model(first, target=inputs["block_targets"], reset=True)
     out, aux = model(inputs["blocks"][1], target=inputs["block_targets"], reset=False)  # carried cache
-    if hasattr(model, "output_nll"):
+    if model.scores_own_output:
         loss = model.output_nll(out, inputs["block_targets"]).mean()
     else:
         loss = F.cross_entropy(out.transpose(1, 2), inputs["block_targets"])

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from toolkit.aux_weights import AuxWeights
 from toolkit.config.compose import compose_train_config
-from toolkit.criterions.cross_entropy import CrossEntropyCriterion, summarize
+from toolkit.criterions.cross_entropy import CrossEntropyCriterion
+from toolkit.logging.token_metrics import summarize
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig, k_ahead_labels
 from toolkit.tasks.char_lm import CharLMConfig, CharLMTask, eval_stride
-from toolkit.train.schedules import AuxWeights
 
 V = 11
 

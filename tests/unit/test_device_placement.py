@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from tests.unit.device_guard import DeviceMixError, HostTensorGuard
 from tests.unit.golden_cases import CASES, CASES_BY_NAME, PKM_LAYER, Case, build_model, perturb, plain_config
+from toolkit.models.base import ToolkitModel
 from toolkit.modules.adaptive_span import DynamicSpanMask, window_distances
 from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
@@ -31,8 +32,13 @@ def fresh(case: Case) -> tuple[nn.Module, Dict[str, Any]]:
     return model, case.inputs(torch.Generator().manual_seed(0))
 
 
+def scores_own_output(model: nn.Module) -> bool:
+    """An adaptive-softmax model (the stand-alone PKM layer case is no model at all)."""
+    return isinstance(model, ToolkitModel) and model.scores_own_output
+
+
 def token_loss(model: nn.Module, output: Tensor, target: Tensor) -> Tensor:
-    if hasattr(model, "output_nll"):
+    if scores_own_output(model):
         return model.output_nll(output, target).mean()
     return F.cross_entropy(output.float().transpose(1, 2), target, ignore_index=1)
 
@@ -67,7 +73,7 @@ def test_no_tensor_is_created_off_the_model_device(name: str) -> None:
         case.run(model, inputs)
         model.zero_grad(set_to_none=True)
         training_loss(case, model, inputs).backward()
-        if hasattr(model, "metrics"):
+        if isinstance(model, ToolkitModel):  # not the stand-alone PKM layer case
             model.metrics()  # MAE gate statistics, learned spans
         if monitor.trackers:
             monitor.report()
@@ -115,7 +121,7 @@ def test_bf16_autocast_gives_finite_losses_and_float32_probabilities(name: str) 
     for module in model.modules():
         if getattr(module, "last_gate", None) is not None:
             assert module.last_gate.dtype == torch.float32
-    if hasattr(model, "output_nll"):
+    if scores_own_output(model):
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             hidden = model(inputs["tokens"])[0] if "tokens" in inputs else model(inputs["blocks"][0])[0]
             assert model.output_nll(hidden, inputs.get("target", inputs.get("block_targets"))).dtype == torch.float32

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from toolkit.aux_weights import AuxWeights
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
 from toolkit.data.word_corpus import EOS, load_word_split
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.models.transformer_lm import AdaptiveSoftmaxLM, TransformerLM, TransformerLMConfig
 from toolkit.tasks.language_modeling import (
     LanguageModelingConfig,
@@ -21,7 +23,6 @@ from toolkit.tasks.language_modeling import (
     context_window_plan,
     score_with_context,
 )
-from toolkit.train.schedules import AuxWeights
 
 
 
@@ -81,7 +82,7 @@ def test_criterion_uses_the_models_output_nll():
 
 def test_plain_config_builds_the_plain_model():
     model = TransformerLM.create(TransformerLMConfig(), 27)
-    assert type(model) is TransformerLM and not hasattr(model, "output_nll")
+    assert type(model) is TransformerLM and not model.scores_own_output
     assert model.output.weight is model.embed.weight
     assert model(torch.zeros(2, 5, dtype=torch.long))[0].shape == (2, 5, 27)
 
@@ -168,9 +169,11 @@ def test_context_window_plan_scores_every_target_once_with_fairseq_context(n, le
     assert (covered == 1).all()
 
 
-class Recorder(torch.nn.Module):
+class Recorder(ToolkitModel):
     """A fake LM: its output at each position is (first input, this input, position), so `output_nll` can
     record exactly which inputs each scored target was conditioned on."""
+
+    scores_own_output = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from toolkit.errors import ConfigError
 from toolkit.registry import LR_SCHEDULERS
 from toolkit.train import lr_schedulers  # noqa: F401 - registers the schedules
-from toolkit.train.schedules import AuxWeights, active_groups, validate_phases
+from toolkit.aux_weights import AuxWeights
+from toolkit.train.schedules import active_groups, validate_phases
 
 
 def test_weight_schedules_at_chosen_steps():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.data.token_batching import batches_for_epoch, collate, shard_batches
+from toolkit.data.token_batching import batches_for_epoch, collate
 from toolkit.errors import DataError
 
 RNG = np.random.default_rng(123)
@@ -74,17 +74,6 @@ def test_fail_policy_names_the_example() -> None:
         "example 1 is too long (source 12, target 5 tokens, 13 with eos) for max_tokens=10; "
         "raise the limit or set overlong=skip"
     )
-
-
-def test_shard_batches_interleave_back_to_global_order() -> None:
-    batches = batches_for_epoch(SRC, TGT, 1024, seed=1, epoch=2)
-    world = 3
-    shards = [shard_batches(batches, rank, world) for rank in range(world)]
-    assert len({len(s) for s in shards}) == 1 == len({-(-len(batches) // world)})
-    interleaved = [shards[rank][step] for step in range(len(shards[0])) for rank in range(world)]
-    nonempty = [b.tolist() for b in interleaved if len(b)]
-    assert nonempty == [b.tolist() for b in batches]
-    assert sum(len(b) == 0 for b in interleaved) == (-len(batches)) % world
 
 
 def test_collate_fairseq_conventions() -> None:

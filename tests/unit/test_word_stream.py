@@ -130,7 +130,7 @@ def test_models_without_a_cache_are_refused_in_stream_mode(wikitext_small) -> No
 def test_streaming_model_without_adaptive_softmax_still_returns_logits() -> None:
     cfg = StreamingLMConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2, attn_span=32, adaptive_input=True)
     model = StreamingLM.create(cfg)
-    assert type(model) is StreamingLM and not hasattr(model, "output_nll")
+    assert type(model) is StreamingLM and not model.scores_own_output
     assert model(torch.tensor([[3, 4, 5]]))[0].shape == (1, 3, 50)
 
 

@@ -87,7 +87,7 @@ class TrainConfig:
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
     memory: MemoryPlacementConfig = field(default_factory=MemoryPlacementConfig)  # product-key memory layers
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
-    aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see train/schedules.py)
+    aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see toolkit/aux_weights.py)
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from toolkit.config.ranges import check_ranges
 from toolkit.data.atomic import check_output_folder
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import LR_SCHEDULERS, OPTIMIZERS, TASKS
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 def validate_train_config(cfg: DictConfig) -> None:
     """Ranges, schedules, parameter groups and phases of a composed config; a one-line ConfigError."""
     from toolkit.train.param_groups import MAIN_GROUP
-    from toolkit.train.schedules import AuxWeights, validate_phases
+    from toolkit.aux_weights import AuxWeights
+    from toolkit.train.schedules import validate_phases
 
     check_ranges(cfg)
     AuxWeights(cfg.aux_weights, cfg.max_update)  # types every schedule (kind, value, ...) and its ranges
@@ -54,7 +56,7 @@ def check_param_groups(param_groups: Any) -> List[str]:
     return [str(name) for name in param_groups]
 
 
-def check_run(cfg: DictConfig, training: bool = True) -> Tuple[Any, torch.nn.Module]:
+def check_run(cfg: DictConfig, training: bool = True) -> Tuple[Any, ToolkitModel]:
     """What needs the file system, the data and the model, checked before the run folder is written.
 
     For training, `data` must be a folder and `run_dir` a folder this process can write in (or create).
@@ -69,7 +71,7 @@ def check_run(cfg: DictConfig, training: bool = True) -> Tuple[Any, torch.nn.Mod
     return check_task_and_model(cfg)
 
 
-def check_task_and_model(cfg: DictConfig) -> Tuple[Any, torch.nn.Module]:
+def check_task_and_model(cfg: DictConfig) -> Tuple[Any, ToolkitModel]:
     """Build the task on its data and the model on the meta device; check the auxiliary weights' names.
 
     Returns both (the model's tensors have shapes but no storage), for checks against a checkpoint."""
@@ -83,9 +85,9 @@ def check_task_and_model(cfg: DictConfig) -> Tuple[Any, torch.nn.Module]:
     return task, model
 
 
-def aux_term_names(model: torch.nn.Module) -> List[str]:
-    """The auxiliary terms a model can return (none for a model that does not list any)."""
-    return list(model.aux_term_names()) if hasattr(model, "aux_term_names") else []
+def aux_term_names(model: ToolkitModel) -> List[str]:
+    """The auxiliary terms a model can return."""
+    return list(model.aux_term_names())
 
 
 def check_aux_weights(cfg: DictConfig, terms: List[str]) -> None:

@@ -1,13 +1,13 @@
-"""Weighting of a model's named auxiliary terms by step-indexed schedules (DESIGN.md, Contracts)."""
+"""Weighting of a model's named auxiliary terms by their step-indexed schedules (toolkit.aux_weights)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable
+from typing import Dict
 
 from torch import Tensor
 
-from toolkit.train.schedules import AuxWeights
+from toolkit.aux_weights import AuxWeights
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,3 @@ def weighted_aux(aux: Dict[str, Tensor], weights: AuxWeights | None, step: int) 
 
 _warned: set[str] = set()
 
-
-def active_aux_terms(names: Iterable[str], weights: AuxWeights | None, step: int) -> set[str]:
-    """The auxiliary terms whose weight at `step` is non-zero (models may skip computing the others)."""
-    if weights is None:
-        return set()
-    return {name for name in names if (weights.weight(name, step) or 0.0) != 0.0}

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.criterions.aux_terms import active_aux_terms, weighted_aux
+from toolkit.aux_weights import AuxWeights, active_aux_terms
+from toolkit.criterions.aux_terms import weighted_aux
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import CRITERIONS
-from toolkit.train.schedules import AuxWeights
 
 
 @dataclass
@@ -31,35 +31,29 @@ class CrossEntropyCriterion:
         self.cfg, self.task, self.aux_weights = cfg, task, aux_weights
         self.ignore_index = task.pad_idx if task.pad_idx is not None else -100
 
-    def token_nll(self, model: nn.Module, output: Tensor, target: Tensor) -> Tensor:
-        """Summed next-token NLL; models with their own output layer (adaptive softmax) provide `nll`."""
-        inner = getattr(model, "module", model)
-        if hasattr(inner, "output_nll"):
-            return inner.output_nll(output, target).sum()
+    def token_nll(self, model: ToolkitModel, output: Tensor, target: Tensor) -> Tensor:
+        """Summed next-token NLL; models with their own output layer (adaptive softmax) score it themselves."""
+        if model.scores_own_output:
+            return model.output_nll(output, target).sum()
         return F.cross_entropy(
             output.reshape(-1, output.size(-1)).float(), target.reshape(-1), ignore_index=self.ignore_index, reduction="sum"
         )
 
     def __call__(self, model: nn.Module, batch: Dict[str, Any], step: int) -> tuple[Tensor, int, Dict[str, float]]:
+        """`model`: a ToolkitModel, or its DDP wrapper (whose `module` is the model)."""
         extra = {}
-        inner = getattr(model, "module", model)  # the bare model under DDP
-        if hasattr(inner, "aux_term_names"):
+        inner: ToolkitModel = getattr(model, "module", model)  # the bare model under DDP
+        aux_names = inner.aux_term_names()
+        if aux_names:
             # only terms with a non-zero weight now are computed (and so get gradient work)
-            extra["active_aux"] = active_aux_terms(inner.aux_term_names(), self.aux_weights, step)
+            extra["active_aux"] = active_aux_terms(aux_names, self.aux_weights, step)
         output, aux = model(**batch["net_input"], target=batch["target"], **extra)
         ntokens = int(batch["ntokens"])
-        nll = self.token_nll(model, output, batch["target"])
+        nll = self.token_nll(inner, output, batch["target"])
         aux_total, logs = weighted_aux(aux, self.aux_weights, step)
-        if "active_aux" in extra:
-            for name in inner.aux_term_names():  # a term switched off still shows its weight (0) in the logs
-                logs.setdefault(f"weight/{name}", 0.0)
+        for name in aux_names:  # a term switched off still shows its weight (0) in the logs
+            logs.setdefault(f"weight/{name}", 0.0)
         loss = nll + ntokens * aux_total
         logs.update({"loss": float(loss.detach()), "nll_loss": float(nll.detach()), "ntokens": ntokens})
         return loss, ntokens, logs
 
-
-def summarize(logs: Dict[str, float]) -> Dict[str, float]:
-    """Per-token metrics from summed logs: loss, nll, ppl and bits per token."""
-    n = max(logs.get("ntokens", 0), 1)
-    nll = logs.get("nll_loss", 0.0) / n
-    return {"loss": logs.get("loss", 0.0) / n, "nll": nll, "bpc": nll / math.log(2), "ppl": math.exp(min(nll, 50))}

@@ -17,10 +17,10 @@ from typing import Any, Dict
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolkit.aux_weights import AuxWeights
 from toolkit.criterions.aux_terms import weighted_aux
 from toolkit.config.ranges import bounded
 from toolkit.registry import CRITERIONS
-from toolkit.train.schedules import AuxWeights
 
 
 def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float, ignore_index: int) -> tuple[Tensor, Tensor]:

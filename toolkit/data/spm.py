@@ -17,7 +17,7 @@ import multiprocessing.pool
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import sentencepiece as spm
@@ -119,9 +119,6 @@ class SpmVocab:
         array = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids, dtype=np.int64).reshape(-1)
         keep = array[(array != BOS) & (array != PAD) & (array != EOS)]
         return self.sp.decode(keep.tolist())
-
-    def decode_batch(self, sequences: Iterable[IdSequence]) -> list[str]:
-        return [self.decode(ids) for ids in sequences]
 
     def pieces(self, ids: IdSequence) -> list[str]:
         """Piece strings (for debugging and logs)."""
@@ -228,16 +225,3 @@ class Binarizer:
                 bar.update(len(sizes))
             builder.finalize()
         return stats
-
-
-def binarize_file(
-    text_file: Path,
-    model_file: Path,
-    out_prefix: Path,
-    dtype: np.dtype,
-    workers: int = 1,
-    chunk_lines: int = 10000,
-) -> BinarizeStats:
-    """One file through a Binarizer (see there)."""
-    with Binarizer(model_file, dtype, workers, chunk_lines) as binarizer:
-        return binarizer.binarize(text_file, out_prefix)

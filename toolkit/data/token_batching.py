@@ -1,4 +1,4 @@
-"""Token-based batching with length bucketing, batch collation, and sharding of batches over ranks.
+"""Token-based batching with length bucketing, and batch collation (the translation task deals the batches out to ranks).
 
 `batches_for_epoch` is a pure function of (sizes, limits, seed, epoch): a resumed run recomputes the same
 epoch's batches and skips the ones already consumed, which is how iteration resumes exactly.
@@ -129,21 +129,6 @@ def _cut(sorted_cost: np.ndarray, max_tokens: int, max_sentences: Optional[int])
         start += size
         bounds.append(start)
     return np.asarray(bounds)
-
-
-def shard_batches(batches: Sequence[np.ndarray], rank: int, world_size: int) -> list[np.ndarray]:
-    """The batches rank `rank` of `world_size` trains on: batch i goes to rank i % world_size.
-
-    At step k, rank r takes global batch k * world_size + r, so taking step by step the ranks' batches in rank
-    order (rank 0's k-th, rank 1's k-th, ...) reproduces the global order. Every rank gets the same number of
-    batches (ceil(n / world_size)), so no rank waits forever in a collective: the last step's missing ones
-    are empty arrays, which the trainer must treat as a batch with no examples.
-    """
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is not in [0, {world_size})")
-    steps = -(-len(batches) // world_size)
-    mine = list(batches[rank::world_size])
-    return mine + [np.zeros(0, dtype=np.int64)] * (steps - len(mine))
 
 
 def _pad_rows(items: list[np.ndarray], pad: int, width: int, start: int) -> tuple[np.ndarray, np.ndarray]:

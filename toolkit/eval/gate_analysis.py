@@ -41,10 +41,11 @@ class GatesConfig:
 
 def load_run(checkpoint: str, data: Optional[str], device: str) -> tuple[Any, Any, Optional[int]]:
     """(task, model in eval mode on `device`, step) of a tk-train checkpoint of a model with MAE attention."""
+    from toolkit.models.transformer import TransformerModel
     from toolkit.train.trained_run import load_trained_run
 
     run = load_trained_run(checkpoint, data=data, device=device)
-    if not hasattr(run.model, "mae_modules") or not run.model.mae_modules():
+    if not isinstance(run.model, TransformerModel) or not run.model.mae_modules():
         raise ConfigError(f"{checkpoint}: model '{run.checkpoint.config.model.name}' has no MAE attention "
                           "(needs model.attention=mae)")
     return run.task, run.model, run.checkpoint.step

@@ -1,4 +1,5 @@
-"""Models. Each registers itself in MODELS; `load_all` imports them so the registry is complete."""
+"""Models. Each derives from ToolkitModel (base.py) and registers itself in MODELS; `load_all` imports them so the
+registry is complete."""
 
 import importlib
 import pkgutil

@@ -84,11 +84,13 @@ def build_adaptive_softmax(cfg: Any, vocab_size: int, dim: int, embed: nn.Module
 class AdaptiveSoftmaxOutput:
     """Mixin for a model whose `self.output` is an AdaptiveSoftmax and `forward` returns hidden states.
 
-    The criterion finds `output_nll` and uses it instead of a softmax over logits; evaluation does the same.
+    The criterion sees `scores_own_output` and uses `output_nll` instead of a softmax over logits; evaluation
+    does the same.
     """
 
     output: AdaptiveSoftmax
     padding_idx: Optional[int]
+    scores_own_output = True  # ToolkitModel's flag: forward returns hidden states, output_nll scores them
 
     def output_nll(self, output: Tensor, target: Tensor) -> Tensor:
         """Per-token NLL (float32, shape of target) of `forward`'s output; padding targets count 0."""

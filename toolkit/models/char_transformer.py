@@ -7,7 +7,7 @@ each a mean NLL per predicted character:
 - ``layer_{l}_nll`` (l = 1..n-1): next-character loss of a prediction head after layer l;
 - ``target_{k}_nll`` (k = 2..m): loss of predicting the character k ahead from the final layer.
 
-The model never weights them: schedules in the config's ``aux_weights`` do (DESIGN.md, Contracts). Only the
+The model never weights them: schedules in the config's ``aux_weights`` do (toolkit.aux_weights). Only the
 terms in ``active_aux`` (non-zero weight at this step) are computed, so a switched-off loss costs nothing
 and sends no gradient into its head.
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -95,7 +96,7 @@ def mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 @MODELS.register("char_transformer", CharTransformerConfig)
-class CharTransformer(nn.Module):
+class CharTransformer(ToolkitModel):
     """Embedding -> n causal pre-LN layers (positions added before each) -> LayerNorm -> next-char logits."""
 
     def __init__(self, cfg: CharTransformerConfig, vocab_size: int):
@@ -146,6 +147,15 @@ class CharTransformer(nn.Module):
         """Every auxiliary term this model can return (the criterion says which are active)."""
         layers = [f"layer_{l}_nll" for l in range(1, self.n_intermediate + 1)]
         return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)]
+
+    def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
+        """The head that only term `name` uses (none for shared intermediate heads)."""
+        kind, number = name.split("_")[0], int(name.split("_")[1])
+        if kind == "layer" and self.cfg.intermediate_heads == "separate":
+            return list(self.layer_heads[number - 1].parameters())
+        if kind == "target":
+            return list(self.target_heads[number - 2].parameters())
+        return []
 
     def forward(
         self, tokens: Tensor, target: Optional[Tensor] = None, active_aux: Optional[set[str]] = None

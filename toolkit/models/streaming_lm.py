@@ -38,6 +38,7 @@ from toolkit.models.adaptive_io import (
     build_input_embedding,
     check_adaptive_config,
 )
+from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.relative_attention import RelativeAttention
@@ -165,8 +166,10 @@ def keep_last(cache: Tensor, h: Tensor, length: int) -> Tensor:
 
 
 @MODELS.register("streaming_lm", StreamingLMModelConfig)
-class StreamingLM(nn.Module):
+class StreamingLM(ToolkitModel):
     """Decoder-only LM over streamed blocks with per-layer caches (see the module docstring)."""
+
+    carries_stream_cache = True
 
     def __init__(self, cfg: StreamingLMConfig, padding_idx: Optional[int] = None):
         super().__init__()

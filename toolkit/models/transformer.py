@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError, close_matches
+from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
@@ -175,7 +176,7 @@ def build_embedding(vocab_size: int, dim: int, pad_idx: int) -> nn.Embedding:
 
 
 @MODELS.register("transformer", TransformerConfig)
-class TransformerModel(nn.Module):
+class TransformerModel(ToolkitModel):
     """Embeddings + positions -> encoder layers; decoder layers with causal self- and cross-attention -> logits."""
 
     def __init__(
@@ -334,6 +335,14 @@ class TransformerModel(nn.Module):
         else:
             self._target_padding = target_padding
         return self.output_layer(self.decoder_norm(x))
+
+    def compiled_methods(self) -> tuple[str, ...]:
+        """Incremental decoding runs through `decode`, not forward: compile it too."""
+        return ("decode",)
+
+    def shared_output_weight(self) -> Optional[Tensor]:
+        """The decoder embedding table when the output layer reuses it (through F.linear)."""
+        return self.decoder_embed.weight if self.output_projection is None else None
 
     def output_layer(self, x: Tensor) -> Tensor:
         if self.output_projection is not None:

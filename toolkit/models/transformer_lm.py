@@ -25,6 +25,7 @@ from toolkit.models.adaptive_io import (
     build_input_embedding,
     check_adaptive_config,
 )
+from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
@@ -77,7 +78,7 @@ class TransformerLMConfig(AdaptiveIOConfig):
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
-class TransformerLM(nn.Module):
+class TransformerLM(ToolkitModel):
     """Token embedding + positions -> causal layers -> (final LayerNorm) -> vocabulary logits.
 
     Build it with `TransformerLM.create` (or `build`): with `adaptive_softmax` that returns an

@@ -9,7 +9,6 @@ over the prefix (one gate per position) and carries its running sum and count in
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Optional
 
 import torch
@@ -108,8 +107,3 @@ def gate_entropy(g: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
 def expert_usage(g: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
     """Mean gate weight of each expert over all rows -> (E,), summing to 1."""
     return _rows(g, padding_mask).mean(dim=0)
-
-
-def max_entropy(n_experts: int) -> float:
-    """Entropy of the uniform gate, for normalising gate_entropy in logs."""
-    return math.log(n_experts)

@@ -7,10 +7,10 @@ from typing import Any, Collection, Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from toolkit.data.dataset_kind import missing_data, require_dataset
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import MODELS
 
 Batch = Dict[str, Any]  # {"net_input": {...}, "target": Tensor, "ntokens": int}
@@ -50,7 +50,7 @@ class Task:
             raise missing_data(self.data_dir, self.dataset_kind, self.cfg.name)
         raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(available)})")
 
-    def build_model(self, model_cfg: Any) -> nn.Module:
+    def build_model(self, model_cfg: Any) -> ToolkitModel:
         return MODELS.get(model_cfg.name).builder.build(model_cfg, self)
 
     def epoch_length(self, epoch: int) -> int:
@@ -60,7 +60,7 @@ class Task:
         raise NotImplementedError
 
     def evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+        self, model: ToolkitModel, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
         """Metrics on a subset; must include self.valid_metric and "tokens".
 

@@ -15,12 +15,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.eval.ngram_reference import ngram_references
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
 from toolkit.tasks.stream_lm_data import array_gather
@@ -86,7 +86,7 @@ class CharLMTask(StreamTraining, Task):
         if "train" in self.splits:
             self.setup_streams(len(self.splits["train"]), f"{data_dir}/train")
 
-    def build_model(self, model_cfg: Any) -> nn.Module:
+    def build_model(self, model_cfg: Any) -> ToolkitModel:
         return self.attach_stream_model(super().build_model(model_cfg), model_cfg.name)
 
     def epoch_length(self, epoch: int) -> int:
@@ -110,7 +110,7 @@ class CharLMTask(StreamTraining, Task):
         return {"net_input": {"tokens": chunk[:, :-1]}, "target": chunk[:, 1:], "ntokens": size * window}
 
     def evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+        self, model: ToolkitModel, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
         self.check_subset(subset, self.splits)
         valid_protocol = self.cfg.valid_protocol or self.cfg.eval_protocol
@@ -125,7 +125,7 @@ class CharLMTask(StreamTraining, Task):
         return metrics
 
     def _evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, protocol: str, max_tokens: int
+        self, model: ToolkitModel, subset: str, device: torch.device, protocol: str, max_tokens: int
     ) -> Dict[str, Any]:
         window = self.cfg.eval_window or self.cfg.tokens_per_sample
         if protocol == "stream":
@@ -152,7 +152,7 @@ class CharLMTask(StreamTraining, Task):
         return ngram_references(self.splits["train"], tokens, self.vocab_size)
 
     def _evaluate_streams(
-        self, model: nn.Module, subset: str, device: torch.device, block: int, max_tokens: int
+        self, model: ToolkitModel, subset: str, device: torch.device, block: int, max_tokens: int
     ) -> Dict[str, Any]:
         """bpc over every target, the split read as eval_streams sub-streams in blocks, cache carried."""
         metrics = self.evaluate_streams(model, self.splits[subset], device, block, max_tokens)

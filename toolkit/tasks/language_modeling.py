@@ -29,11 +29,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from toolkit.config.ranges import bounded
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task
 from toolkit.tasks.stream_mode import StreamTraining
@@ -108,7 +108,7 @@ class LanguageModelingTask(StreamTraining, Task):
     def n_blocks(self) -> int:
         return len(self.splits["train"]) // self.cfg.tokens_per_sample
 
-    def build_model(self, model_cfg: Any) -> nn.Module:
+    def build_model(self, model_cfg: Any) -> ToolkitModel:
         longest = self.cfg.tokens_per_sample
         if getattr(model_cfg, "max_positions", longest) < longest:
             raise ConfigError(
@@ -146,7 +146,7 @@ class LanguageModelingTask(StreamTraining, Task):
         return {"net_input": {"tokens": chunk[:, :-1]}, "target": chunk[:, 1:], "ntokens": size * length}
 
     def evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+        self, model: ToolkitModel, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
         self.check_subset(subset, self.splits)
         tokens = self.splits[subset]
@@ -209,7 +209,7 @@ def context_window_plan(n_targets: int, tokens_per_sample: int, context_window: 
 
 @torch.no_grad()
 def score_with_context(
-    model: nn.Module,
+    model: ToolkitModel,
     tokens: np.ndarray,
     tokens_per_sample: int,
     context_window: int,
@@ -223,7 +223,7 @@ def score_with_context(
     Targets equal to `skip_target` (<eos> for the papers that exclude end-of-line) are context, not scored;
     `per_token` (float64, one entry per token) receives each scored NLL.
 
-    The model's `output_nll(output, target)` is used when it has one (adaptive softmax: forward returns hidden
+    The model's `output_nll(output, target)` is used when it scores its own output (adaptive softmax: hidden
     states), else cross-entropy over forward's logits. Only the scored positions go through the output layer.
     Windows shorter than tokens_per_sample (the first ones, the last) are filled to the batch width with later
     tokens; a causal model never lets those affect the scored positions.
@@ -233,7 +233,6 @@ def score_with_context(
         return 0.0, 0
     starts, first, end = context_window_plan(n_targets, tokens_per_sample, context_window)
     width = min(tokens_per_sample, n_targets)
-    output_nll = getattr(model, "output_nll", None)
     positions = torch.arange(width, device=device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
@@ -247,8 +246,8 @@ def score_with_context(
         if skip_target is not None:
             keep &= targets != skip_target
         output = model(inputs)[0][keep]
-        if output_nll is not None:
-            nll = output_nll(output, targets[keep])
+        if model.scores_own_output:
+            nll = model.output_nll(output, targets[keep])
         else:
             nll = F.cross_entropy(output.float(), targets[keep], reduction="none")
         if per_token is not None:

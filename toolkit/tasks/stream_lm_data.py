@@ -93,7 +93,7 @@ def score_substreams(
     """Sum of next-token NLL (nats) over every target of `tokens` and their number, read as sub-streams.
 
     `model(inputs, cache)` must return (logits, aux, new_cache) and `model.init_cache(batch)` an empty
-    cache (toolkit.models.streaming_lm.StreamingLM); a model with `output_nll` (adaptive softmax) returns
+    cache (toolkit.models.streaming_lm.StreamingLM); a model that `scores_own_output` (adaptive softmax) returns
     hidden states instead of logits and scores them itself. Targets equal to `skip_target` (e.g. <eos>) are
     read as context but not scored. `per_token` (float64, one entry per target) receives each scored NLL.
     """
@@ -107,7 +107,6 @@ def score_substreams(
     longest = int(lengths.max())
     lengths_t = torch.from_numpy(lengths)[:, None]
     cache = model.init_cache(n_streams)
-    output_nll = getattr(model, "output_nll", None)
     total, count = 0.0, 0
     for pos in tqdm(range(0, longest, block), desc="streamed scoring", unit="block", disable=None, leave=False):
         steps = torch.arange(pos, min(pos + block, longest))
@@ -120,8 +119,8 @@ def score_substreams(
         targets = targets.to(device)
         scored = targets != IGNORE
         token_nll: Optional[Tensor] = None
-        if output_nll is not None:
-            token_nll = output_nll(output[scored], targets[scored]).double()
+        if model.scores_own_output:
+            token_nll = model.output_nll(output[scored], targets[scored]).double()
             nll = token_nll.sum()
         else:
             # the sum as one float32 reduction, as it always was (the recorded bpc stay bit-identical)

@@ -14,9 +14,9 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.tasks.base import Batch
 from toolkit.tasks.stream_lm_data import Gather, StreamLayout, score_substreams
 
@@ -30,7 +30,7 @@ class StreamTraining:
     rank: int
     world_size: int
     streams: Optional[StreamLayout] = None
-    stream_model: Optional[nn.Module] = None  # the model whose training cache this task checkpoints
+    stream_model: Optional[ToolkitModel] = None  # the model whose training cache this task checkpoints
 
     def setup_streams(self, n_tokens: int, where: str) -> None:
         """The stream layout of a train split of `n_tokens` (stream mode only); `where` names it in errors."""
@@ -38,10 +38,10 @@ class StreamTraining:
             n_streams = self.cfg.batch_size * self.world_size
             self.streams = StreamLayout.build(n_tokens, n_streams, self.cfg.tokens_per_sample, self.seed, where)
 
-    def attach_stream_model(self, model: nn.Module, model_name: str) -> nn.Module:
+    def attach_stream_model(self, model: ToolkitModel, model_name: str) -> ToolkitModel:
         """In stream mode, check that the model carries a cache and remember it (its cache is task state)."""
         if self.cfg.mode == "stream":
-            if not hasattr(model, "stream_state"):
+            if not model.carries_stream_cache:
                 raise ConfigError(
                     f"task.mode=stream needs a model that carries a cache across blocks (streaming_lm); "
                     f"model '{model_name}' has none"
@@ -73,12 +73,12 @@ class StreamTraining:
         return {"net_input": {"tokens": inputs, "reset": index == 0}, "target": targets, "ntokens": targets.numel()}
 
     def evaluate_streams(
-        self, model: nn.Module, stream: np.ndarray, device: torch.device, block: int, max_tokens: int,
+        self, model: ToolkitModel, stream: np.ndarray, device: torch.device, block: int, max_tokens: int,
         skip_target: Optional[int] = None,
     ) -> Dict[str, Any]:
         """Mean NLL over every target of `stream` read as eval_streams sub-streams in blocks, cache carried:
         {"loss", "tokens", "protocol", "streams", "block", "seconds"}."""
-        if not hasattr(model, "init_cache"):
+        if not model.carries_stream_cache:
             raise ConfigError("task.eval_protocol=stream needs a model that carries a cache across blocks (streaming_lm)")
         if self.cfg.eval_streams <= 0:
             raise ConfigError(f"task.eval_streams must be positive, got {self.cfg.eval_streams}")

@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from toolkit.config.ranges import bounded
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.errors import DataError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.eval.bleu import BleuProtocol, corpus_bleu, read_lines
+from toolkit.models.base import ToolkitModel
 from toolkit.registry import TASKS
 from toolkit.tasks.base import Batch, Task, to_device
 
@@ -132,7 +132,7 @@ class TranslationTask(Task):
         self.check_subset(subset, self.datasets)
 
     @torch.no_grad()
-    def score(self, model: nn.Module, subset: str, device: torch.device) -> Dict[str, float]:
+    def score(self, model: ToolkitModel, subset: str, device: torch.device) -> Dict[str, float]:
         """Teacher-forced NLL per target token (nats), with perplexity."""
         nll, tokens = 0.0, 0
         for indices in self._batches(subset, 0, 0):
@@ -143,7 +143,7 @@ class TranslationTask(Task):
         return {"nll": nll / max(tokens, 1), "ppl": math.exp(min(nll / max(tokens, 1), 50)), "tokens": tokens}
 
     @torch.no_grad()
-    def translate(self, model: nn.Module, subset: str, device: torch.device) -> List[str]:
+    def translate(self, model: ToolkitModel, subset: str, device: torch.device) -> List[str]:
         """Beam-search translations of a subset, detokenized, in corpus order."""
         src, _ = self.datasets[subset]
         hypotheses: List[str] = [""] * len(src)
@@ -155,7 +155,7 @@ class TranslationTask(Task):
         return hypotheses
 
     def evaluate(
-        self, model: nn.Module, subset: str, device: torch.device, during_training: bool = False
+        self, model: ToolkitModel, subset: str, device: torch.device, during_training: bool = False
     ) -> Dict[str, Any]:
         self._check_subset(subset)
         metrics: Dict[str, Any] = {"subset": subset, **self.score(model, subset, device)}

@@ -15,14 +15,14 @@ from __future__ import annotations
 from typing import Callable, Union
 
 import torch
-from torch import nn
 
 from toolkit.config.choices import CompileBackend, values
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 
 
-def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor") -> nn.Module:
-    """Compile `model`'s forward (and `decode` when it has one) in place; returns the same object.
+def compile_model(model: ToolkitModel, backend: Union[str, Callable] = "inductor") -> ToolkitModel:
+    """Compile `model`'s forward (and its `compiled_methods`, e.g. `decode`) in place; returns the same object.
     `backend`: a CompileBackend name (the configs' Enum checked it), or a dynamo backend callable (tests count
     compilations with one)."""
     if isinstance(backend, str):  # configs hold a CompileBackend already; a caller's text is checked here
@@ -30,6 +30,6 @@ def compile_model(model: nn.Module, backend: Union[str, Callable] = "inductor") 
             raise ConfigError(f"compile_backend: '{backend}' (valid: {values(CompileBackend)})")
         backend = CompileBackend(backend).value  # plain text for dynamo's backend lookup
     model.compile(backend=backend)
-    if hasattr(model, "decode"):
-        model.decode = torch.compile(model.decode, backend=backend)  # type: ignore[method-assign]
+    for name in model.compiled_methods():
+        setattr(model, name, torch.compile(getattr(model, name), backend=backend))
     return model

@@ -22,6 +22,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from toolkit.models.base import ToolkitModel
 from toolkit.modules.adaptive_softmax import AdaptiveSoftmax
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.pkm import ProductKeyMemory
@@ -52,7 +53,7 @@ def peak_tflops(device_name: str) -> Optional[float]:
     return None
 
 
-def matmul_parameters(model: nn.Module) -> int:
+def matmul_parameters(model: ToolkitModel) -> int:
     """N of the 6N term: parameters multiplied with every token (see the module docstring)."""
     seen: set[int] = set()
     total = 0
@@ -69,9 +70,8 @@ def matmul_parameters(model: nn.Module) -> int:
         elif isinstance(module, AdaptiveSoftmax):
             add(module.head_words)
             add(module.head_clusters)
-    # an encoder-decoder whose output layer is the (shared) embedding table, used through F.linear
-    if getattr(model, "output_projection", 0) is None and hasattr(model, "decoder_embed"):
-        add(model.decoder_embed.weight)
+    # an output layer applied through F.linear (e.g. the encoder-decoder's shared embedding table)
+    add(model.shared_output_weight())
     return total
 
 
@@ -87,7 +87,7 @@ def relative_attention_flops(module: RelativeAttention, block: int) -> int:
     return 4 * d * inputs + 2 * d * window + 4 * d * persistent + 4 * d * d * (window - 1) // block
 
 
-def attention_flops_per_token(model: nn.Module, seq_len: int) -> int:
+def attention_flops_per_token(model: ToolkitModel, seq_len: int) -> int:
     """Forward attention (and memory lookup) FLOPs per token, summed over layers (see the module docstring)."""
     flops = 0
     for module in model.modules():
@@ -100,7 +100,7 @@ def attention_flops_per_token(model: nn.Module, seq_len: int) -> int:
     return flops
 
 
-def train_flops_per_token(model: nn.Module, seq_len: int) -> int:
+def train_flops_per_token(model: ToolkitModel, seq_len: int) -> int:
     """Estimated training FLOPs (forward + backward) per token at sequence length `seq_len`."""
     return 6 * matmul_parameters(model) + 3 * attention_flops_per_token(model, seq_len)
 

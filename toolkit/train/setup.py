@@ -9,14 +9,14 @@ from typing import Any, Dict
 
 import numpy as np
 import torch
-from torch import nn
 
+from toolkit.aux_weights import AuxWeights
 from toolkit.config.choices import Device
 from toolkit.errors import ConfigError
+from toolkit.models.base import ToolkitModel
 from toolkit.modules.memory_placement import memory_parameter_count, place_memories
 from toolkit.registry import CRITERIONS, TASKS
 from toolkit.tasks.base import Task
-from toolkit.train.schedules import AuxWeights
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +35,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(Device(name).value)  # a Device: the configs' Enum rejected any other value
 
 
-def parameter_summary(model: nn.Module) -> Dict[str, int]:
+def parameter_summary(model: ToolkitModel) -> Dict[str, int]:
     """Total parameters (shared tensors counted once) and any named sub-totals the model reports."""
     total = sum(p.numel() for p in model.parameters())
     summary = {"parameters": total}
     memory = memory_parameter_count(model)
     if memory:
         summary.update({"memory_parameters": memory, "non_memory_parameters": total - memory})
-    if hasattr(model, "parameter_breakdown"):
-        summary.update(model.parameter_breakdown())
+    summary.update(model.parameter_breakdown())
     return summary
 
 
 @dataclass
 class Run:
     task: Task
-    model: nn.Module
+    model: ToolkitModel
     criterion: Any
 
 

@@ -18,11 +18,12 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from toolkit.criterions.aux_terms import active_aux_terms
-from toolkit.criterions.cross_entropy import summarize
+from toolkit.aux_weights import active_aux_terms
 from toolkit.errors import DIVERGED_EXIT, INTERRUPTED_EXIT
 from toolkit.logging.progress import Progress, format_metrics
 from toolkit.logging.tensorboard import Scalars
+from toolkit.logging.token_metrics import summarize
+from toolkit.models.base import ToolkitModel
 from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.tasks.base import Task, to_device
 from toolkit.train import checkpoint as ckpt
@@ -55,7 +56,7 @@ class Trainer:
         self,
         cfg: Any,
         task: Task,
-        model: nn.Module,
+        model: ToolkitModel,
         criterion: Any,
         groups: List[ParamGroup],
         device: torch.device,
@@ -202,23 +203,22 @@ class Trainer:
         """Freeze what this step does not train; rebuild DDP when that set changes.
 
         Groups outside the current block-coordinate-descent phase, and the parameters of auxiliary terms whose
-        weight is 0 now (a model lists them with `aux_term_parameters(name)`), get requires_grad=False: no
+        weight is 0 now (the model's `aux_term_parameters(name)`), get requires_grad=False: no
         gradient work, no optimizer step. DDP is rebuilt over the parameters that do train, so no parameter is
         ever "unused" in a step (no hang, no find_unused_parameters cost).
         """
         active = tuple(active_groups(self.cfg.phases, self.step, self.epoch, list(self.groups)))
-        aux_names = self.model.aux_term_names() if hasattr(self.model, "aux_term_names") else []
+        aux_names = self.model.aux_term_names()
         aux_on = frozenset(active_aux_terms(aux_names, self.criterion.aux_weights, self.step)) if aux_names else frozenset()
         signature = (active, aux_on)
         if signature != self.graph_signature:
             for name, group in self.groups.items():
                 for param in group.params:
                     param.requires_grad_(name in active)
-            if hasattr(self.model, "aux_term_parameters"):
-                for term in aux_names:
-                    if term not in aux_on:
-                        for param in self.model.aux_term_parameters(term):
-                            param.requires_grad_(False)
+            for term in aux_names:
+                if term not in aux_on:
+                    for param in self.model.aux_term_parameters(term):
+                        param.requires_grad_(False)
             if self.graph_signature is not None:
                 log.info("step %d: training groups %s; auxiliary terms on: %s", self.step, ", ".join(active), ", ".join(sorted(aux_on)) or "none")
             if self.wrap_ddp is not None:
@@ -278,8 +278,7 @@ class Trainer:
             self.scaler.step(group.optimizer)
             group.optimizer.zero_grad(set_to_none=True)
         self.scaler.update()
-        if hasattr(self.model, "after_update"):
-            self.model.after_update()  # e.g. clamp adaptive spans into range
+        self.model.after_update()  # e.g. clamp adaptive spans into range
         self.step += 1
         self.main_updates += any(g.name == "main" for g in groups)
         summed.update(latest)
@@ -341,8 +340,7 @@ class Trainer:
                     # model FLOPs (6N + attention, at the current spans) -> TFLOP/s, and MFU on a known GPU
                     flops = train_flops_per_token(self.model, self.seq_len)
                     metrics.update(throughput_metrics(flops, metrics["tokens_per_s"], comm.world_size(), self.device))
-                    if hasattr(self.model, "metrics"):
-                        metrics.update(self.model.metrics())  # e.g. learned spans per layer and head
+                    metrics.update(self.model.metrics())  # e.g. learned spans per layer and head
                     if self.memory_monitor.trackers:
                         metrics.update(self.memory_monitor.report())  # product-key memory usage since last log
                     self._log("train", metrics)
