@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -16,17 +15,10 @@ from sacremoses import MosesTokenizer
 from toolkit.errors import ConfigError, DataError
 from toolkit.eval.bleu import corpus_bleu, file_bleu, split_compounds
 
-# the two test-set archives are not shipped: set TOOLKIT_BLEU_DATA to the folder that holds them
-SHARED = Path(os.environ.get("TOOLKIT_BLEU_DATA", "/nonexistent"))
-NEWSTEST = SHARED / "wmt14-newstest2013-de-en-plain.tar.xz"
-IWSLT = SHARED / "iwslt14-de-en-devtest.tar.xz"
-pytestmark = [
-    pytest.mark.skipif(
-        not (NEWSTEST.exists() and IWSLT.exists()),
-        reason="needs TOOLKIT_BLEU_DATA: a folder with wmt14-newstest2013-de-en-plain.tar.xz and iwslt14-de-en-devtest.tar.xz",
-    ),
-    pytest.mark.skipif(shutil.which("sacrebleu") is None, reason="needs the sacrebleu command"),
-]
+DATA = Path(__file__).resolve().parents[2] / "data"  # the real test sets shipped with the repository
+NEWSTEST = DATA / "wmt14" / "wmt14-newstest2013-de-en-plain.tar.xz"
+IWSLT = DATA / "iwslt14" / "iwslt14-de-en-devtest.tar.xz"
+pytestmark = pytest.mark.skipif(shutil.which("sacrebleu") is None, reason="needs the sacrebleu command")
 N = 400  # sentences per test set: enough n-grams for a meaningful score, fast CLI runs
 
 
@@ -38,7 +30,7 @@ def read_member(archive: Path, name: str) -> str:
 @pytest.fixture(scope="module")
 def corpora() -> dict[str, list[str]]:
     """Detokenized references: newstest2013 en and de, IWSLT14 tst2010 en (from the release xml)."""
-    xml = read_member(IWSLT, "iwslt14/orig/de-en/IWSLT14.TED.tst2010.de-en.en.xml")
+    xml = read_member(IWSLT, "iwslt14-de-en-devtest/IWSLT14.TED.tst2010.de-en.en.xml")
     return {
         "en": read_member(NEWSTEST, "newstest2013-plain/newstest2013.en").splitlines()[:N],
         "de": read_member(NEWSTEST, "newstest2013-plain/newstest2013.de").splitlines()[:N],
