@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_char_args, only_error_line
+from tests.conftest import tiny_char_args, only_error_line
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.config.cli_overrides import build_config
-from toolkit.config.compose import compose_train_config, presets
+from toolkit.config.compose import compose_train_config, config_dir, presets
 from toolkit.config.ranges import Range, bounded, check_ranges
 from toolkit.data.recipes.char import Text8Config
 from toolkit.errors import ConfigError
@@ -112,9 +112,9 @@ def test_read_only_run_dir(text8_small, tmp_path, capsys, monkeypatch):
 
 @pytest.fixture
 def config_copy(tmp_path, monkeypatch) -> Path:
-    """A copy of configs/ that the composer reads instead (to add broken presets)."""
+    """A copy of the shipped configs that the composer reads instead (to add broken presets)."""
     folder = tmp_path / "configs"
-    shutil.copytree(REPO / "configs", folder)
+    shutil.copytree(config_dir(), folder)
     monkeypatch.setenv("TOOLKIT_CONFIG_DIR", str(folder))
     return folder
 
