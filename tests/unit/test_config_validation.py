@@ -12,7 +12,7 @@ from tests.conftest import tiny_char_args, only_error_line
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.config.cli_overrides import build_config
-from toolkit.config.compose import compose_train_config, config_dir, presets
+from toolkit.config.compose import compose_train_config, config_dir
 from toolkit.config.ranges import Range, bounded, check_ranges
 from toolkit.data.recipes.char import Text8Config
 from toolkit.errors import ConfigError
@@ -144,14 +144,6 @@ def test_broken_preset_files_are_one_line(config_copy, tmp_path, capsys, text, m
     line = one_line_error(capsys)
     assert line.startswith("error: " + message.format(path=path)), line
     assert not run.exists()
-
-
-@pytest.mark.parametrize("preset", presets())
-def test_every_preset_composes_and_validates(preset):
-    """Composition and the whole validation pass of the config alone (no data, no model built)."""
-    cfg = compose_train_config(preset, [])
-    check_ranges(cfg)  # already part of composing: asserted here so that a preset can never skip it
-    assert cfg.run_dir and cfg.max_update >= 1
 
 
 def test_ranges_declared_on_a_new_field():

@@ -125,7 +125,7 @@ def check_preset(name: str | None) -> str:
     if name is None or name == "":
         raise ConfigError(f"no config given: pass config=NAME, one of: {', '.join(valid)}")
     if name not in valid and name not in RENAMED:
-        matches = close_matches(name, [*valid, *RENAMED])
+        matches = close_matches(name, valid) or close_matches(name, RENAMED)
         raise ConfigError(f"unknown config '{name}'{matches}; valid: {', '.join(valid)}")
     return name
 

@@ -9,7 +9,7 @@ preset whose defaults list names `text8_char_tiny` give exactly the configs they
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Iterable, List
 
 RENAMED: Dict[str, str] = {
     "adaptive_span_text8": "adaptive_span/text8",
@@ -83,3 +83,12 @@ def rename_table() -> str:
     """The table as text, one `old -> new` per line (docs, `tk-train --help`)."""
     width = max(map(len, RENAMED))
     return "\n".join(f"{old:<{width}} -> {new}" for old, new in sorted(RENAMED.items()))
+
+
+def presets_by_folder(names: Iterable[str]) -> Dict[str, List[str]]:
+    """{FOLDER: [NAME, ...]} for names FOLDER/NAME (a name without a folder is under '')."""
+    groups: Dict[str, List[str]] = {}
+    for name in sorted(names):
+        folder, _, rest = name.rpartition("/")
+        groups.setdefault(folder, []).append(rest)
+    return groups
