@@ -115,6 +115,11 @@ def test_a_users_config_folder_adds_presets(user_configs, capsys):
 
 
 def test_user_config_folder_errors(user_configs, tmp_path, monkeypatch, capsys):
+    bad = user_configs / "config" / "mine" / "bad.yaml"
+    bad.write_text("# @package _global_\ndefaults:\n  - /config/t64/t12_txt8\n  - _self_\n")
+    assert train_main(["config=mine/bad"]) == 2
+    assert only_error_line(capsys.readouterr().err).startswith(
+        f"error: preset 'mine/bad': {bad} selects unknown config 't64/t12_txt8' (did you mean: t64/t12_text8, ")
     (user_configs / "config" / "t64").mkdir()
     (user_configs / "config" / "t64" / "t12_text8.yaml").write_text("# @package _global_\n")
     with pytest.raises(ConfigError, match=r"t64/t12_text8.yaml: config=t64/t12_text8 is a shipped preset's name"):
