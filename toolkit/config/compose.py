@@ -1,8 +1,9 @@
 """Compose the training config: train.yaml + a preset (`config=NAME`) + command-line overrides.
 
 Hydra composes the defaults (config groups backed by the registries' dataclasses, presets in
-toolkit/configs/config/FOLDER/NAME.yaml, plus the folders named by $TOOLKIT_CONFIG_PATH); plain `key=value` overrides are then applied with OmegaConf so that every error names the
-key in one line (unknown key with close matches, wrong type, missing value).
+toolkit/configs/config/FOLDER/NAME.yaml and in the folders named by $TOOLKIT_CONFIG_PATH); plain `key=value`
+overrides are then applied with OmegaConf so that every error names the key in one line (unknown key with close
+matches, wrong type, missing value).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def presets() -> list[str]:
     for root in user_config_dirs():
         for name, path in preset_files(root).items():
             if name in shipped or name in RENAMED:
-                raise ConfigError(f"{path}: config={name} is a shipped preset's name; rename the file")
+                taken = "a shipped preset's name" if name in shipped else f"the old name of {RENAMED[name]}"
+                raise ConfigError(f"{path}: config={name} is {taken}; rename the file")
             names.add(name)
     return sorted(names)
 
