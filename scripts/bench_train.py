@@ -1,12 +1,12 @@
 """Training throughput of the toolkit's trainer vs a minimal plain-PyTorch loop over the same model.
 
 Both run in this process on the task's own batches, alternating in rounds so that machine load affects both
-alike; the report is the median tokens/s of each and their ratio. Workloads: text8_char_tiny (char LM, 2 layers,
-d256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam) and iwslt14_tiny (2+2 layers, d256, 2048 tokens per
+alike; the report is the median tokens/s of each and their ratio. Workloads: baselines/transformer_lm_text8_tiny (char LM, 2 layers,
+d256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam) and baselines/transformer_iwslt14_tiny (2+2 layers, d256, 2048 tokens per
 batch, label smoothing 0.1); 2 threads.
 
-  python scripts/bench_train.py [--config text8_char_tiny] [--data data-bin/text8_sample] [--rounds 5] [--steps 20]
-  python scripts/bench_train.py --config iwslt14_tiny --data data-bin/iwslt14_sample
+  python scripts/bench_train.py [--config baselines/transformer_lm_text8_tiny] [--data data-bin/text8_sample] [--rounds 5] [--steps 20]
+  python scripts/bench_train.py --config baselines/transformer_iwslt14_tiny --data data-bin/iwslt14_sample
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import torch.nn.functional as F
 
 from bench_common import alternate, median, print_result, set_threads
 from toolkit.config.compose import compose_train_config
+from toolkit.config.preset_names import current_name
 from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
     # the Quickstart model at the benchmark batch (16 x 256)
-    "text8_char_tiny": ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024",
+    "baselines/transformer_lm_text8_tiny": ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024",
                         "model.dropout=0.0", "task.tokens_per_sample=256", "task.batch_size=16"],
     # a 2+2-layer d256 translation model on the shipped IWSLT sample
-    "iwslt14_tiny": ["model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=256", "model.ffn_dim=1024",
+    "baselines/transformer_iwslt14_tiny": ["model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=256", "model.ffn_dim=1024",
                      "model.dropout=0.0", "task.max_tokens=2048"],
 }
 COMMON = ["clip_norm=0.0", "tensorboard=false", "lr_scheduler.warmup_updates=0"]
@@ -54,7 +55,7 @@ def plain_loop(model: torch.nn.Module, task, lr: float, betas, label_smoothing: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="text8_char_tiny")
+    parser.add_argument("--config", default="baselines/transformer_lm_text8_tiny")
     parser.add_argument("--data", default="data-bin/text8_sample")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
@@ -64,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
 
-    workload = WORKLOADS.get(args.config, [])
+    workload = WORKLOADS.get(current_name(args.config), [])  # an old flat name picks the same workload
     cfg = compose_train_config(args.config, [f"data={args.data}", *workload, *COMMON, *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = single_process_trainer(cfg, Path(run_dir))

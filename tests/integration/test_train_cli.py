@@ -37,7 +37,7 @@ def test_user_errors_exit_2_with_one_line(args, message, capsys):
 
 def test_errors_list_presets(capsys):
     assert train_main(["config=nope"]) == 2
-    assert "text8_char_tiny" in capsys.readouterr().err
+    assert "baselines/transformer_lm_text8_tiny" in capsys.readouterr().err
 
 
 def test_help_lists_groups_and_presets(capsys):

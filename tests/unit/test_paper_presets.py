@@ -4,14 +4,14 @@ presets' headers say (lr tail, decoupled weight decay, expert-update budget, exa
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import tiny_char_args
-from toolkit.config.compose import compose_train_config
+from toolkit.config.compose import compose_train_config, config_dir
+from toolkit.config.preset_names import current_name
 from toolkit.registry import LR_SCHEDULERS, OPTIMIZERS
 from toolkit.train.run import single_process_trainer
 
@@ -109,5 +109,5 @@ def test_pkm_deep_baselines_differ_from_the_memory_models_only_in_depth_and_memo
         for cfg in (memory, deep):
             cfg["model"].pop("n_layers"), cfg.pop("memory"), cfg.pop("param_groups"), cfg.pop("run_dir")
         assert memory == deep
-        header = (Path(__file__).resolve().parents[2] / "configs" / "config" / f"{preset}.yaml").read_text()
-        assert "An adaptation, not the paper's experiment" in header and baseline in header
+        header = (config_dir() / "config" / f"{current_name(preset)}.yaml").read_text()
+        assert "An adaptation, not the paper's experiment" in header and current_name(baseline) in header

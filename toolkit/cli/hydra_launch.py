@@ -1,6 +1,6 @@
 """`tk-train --multirun hydra/launcher=NAME ...`: run tk-train's jobs through a Hydra launcher (Slurm).
 
-    tk-train -m hydra/launcher=slurm config=mae7_wmt14 hydra.launcher.partition=YOURS \\
+    tk-train -m hydra/launcher=slurm config=mae/mae7_wmt14 hydra.launcher.partition=YOURS \\
         hydra.launcher.nodes=4 hydra.launcher.tasks_per_node=8 hydra.launcher.gpus_per_node=8
 
 Hydra (hydra-submitit-launcher, `pip install -e ".[slurm]"`) only schedules the jobs: one per combination of
@@ -95,7 +95,7 @@ def multirun(hydra_args: List[str], train_args: List[str], swept: List[str]) -> 
     ConfigStore.instance().store(name=APP_CONFIG, node=LaunchConfig(train_args=train_args, swept=swept))
     sweeps = [f"++{SWEEP}.{arg_key(arg)}={arg.split('=', 1)[1]}" for arg in train_args if arg_key(arg) in swept]
     try:
-        # configs/ on the search path: train.yaml for the jobs, configs/hydra/launcher/*.yaml for the launcher
+        # the shipped configs on the search path: train.yaml for the jobs, hydra/launcher/*.yaml for the launcher
         with initialize_config_dir(config_dir=str(Path(config_dir()).resolve()), version_base="1.3", job_name="tk-train"):
             hydra = GlobalHydra.instance().hydra
             assert hydra is not None

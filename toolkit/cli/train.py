@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from typing import Optional, Sequence
 
 from toolkit.cli.common import pop_config_name, run_cli
@@ -28,13 +29,18 @@ device=cpu|cuda|auto dry_run=true. Any config key can be set with dotted paths (
 
 def print_help() -> None:
     from toolkit.config.compose import GROUPS, group_options, load_registries, presets
+    from toolkit.config.preset_names import presets_by_folder, rename_table
 
     load_registries()
     print(HELP)
     print("config groups (choose with GROUP=NAME):")
     for group in GROUPS:
         print(f"  {group}: {', '.join(group_options(group))}")
-    print(f"presets (config=NAME): {', '.join(presets())}")
+    print("presets (config=FOLDER/NAME; more from folders named by $TOOLKIT_CONFIG_PATH, docs/presets.md):")
+    for folder, names in presets_by_folder(presets()).items():
+        print(f"  {folder}/: {', '.join(names)}" if folder else f"  {', '.join(names)}")
+    print("renamed presets (the flat names of earlier releases still work):")
+    print(textwrap.indent(rename_table(), "  "))
 
 
 def _body(args: list[str]) -> int:

@@ -1,8 +1,9 @@
 """Compose the training config: train.yaml + a preset (`config=NAME`) + command-line overrides.
 
 Hydra composes the defaults (config groups backed by the registries' dataclasses, presets in
-configs/config/); plain `key=value` overrides are then applied with OmegaConf so that every error names the
-key in one line (unknown key with close matches, wrong type, missing value).
+toolkit/configs/config/FOLDER/NAME.yaml and in the folders named by $TOOLKIT_CONFIG_PATH); plain `key=value`
+overrides are then applied with OmegaConf so that every error names the key in one line (unknown key with close
+matches, wrong type, missing value).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
+from toolkit.config.preset_names import RENAMED, register_old_names
 from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
 from toolkit.registry import CRITERIONS, LR_SCHEDULERS, MODELS, OPTIMIZERS, TASKS, Registry
@@ -35,10 +37,56 @@ GROUPS: dict[str, Registry] = {
 OPEN_MAPPINGS = ("param_groups", "aux_weights")
 
 
+USER_CONFIG_PATH = "TOOLKIT_CONFIG_PATH"  # the user's own config folders, os.pathsep-separated
+
+
 def config_dir() -> Path:
-    """configs/ at the repository root (or $TOOLKIT_CONFIG_DIR)."""
+    """The shipped configs: toolkit/configs/ inside the package (or $TOOLKIT_CONFIG_DIR, which replaces it)."""
     env = os.environ.get("TOOLKIT_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+
+
+def user_config_dirs() -> list[Path]:
+    """The folders of $TOOLKIT_CONFIG_PATH, each laid out like toolkit/configs/ (presets in DIR/config/)."""
+    folders = []
+    for entry in os.environ.get(USER_CONFIG_PATH, "").split(os.pathsep):
+        if not entry:
+            continue
+        folder = Path(entry).expanduser().resolve()
+        if not folder.is_dir():
+            raise ConfigError(f"{USER_CONFIG_PATH}={entry}: no such folder")
+        if not any((folder / sub).is_dir() for sub in ("config", *GROUPS)):
+            raise ConfigError(f"{USER_CONFIG_PATH}={entry}: no config/ folder in it (presets go in "
+                              f"{folder / 'config'}/NAME.yaml)")
+        if "'" in str(folder):
+            raise ConfigError(f"{USER_CONFIG_PATH}={entry}: a folder name with a quote (') is not supported")
+        folders.append(folder)
+    return folders
+
+
+def config_roots() -> list[Path]:
+    """Where Hydra looks, in order: the shipped configs, then the user's folders."""
+    return [config_dir(), *user_config_dirs()]
+
+
+def search_path_overrides() -> list[str]:
+    """Hydra's override that adds the user's folders to its search path (none without $TOOLKIT_CONFIG_PATH)."""
+    folders = user_config_dirs()
+    if not folders:
+        return []
+    return ["hydra.searchpath=[" + ",".join(f"'file://{folder}'" for folder in folders) + "]"]
+
+
+def preset_files(root: Path) -> dict[str, Path]:
+    """{NAME: file} for the presets under ROOT/config/ (NAME is FOLDER/FILE without .yaml; files and folders
+    whose name starts with '_' are shared bases, not presets)."""
+    base = root / "config"
+    files = {}
+    for path in sorted(base.rglob("*.yaml")):
+        relative = path.relative_to(base).with_suffix("")
+        if not any(part.startswith("_") for part in relative.parts):
+            files[relative.as_posix()] = path
+    return files
 
 
 def load_registries() -> None:
@@ -50,24 +98,37 @@ def load_registries() -> None:
 
     for package in (models, tasks, criterions):
         package.load_all()
+    register_old_names()
 
 
 def group_options(group: str) -> list[str]:
     """A group's choices: the registered components plus YAML variants in configs/GROUP/ (e.g. transformer_base)."""
-    files = [p.stem for p in (config_dir() / group).glob("*.yaml")]
+    files = [p.stem for root in config_roots() for p in (root / group).glob("*.yaml")]
     return sorted(set(GROUPS[group].names()) | set(files))
 
 
 def presets() -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "config").glob("*.yaml"))
+    """The presets' names (FOLDER/NAME): the shipped ones and the user's; a user's preset may not take the
+    name of a shipped one or of an old name (Hydra would read the shipped one)."""
+    shipped = preset_files(config_dir())
+    names = set(shipped)
+    for root in user_config_dirs():
+        for name, path in preset_files(root).items():
+            if name in shipped or name in RENAMED:
+                taken = "a shipped preset's name" if name in shipped else f"the old name of {RENAMED[name]}"
+                raise ConfigError(f"{path}: config={name} is {taken}; rename the file")
+            names.add(name)
+    return sorted(names)
 
 
 def check_preset(name: str | None) -> str:
+    """The preset's name as given, when it is one (today's names and the old flat ones)."""
     valid = presets()
     if name is None or name == "":
         raise ConfigError(f"no config given: pass config=NAME, one of: {', '.join(valid)}")
-    if name not in valid:
-        raise ConfigError(f"unknown config '{name}'{close_matches(name, valid)}; valid: {', '.join(valid)}")
+    if name not in valid and name not in RENAMED:
+        matches = close_matches(name, valid) or close_matches(name, RENAMED)
+        raise ConfigError(f"unknown config '{name}'{matches}; valid: {', '.join(valid)}")
     return name
 
 
@@ -88,10 +149,20 @@ def describe_missing_option(text: str) -> str:
     if missing is None:
         return describe_composition_error(text)
     group, _, option = missing.group(1).rpartition("/")
-    valid = group_options(group) if group in GROUPS else presets() if group == "config" else []
-    place = f"{config_dir() / where.group(1)}.yaml selects " if where and where.group(1) != "train" else ""
-    listing = f"{close_matches(option, valid)}; valid: {', '.join(valid)}" if valid else ""
+    if group == "config" or group.startswith("config/"):  # a preset, by its name under config/
+        option = missing.group(1).split("/", 1)[1]
+        group, valid, known = "config", presets(), [*presets(), *RENAMED]
+    else:
+        valid = known = group_options(group) if group in GROUPS else []
+    place = f"{config_file(where.group(1))} selects " if where and where.group(1) != "train" else ""
+    listing = f"{close_matches(option, known)}; valid: {', '.join(valid)}" if valid else ""
     return f"{place}unknown {group or 'config'} '{option}'{listing}"
+
+
+def config_file(name: str) -> Path:
+    """The file Hydra read for config NAME (e.g. config/mae/base_wmt14): the first root that has it."""
+    paths = [root / f"{name}.yaml" for root in config_roots()]
+    return next((path for path in paths if path.is_file()), paths[0])
 
 
 def describe_yaml_error(error: yaml.YAMLError) -> str:
@@ -108,7 +179,7 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
 
 def undecodable_config_file() -> str:
     """'FILE, line N: not valid UTF-8' for the first config file that does not decode."""
-    for path in sorted(config_dir().rglob("*.yaml")):
+    for path in (path for root in config_roots() for path in sorted(root.rglob("*.yaml"))):
         data = path.read_bytes()
         try:
             data.decode("utf-8")
@@ -120,7 +191,8 @@ def undecodable_config_file() -> str:
 
 def _compose_defaults(overrides: list[str]) -> DictConfig:
     """train.yaml with a preset and group choices. Inside a Hydra app (`tk-train -m`, whose search path is
-    configs/ already) Hydra is initialised and is used as it is."""
+    the shipped configs already) Hydra is initialised and is used as it is."""
+    overrides = [*overrides, *search_path_overrides()]
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="train", overrides=overrides)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="tk-train"):
