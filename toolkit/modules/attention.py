@@ -3,6 +3,11 @@
 Tensors are batch-first: (batch, time, d_model). A key padding mask is (batch, src_len) with True at padding.
 The computation is split into `project_heads` / `attend` / `combine_heads` so that variants (MAE's per-head
 reweighting, for one) override only the step they change.
+
+The query, key and value projections are one stacked (3 d_model x d_model) weight, `qkv_proj`: self-attention
+computes all three with one matmul, encoder-decoder attention its query with the first block and keys and values
+of the source with the other two (one matmul). Checkpoints that hold them as `q_proj`/`k_proj`/`v_proj` load
+(a load_state_dict pre-hook stacks them).
 """
 
 from __future__ import annotations
@@ -13,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolkit.modules.stacked_linear import StackedLinear
+
 Cache = Dict[str, Tensor]
+
+# The projections `qkv_proj` stacks, in order, as checkpoints before the stacking named them.
+SEPARATE_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 
 class MultiheadAttention(nn.Module):
@@ -30,26 +40,39 @@ class MultiheadAttention(nn.Module):
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.qkv_proj = StackedLinear(d_model, d_model, 3, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
-        for proj in (self.q_proj, self.k_proj, self.v_proj):
-            nn.init.xavier_uniform_(proj.weight, gain=2**-0.5)
+        for weight in self.qkv_proj.weight.chunk(3):  # each d x d block as the separate layer it stands for
+            nn.init.xavier_uniform_(weight, gain=2**-0.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
+        self._register_load_state_dict_pre_hook(stack_separate_projections)
 
     def split(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, H, T, Dh)."""
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
+    def split_stacked(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """(B, T, parts * D) -> `parts` views (B, H, T, Dh)."""
+        b, t, _ = x.shape
+        return x.view(b, t, parts, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _projection(self, x: Tensor, first: int, parts: int) -> Tensor:
+        """Blocks first..first+parts-1 of the stacked q/k/v projection applied to x (one matmul)."""
+        rows = slice(first * self.d_model, (first + parts) * self.d_model)
+        bias = self.qkv_proj.bias
+        return F.linear(x, self.qkv_proj.weight[rows], None if bias is None else bias[rows])
+
     def project_heads(
         self, query: Tensor, key: Tensor, cache: Optional[Cache], static_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        q = self.split(self.q_proj(query))
-        if cache is not None and static_kv and "k" in cache:
-            return q, cache["k"], cache["v"]
-        k, v = self.split(self.k_proj(key)), self.split(self.v_proj(key))
+        if key is query and not static_kv:  # self-attention: q, k and v in one matmul
+            q, k, v = self.split_stacked(self.qkv_proj(query), 3)
+        else:
+            q = self.split(self._projection(query, 0, 1))
+            if cache is not None and static_kv and "k" in cache:
+                return q, cache["k"], cache["v"]
+            k, v = self.split_stacked(self._projection(key, 1, 2), 2)
         if cache is not None:
             if not static_kv and "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -96,6 +119,14 @@ class MultiheadAttention(nn.Module):
         q, k, v = self.project_heads(query, key, cache, static_kv)
         heads = self.attend(q, k, v, key_padding_mask, causal)
         return self.combine_heads(heads, context)
+
+
+def stack_separate_projections(state_dict: Dict[str, Tensor], prefix: str, *_: object) -> None:
+    """load_state_dict pre-hook: a checkpoint's separate q/k/v projections become the stacked `qkv_proj`."""
+    for kind in ("weight", "bias"):
+        keys = [f"{prefix}{name}.{kind}" for name in SEPARATE_PROJECTIONS]
+        if all(key in state_dict for key in keys):
+            state_dict[f"{prefix}qkv_proj.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
 
 
 def reorder_cache(cache: Cache, order: Tensor) -> None:
