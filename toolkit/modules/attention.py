@@ -12,7 +12,7 @@ of the source with the other two (one matmul). Checkpoints that hold them as `q_
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +127,29 @@ def stack_separate_projections(state_dict: Dict[str, Tensor], prefix: str, *_: o
         keys = [f"{prefix}{name}.{kind}" for name in SEPARATE_PROJECTIONS]
         if all(key in state_dict for key in keys):
             state_dict[f"{prefix}qkv_proj.{kind}"] = torch.cat([state_dict.pop(key) for key in keys])
+
+
+def separate_projection_sources(model: nn.Module) -> Dict[str, Tuple[str, ...]]:
+    """Stacked parameter name -> the separate-projection names it was saved under, in block order, for every
+    MultiheadAttention of `model` (names as in model.state_dict())."""
+    sources = {}
+    for name, module in model.named_modules():
+        if isinstance(module, MultiheadAttention):
+            prefix = f"{name}." if name else ""
+            for kind, param in (("weight", module.qkv_proj.weight), ("bias", module.qkv_proj.bias)):
+                if param is not None:
+                    sources[f"{prefix}qkv_proj.{kind}"] = tuple(f"{prefix}{p}.{kind}" for p in SEPARATE_PROJECTIONS)
+    return sources
+
+
+def with_stacked_projections(model: nn.Module, weights: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A copy of the state dict `weights` in which separate q/k/v projections are stacked as `model` holds
+    them (what load_state_dict does through the pre-hook); a state dict saved stacked comes back unchanged."""
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if isinstance(module, MultiheadAttention):
+            stack_separate_projections(out, f"{name}." if name else "")
+    return out
 
 
 def reorder_cache(cache: Cache, order: Tensor) -> None:
