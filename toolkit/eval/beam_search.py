@@ -161,6 +161,10 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
             row_max_lens, first_row = max_lens.repeat_interleave(k), first_row[: keep.numel()]
             first_forced = int(max_lens.min())
         order = next_rows.view(-1)
+        if k == 1 and not shrink:  # greedy: every row continues itself, nothing moves
+            tokens = torch.cat([tokens, next_tokens.view(-1, 1)], dim=1)
+            pos_scores = torch.cat([pos_scores, next_lp.view(-1, 1)], dim=1)
+            continue
         tokens = torch.cat([tokens[order], next_tokens.view(-1, 1)], dim=1)
         pos_scores = torch.cat([pos_scores[order], next_lp.view(-1, 1)], dim=1)
         # beams of one sentence share their source: encoder-side caches move only when sentences leave

@@ -266,7 +266,8 @@ class TransformerModel(nn.Module):
 
     # ---- decoder -------------------------------------------------------------------------------------
     def init_decoder_state(self, encoder_out: Optional[EncoderOut] = None) -> DecoderState:
-        """Empty caches for incremental decoding (one self and one cross cache dict per decoder layer).
+        """Caches for incremental decoding (one self and one cross cache dict per decoder layer); the
+        encoder-decoder keys and values of `encoder_out` are computed here, once per source row.
 
         MAE modules in 'random_expert' mode get their expert drawn here, one per source sentence, so that beam
         search (which expands the state to beams afterwards) decodes every beam of a sentence with one expert."""
@@ -275,6 +276,8 @@ class TransformerModel(nn.Module):
         if encoder_out is not None:
             rows, device = encoder_out.out.size(0), encoder_out.out.device
             for i, layer in enumerate(self.decoder_layers):
+                # once per source row: beam search then copies the keys/values to its beams
+                layer.cross_attn.cache_static_kv(encoder_out.out, state.cross_caches[i])
                 for module, caches in ((layer.self_attn, state.self_caches), (layer.cross_attn, state.cross_caches)):
                     if isinstance(module, MAEAttention) and module.mode == "random_expert":
                         caches[i][EXPERT_KEY] = torch.randint(module.n_experts, (rows,), device=device)

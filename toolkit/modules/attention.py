@@ -24,6 +24,8 @@ Cache = Dict[str, Tensor]
 
 # The projections `qkv_proj` stacks, in order, as checkpoints before the stacking named them.
 SEPARATE_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+# Cache entry: the rows of the cached keys/values that the cache's rows are now (a beam reordering not yet made)
+ROWS_KEY = "rows"
 
 
 class MultiheadAttention(nn.Module):
@@ -63,6 +65,16 @@ class MultiheadAttention(nn.Module):
         bias = self.qkv_proj.bias
         return F.linear(x, self.qkv_proj.weight[rows], None if bias is None else bias[rows])
 
+    def key_values(self, key: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, S, Dh) of `key` (B, S, D), in one matmul."""
+        k, v = self.split_stacked(self._projection(key, 1, 2), 2)
+        return k, v
+
+    def cache_static_kv(self, key: Tensor, cache: Cache) -> None:
+        """Fill an encoder-decoder attention cache before the first step (`key` may have fewer rows than the
+        decoder will have: beam search then selects rows of the cache, which copies no more than the result)."""
+        cache["k"], cache["v"] = self.key_values(key)
+
     def project_heads(
         self, query: Tensor, key: Tensor, cache: Optional[Cache], static_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -71,12 +83,15 @@ class MultiheadAttention(nn.Module):
         else:
             q = self.split(self._projection(query, 0, 1))
             if cache is not None and static_kv and "k" in cache:
+                rows = cache.pop(ROWS_KEY, None)
+                if rows is not None:  # a reordering since the last step
+                    cache["k"], cache["v"] = cache["k"].index_select(0, rows), cache["v"].index_select(0, rows)
                 return q, cache["k"], cache["v"]
-            k, v = self.split_stacked(self._projection(key, 1, 2), 2)
+            k, v = self.key_values(key)
         if cache is not None:
             if not static_kv and "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
+                rows = cache.pop(ROWS_KEY, None)
+                k, v = _append_step(cache["k"], k, rows), _append_step(cache["v"], v, rows)
             cache["k"], cache["v"] = k, v
         return q, k, v
 
@@ -152,7 +167,26 @@ def with_stacked_projections(model: nn.Module, weights: Dict[str, Tensor]) -> Di
     return out
 
 
+def _append_step(past: Tensor, new: Tensor, rows: Optional[Tensor]) -> Tensor:
+    """[past ; new] along time (B, H, T, Dh), with past's rows selected by `rows` first: one copy of the past."""
+    if rows is not None and (past.requires_grad or new.requires_grad):  # out= records no gradient
+        past, rows = past.index_select(0, rows), None
+    if rows is None:
+        return torch.cat([past, new], dim=2)
+    t = past.size(2)
+    out = past.new_empty(rows.numel(), past.size(1), t + new.size(2), past.size(3))
+    torch.index_select(past, 0, rows, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
+
+
 def reorder_cache(cache: Cache, order: Tensor) -> None:
-    """Select batch rows of every cached tensor in place (beam search reordering)."""
+    """Select batch rows of every cached tensor in place (beam search reordering).
+
+    Keys and values are not copied here: the selection is recorded (composed with one still pending) and
+    made by the next step, which copies them once anyway to append its own keys and values."""
     for name, value in cache.items():
-        cache[name] = value.index_select(0, order)
+        if name not in ("k", "v"):
+            cache[name] = value.index_select(0, order)  # a pending selection composes: rows[order]
+    if "k" in cache and ROWS_KEY not in cache:
+        cache[ROWS_KEY] = order
