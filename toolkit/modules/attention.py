@@ -98,7 +98,25 @@ class MultiheadAttention(nn.Module):
     def attend(
         self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool
     ) -> Tensor:
-        """Per-head outputs (B, H, T, Dh) before the output projection."""
+        """Per-head outputs (B, H, T, Dh) before the output projection.
+
+        Keys with fewer rows than the queries (beam search sharing a source among a sentence's beams): key row
+        i serves query rows i*g .. i*g+g-1 (g = query rows / key rows), whose queries attend to it together as
+        one longer query sequence (non-causal attention only)."""
+        rows, sources = q.size(0), k.size(0)
+        if sources == rows:
+            return self._attend(q, k, v, key_padding_mask, causal)
+        if causal or rows % sources:
+            raise ValueError(f"attention: {rows} query rows cannot share {sources} key rows"
+                             f"{' in causal attention' if causal else ''}")
+        _, h, t, dh = q.shape
+        group = q.view(sources, rows // sources, h, t, dh).transpose(1, 2).reshape(sources, h, -1, dh)
+        out = self._attend(group, k, v, key_padding_mask, False)
+        return out.view(sources, h, rows // sources, t, dh).transpose(1, 2).reshape(rows, h, t, dh)
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool
+    ) -> Tensor:
         t, s = q.size(2), k.size(2)
         dropout = self.dropout if self.training else 0.0
         if causal and key_padding_mask is None and t == s:
