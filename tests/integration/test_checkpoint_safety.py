@@ -158,3 +158,15 @@ def test_old_format_checkpoint_resumes_as_its_stacked_form(text8_small, tmp_path
     sa, sb = a["optimizers"]["main"]["state"], b["optimizers"]["main"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
     assert [r["loss"] for r in read_log(old)] == [r["loss"] for r in read_log(stacked)]
+
+
+def test_old_format_checkpoint_initialises_a_run(text8_small, tmp_path):
+    # init_from reads the separate q/k/v projections as the stacked one (lr 0: the update changes nothing)
+    run = tmp_path / "run"
+    args = tiny_char_args(text8_small, run, max_update=1, save_interval=0, init_from=OLD_FORMAT, **{"optimizer.lr": 0})
+    assert train_main(args) == 0
+    old, new = load_checkpoint(OLD_FORMAT)["model"], load_checkpoint(run / "checkpoint_last.pt")["model"]
+    for kind in ("weight", "bias"):
+        separate = [old[f"layers.0.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+        assert torch.equal(new[f"layers.0.self_attn.qkv_proj.{kind}"], torch.cat(separate))
+    assert torch.equal(new["embed.weight"], old["embed.weight"])
