@@ -24,8 +24,6 @@ Cache = Dict[str, Tensor]
 
 # The projections `qkv_proj` stacks, in order, as checkpoints before the stacking named them.
 SEPARATE_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
-# Cache entry: the rows of the cached keys/values that the cache's rows are now (a beam reordering not yet made)
-ROWS_KEY = "rows"
 
 
 class MultiheadAttention(nn.Module):
@@ -83,15 +81,12 @@ class MultiheadAttention(nn.Module):
         else:
             q = self.split(self._projection(query, 0, 1))
             if cache is not None and static_kv and "k" in cache:
-                rows = cache.pop(ROWS_KEY, None)
-                if rows is not None:  # a reordering since the last step
-                    cache["k"], cache["v"] = cache["k"].index_select(0, rows), cache["v"].index_select(0, rows)
                 return q, cache["k"], cache["v"]
             k, v = self.key_values(key)
         if cache is not None:
             if not static_kv and "k" in cache:
-                rows = cache.pop(ROWS_KEY, None)
-                k, v = _append_step(cache["k"], k, rows), _append_step(cache["v"], v, rows)
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         return q, k, v
 
@@ -185,26 +180,7 @@ def with_stacked_projections(model: nn.Module, weights: Dict[str, Tensor]) -> Di
     return out
 
 
-def _append_step(past: Tensor, new: Tensor, rows: Optional[Tensor]) -> Tensor:
-    """[past ; new] along time (B, H, T, Dh), with past's rows selected by `rows` first: one copy of the past."""
-    if rows is not None and (past.requires_grad or new.requires_grad):  # out= records no gradient
-        past, rows = past.index_select(0, rows), None
-    if rows is None:
-        return torch.cat([past, new], dim=2)
-    t = past.size(2)
-    out = past.new_empty(rows.numel(), past.size(1), t + new.size(2), past.size(3))
-    torch.index_select(past, 0, rows, out=out[:, :, :t])
-    out[:, :, t:] = new
-    return out
-
-
 def reorder_cache(cache: Cache, order: Tensor) -> None:
-    """Select batch rows of every cached tensor in place (beam search reordering).
-
-    Keys and values are not copied here: the selection is recorded (composed with one still pending) and
-    made by the next step, which copies them once anyway to append its own keys and values."""
+    """Select batch rows of every cached tensor in place (beam search reordering)."""
     for name, value in cache.items():
-        if name not in ("k", "v"):
-            cache[name] = value.index_select(0, order)  # a pending selection composes: rows[order]
-    if "k" in cache and ROWS_KEY not in cache:
-        cache[ROWS_KEY] = order
+        cache[name] = value.index_select(0, order)
