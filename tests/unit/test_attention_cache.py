@@ -42,3 +42,35 @@ def test_beams_sharing_one_source_copy_attend_as_with_their_own():
     torch.testing.assert_close(shared, per_beam, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="attention: 12 query rows cannot share 3 key rows in causal attention"):
         m(query, source, causal=True)
+
+
+def select(cache: dict, order: torch.Tensor) -> None:
+    """Reordering written out: every cached tensor's rows selected."""
+    for name in list(cache):
+        cache[name] = cache[name].index_select(0, order)
+
+
+@torch.no_grad()
+def test_grown_reordering_equals_plain_selection():
+    # grow=True selects the past into a buffer whose free last slot the next step fills
+    torch.manual_seed(0)
+    m = MultiheadAttention(D, H).eval()
+    x = torch.randn(6, 5, D)
+    first, second = torch.tensor([1, 1, 0, 3, 5, 2]), torch.tensor([5, 4, 3, 2, 1, 0])
+    shrink = torch.tensor([0, 0, 4, 2])  # rows leave the batch (finished sentences)
+    grown, plain = {}, {}
+    assert torch.equal(m(x[:, :1], causal=True, cache=grown), m(x[:, :1], causal=True, cache=plain))
+    for order in (first, second):  # two reorderings with no step between them
+        reorder_cache(grown, order, grow=True), select(plain, order)
+        x = x[order]
+    assert grown["k_grown"].shape == (6, H, 2, D // H)
+    assert torch.equal(m(x[:, 1:2], causal=True, cache=grown), m(x[:, 1:2], causal=True, cache=plain))
+    assert torch.equal(grown["k"], plain["k"]) and "k_grown" not in grown
+    reorder_cache(grown, shrink, grow=True), select(plain, shrink)
+    x = x[shrink]
+    out = m(x[:, 2:4], causal=True, cache=grown)  # two positions at once: they do not fit the free slot
+    assert out.size(0) == 4 and torch.equal(out, m(x[:, 2:4], causal=True, cache=plain))
+    reorder_cache(grown, torch.tensor([3, 2, 1, 0]), grow=True), select(plain, torch.tensor([3, 2, 1, 0]))
+    x = x[torch.tensor([3, 2, 1, 0])]
+    assert torch.equal(m(x[:, 4:5], causal=True, cache=grown), m(x[:, 4:5], causal=True, cache=plain))
+    assert torch.equal(grown["k"], plain["k"]) and torch.equal(grown["v"], plain["v"])

@@ -294,7 +294,7 @@ class TransformerModel(nn.Module):
         cross-attention caches alone: valid when `order` only permutes rows with identical sources (the beams
         of one sentence), and it saves copying them at every step."""
         for cache in state.self_caches:
-            reorder_cache(cache, order)
+            reorder_cache(cache, order, grow=True)  # the next decode step extends them
         if static and state.beams > 1:
             # one row per sentence: the sentences of the kept hypotheses (a sentence's beams stay together)
             sources = order[:: state.beams] // state.beams

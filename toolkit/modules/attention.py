@@ -24,6 +24,8 @@ Cache = Dict[str, Tensor]
 
 # The projections `qkv_proj` stacks, in order, as checkpoints before the stacking named them.
 SEPARATE_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+# Cache entries of keys/values selected for the next step into buffers with its time slot still free
+GROWN = {"k": "k_grown", "v": "v_grown"}
 
 
 class MultiheadAttention(nn.Module):
@@ -84,7 +86,9 @@ class MultiheadAttention(nn.Module):
                 return q, cache["k"], cache["v"]
             k, v = self.key_values(key)
         if cache is not None:
-            if not static_kv and "k" in cache:
+            if not static_kv and GROWN["k"] in cache:
+                k, v = _fill_free_slot(cache.pop(GROWN["k"]), k), _fill_free_slot(cache.pop(GROWN["v"]), v)
+            elif not static_kv and "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
@@ -180,7 +184,32 @@ def with_stacked_projections(model: nn.Module, weights: Dict[str, Tensor]) -> Di
     return out
 
 
-def reorder_cache(cache: Cache, order: Tensor) -> None:
-    """Select batch rows of every cached tensor in place (beam search reordering)."""
-    for name, value in cache.items():
-        cache[name] = value.index_select(0, order)
+def _fill_free_slot(grown: Tensor, new: Tensor) -> Tensor:
+    """Keys or values of the past in a buffer with one free last time slot (reorder_cache(grow=True)) + `new`."""
+    if new.size(2) != 1:  # several steps at once: the free slot does not fit them
+        return torch.cat([grown[:, :, :-1], new], dim=2)
+    grown[:, :, -1:] = new
+    return grown
+
+
+def reorder_cache(cache: Cache, order: Tensor, grow: bool = False) -> None:
+    """Select batch rows of every cached tensor in place (beam search reordering).
+
+    grow=True (self-attention caches, which the next step extends): keys and values are selected into buffers
+    one time step longer, whose free last slot the next step fills in place, so that the cached past is copied
+    once per step (selected and extended together) instead of twice."""
+    for name in [n for n in cache if n not in ("k", "v", GROWN["k"], GROWN["v"])]:
+        cache[name] = cache[name].index_select(0, order)
+    for name, grown_name in GROWN.items():
+        if grown_name in cache:  # selected before, not yet extended: its free slot holds nothing
+            past = cache.pop(grown_name)[:, :, :-1]
+        elif name in cache:
+            past = cache.pop(name)
+        else:
+            continue
+        if not grow or past.requires_grad:  # (out= records no gradient)
+            cache[name] = past.index_select(0, order)
+            continue
+        buffer = past.new_empty(order.numel(), past.size(1), past.size(2) + 1, past.size(3))
+        torch.index_select(past, 0, order, out=buffer[:, :, :-1])
+        cache[grown_name] = buffer
