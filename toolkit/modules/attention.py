@@ -71,8 +71,8 @@ class MultiheadAttention(nn.Module):
         return k, v
 
     def cache_static_kv(self, key: Tensor, cache: Cache) -> None:
-        """Fill an encoder-decoder attention cache before the first step (`key` may have fewer rows than the
-        decoder will have: beam search then selects rows of the cache, which copies no more than the result)."""
+        """Fill an encoder-decoder attention cache before the first step. `key` may hold one row per sentence
+        where the decoder has several (its beams): beam search then selects the cached rows for them."""
         cache["k"], cache["v"] = self.key_values(key)
 
     def project_heads(
