@@ -36,8 +36,8 @@ def test_initialisation_draws_what_three_linear_layers_draw():
     after = torch.rand(2)
     torch.manual_seed(3)
     stacked = StackedLinear(D, D, 3)
-    assert torch.equal(stacked.weight, torch.cat([l.weight for l in layers]))
-    assert torch.equal(stacked.bias, torch.cat([l.bias for l in layers]))
+    assert torch.equal(stacked.weight, torch.cat([layer.weight for layer in layers]))
+    assert torch.equal(stacked.bias, torch.cat([layer.bias for layer in layers]))
     assert torch.equal(torch.rand(2), after)
 
 
