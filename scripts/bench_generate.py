@@ -4,7 +4,7 @@
         [--split test] [--beams 1,5] [--batch-sizes 16,64,128] [--limit 400]
 
     python scripts/bench_generate.py --data DIR --force-len 31 --beams 5 --batch-sizes 128 --limit 500 \
-        --threads 1 [--rounds 5]
+        --threads 1 [--rounds 5] [--shared-source-attention]
 
 With --force-len N every hypothesis has exactly N tokens before eos (eos is masked before N tokens and forced
 after them: min_len = max_len = N), the model needs no training (an untrained one is built from the flags unless
@@ -71,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--force-len", type=int, default=0,
                    help="force every output to N tokens and time the toolkit against a plain beam loop")
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per setting (--force-len)")
+    p.add_argument("--shared-source-attention", action="store_true",
+                   help="the toolkit's beams of a sentence attend to one copy of its source (generation option)")
     p.add_argument("--seed", type=int, default=1, help="seed of the untrained model's weights")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per training batch")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -167,7 +169,8 @@ def run(args: argparse.Namespace) -> None:
         return
     results = []
     for beam in map(int, args.beams.split(",")):
-        cfg = GenerationConfig(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+        cfg = GenerationConfig(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                               shared_source_attention=args.shared_source_attention)
         for batch_size in map(int, args.batch_sizes.split(",")):
             hyps: dict[int, list[int]] = {}
             generate(model, collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
@@ -212,6 +215,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
     results = []
     for beam in map(int, args.beams.split(",")):
         cfg = forced_config(beam, args.force_len, args.lenpen)
+        cfg.shared_source_attention = args.shared_source_attention
         for batch_size in map(int, args.batch_sizes.split(",")):
             batches = [collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
                        .to(args.device) for i in range(0, n, batch_size)]

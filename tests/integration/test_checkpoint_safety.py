@@ -119,3 +119,54 @@ def test_old_format_checkpoint_loads_evaluates_and_resumes_exactly(text8_small, 
     assert a["position"] == b["position"] and a["position"]["step"] == 4
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["loss"] for r in read_log(resumed)] == [r["loss"] for r in read_log(straight)][2:]
+
+
+def stacked_by_hand(state: dict) -> dict:
+    """The old-format fixture as a checkpoint with stacked q/k/v would hold it, written out index by index:
+    model keys q/k/v -> qkv_proj, and Adam's moments of old parameters 2..7 (q.w, q.b, k.w, k.b, v.w, v.b)
+    stacked into new parameters 2 (weight) and 3 (bias); later parameters move down by four."""
+    model = {}
+    for key, value in state["model"].items():
+        if ".q_proj." in key:
+            model[key.replace("q_proj", "qkv_proj")] = torch.cat(
+                [state["model"][key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+        elif ".k_proj." not in key and ".v_proj." not in key:
+            model[key] = value
+    old = state["optimizers"]["main"]
+    new_state = {0: old["state"][0], 1: old["state"][1]}
+    for new, parts in ((2, (2, 4, 6)), (3, (3, 5, 7))):
+        new_state[new] = {"step": old["state"][parts[0]]["step"],
+                          **{k: torch.cat([old["state"][i][k] for i in parts]) for k in ("exp_avg", "exp_avg_sq")}}
+    for i in range(8, len(old["state"])):
+        new_state[i - 4] = old["state"][i]
+    groups = [{**old["param_groups"][0], "params": list(range(len(new_state)))}]
+    return {**state, "model": model, "optimizers": {"main": {"state": new_state, "param_groups": groups}}}
+
+
+def test_old_format_checkpoint_resumes_as_its_stacked_form(text8_small, tmp_path):
+    # separate q/k/v projections and their optimizer state map onto the stacked ones without changing a bit
+    old, stacked = tmp_path / "old", tmp_path / "stacked"
+    old.mkdir(), stacked.mkdir()
+    shutil.copy(OLD_FORMAT, old / "checkpoint_last.pt")
+    save_checkpoint(stacked_by_hand(load_checkpoint(OLD_FORMAT)), stacked / "checkpoint_last.pt")
+    then = {"model.init": "fairseq", "model.scale_embedding": "true"}
+    assert train_main(tiny_char_args(text8_small, old, max_update=4, **then)) == 0
+    assert train_main(tiny_char_args(text8_small, stacked, max_update=4, **then)) == 0
+    a, b = load_checkpoint(old / "checkpoint_last.pt"), load_checkpoint(stacked / "checkpoint_last.pt")
+    assert a["model"].keys() == b["model"].keys() and "layers.0.self_attn.qkv_proj.weight" in a["model"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = a["optimizers"]["main"]["state"], b["optimizers"]["main"]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    assert [r["loss"] for r in read_log(old)] == [r["loss"] for r in read_log(stacked)]
+
+
+def test_old_format_checkpoint_initialises_a_run(text8_small, tmp_path):
+    # init_from reads the separate q/k/v projections as the stacked one (lr 0: the update changes nothing)
+    run = tmp_path / "run"
+    args = tiny_char_args(text8_small, run, max_update=1, save_interval=0, init_from=OLD_FORMAT, **{"optimizer.lr": 0})
+    assert train_main(args) == 0
+    old, new = load_checkpoint(OLD_FORMAT)["model"], load_checkpoint(run / "checkpoint_last.pt")["model"]
+    for kind in ("weight", "bias"):
+        separate = [old[f"layers.0.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+        assert torch.equal(new[f"layers.0.self_attn.qkv_proj.{kind}"], torch.cat(separate))
+    assert torch.equal(new["embed.weight"], old["embed.weight"])

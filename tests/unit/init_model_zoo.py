@@ -18,6 +18,7 @@ from toolkit.models.char_transformer import CharTransformer, CharTransformerConf
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.models.transformer_lm import TransformerLM, TransformerLMConfig
+from toolkit.modules.attention import SEPARATE_PROJECTIONS
 
 
 def _with_init(cfg, init: Optional[str]):
@@ -71,10 +72,24 @@ def build(name: str, init: Optional[str] = None, seed: int = 0) -> nn.Module:
     return zoo(init)[name]()
 
 
+def separate_projections(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The state dict with each stacked `qkv_proj` split into the q_proj/k_proj/v_proj the digests were
+    recorded from."""
+    out = {}
+    for key, value in state.items():
+        prefix, stacked, kind = key.rpartition("qkv_proj.")
+        if not stacked:
+            out[key] = value
+            continue
+        for name, block in zip(SEPARATE_PROJECTIONS, value.chunk(3)):
+            out[f"{prefix}{name}.{kind}"] = block
+    return out
+
+
 def digests(init: Optional[str] = None) -> Dict[str, Dict[str, str]]:
-    """model name -> {state_dict key: sha256 of the tensor's bytes}."""
+    """model name -> {state_dict key (separate q/k/v projections): sha256 of the tensor's bytes}."""
     out = {}
     for name in zoo(init):
-        state = build(name, init).state_dict()
+        state = separate_projections(build(name, init).state_dict())
         out[name] = {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
     return out

@@ -3,6 +3,7 @@ full recomputation, and the model's own forward-pass log-probabilities."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -135,9 +136,10 @@ def test_beam_one_is_greedy(model):
         GenerationConfig(beam=5, nbest=3, lenpen=1.0, max_len_b=12, no_repeat_ngram_size=1),
     ],
 )
-def test_nbest_lists_equal_a_plain_reference_beam_search(model, cfg):
+@pytest.mark.parametrize("shared", [False, True])
+def test_nbest_lists_equal_a_plain_reference_beam_search(model, cfg, shared):
     src = sources(5, seed=2)
-    hyps = generate(model, src, cfg)
+    hyps = generate(model, src, dataclasses.replace(cfg, shared_source_attention=shared))
     lengths = set()
     for i in range(len(src)):
         ref = reference_beam(model, src[i], cfg)

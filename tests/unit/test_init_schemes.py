@@ -63,7 +63,9 @@ def test_gpt2_statistics(name):
     for module_name, module in model.named_modules():
         if isinstance(module, nn.LayerNorm):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0), module_name
-    q_proj = [m.q_proj for m in model.modules() if hasattr(m, "q_proj")]
+    # query projections: the stacked q/k/v of MultiheadAttention, RelativeAttention's separate q_proj
+    q_proj = [getattr(m, "qkv_proj", None) or m.q_proj for m in model.modules()
+              if hasattr(m, "qkv_proj") or hasattr(m, "q_proj")]
     assert q_proj and all(close(q.weight, GPT2_STD) for q in q_proj)
     assert all(q.bias is None or torch.all(q.bias == 0) for q in q_proj)
 

@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from toolkit.errors import ConfigError
@@ -36,9 +37,11 @@ def head_terms(m: MultiheadAttention, query, key=None, key_padding_mask=None, ca
     b, t, _ = query.shape
     s, h = key.size(1), m.n_heads
     dh = D // h
-    q = m.q_proj(query).view(b, t, h, dh).permute(0, 2, 1, 3)
-    k = m.k_proj(key).view(b, s, h, dh).permute(0, 2, 1, 3)
-    v = m.v_proj(key).view(b, s, h, dh).permute(0, 2, 1, 3)
+    w_q, w_k, w_v = m.qkv_proj.weight.chunk(3)  # the stacked projections, one d x d block each
+    b_q, b_k, b_v = m.qkv_proj.bias.chunk(3)
+    q = F.linear(query, w_q, b_q).view(b, t, h, dh).permute(0, 2, 1, 3)
+    k = F.linear(key, w_k, b_k).view(b, s, h, dh).permute(0, 2, 1, 3)
+    v = F.linear(key, w_v, b_v).view(b, s, h, dh).permute(0, 2, 1, 3)
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
     if key_padding_mask is not None:
         scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))

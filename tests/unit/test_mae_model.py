@@ -116,12 +116,13 @@ def test_beam_reordering_without_static_copies_moves_the_gate_state():
     torch.testing.assert_close(step, expected, rtol=0, atol=1e-10)
 
 
-def test_beam_search_scores_equal_teacher_forced_rescoring():
+@pytest.mark.parametrize("shared", [False, True])
+def test_beam_search_scores_equal_teacher_forced_rescoring(shared):
     model = mae_model(seed=2)
     for module in model.mae_modules().values():  # a decisive gate, so a wrong gate state would show
         torch.nn.init.normal_(module.mae_gate.fc2.weight, std=3.0)
     src, _ = batch()
-    hyps = generate(model, src, GenerationConfig(beam=3, max_len_b=6, lenpen=1.0))
+    hyps = generate(model, src, GenerationConfig(beam=3, max_len_b=6, lenpen=1.0, shared_source_attention=shared))
     for row, (best, *_) in enumerate(hyps):
         prev = torch.cat([torch.tensor([model.decoder_start_idx]), best.tokens[:-1]])[None]
         logp = torch.log_softmax(model(src[row : row + 1], prev)[0], -1)[0]

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from toolkit.errors import ConfigError
 from toolkit.models.transformer import TransformerConfig, TransformerModel
@@ -82,13 +83,14 @@ def test_logits_match_a_hand_computed_post_ln_forward():
         return torch.cat([ang.sin(), ang.cos()], 1)
 
     def mha(m, q, kv, causal):
-        def heads(x, proj):
-            return proj(x).view(x.size(0), x.size(1), h, d // h).transpose(1, 2)
+        def heads(x, block):  # block 0, 1, 2 of the stacked q/k/v projection
+            w, b = m.qkv_proj.weight.chunk(3)[block], m.qkv_proj.bias.chunk(3)[block]
+            return F.linear(x, w, b).view(x.size(0), x.size(1), h, d // h).transpose(1, 2)
 
-        a = heads(q, m.q_proj) @ heads(kv, m.k_proj).transpose(-1, -2) / (d // h) ** 0.5
+        a = heads(q, 0) @ heads(kv, 1).transpose(-1, -2) / (d // h) ** 0.5
         if causal:
             a = a.masked_fill(torch.ones(q.size(1), kv.size(1)).triu(1).bool(), float("-inf"))
-        out = a.softmax(-1) @ heads(kv, m.v_proj)
+        out = a.softmax(-1) @ heads(kv, 2)
         return m.out_proj(out.transpose(1, 2).reshape(q.size(0), q.size(1), d))
 
     def ffn(layer, x):

@@ -6,8 +6,9 @@ kept, those ending in eos among the best `beam` are finalized (score = sum of lo
 length counting eos), and the best `beam` others go on. A sentence is done once it has `beam` finalized
 hypotheses or reaches its maximum length; done sentences leave the batch.
 
-The model provides `encode(src)`, `init_decoder_state(encoder_out)`, `decode(tokens, None, state)` (logits of
-the newest token with cached keys/values), `reorder_decoder_state(state, order, static)` and the indices
+The model provides `encode(src)`, `init_decoder_state(encoder_out)` (with `beams=k` when
+`shared_source_attention` is set), `decode(tokens, None, state)` (logits of the newest token with cached
+keys/values), `reorder_decoder_state(state, order, static)` and the indices
 `pad_idx`, `eos_idx`, `bos_idx`, `decoder_start_idx` (the first decoder input, as in training); optionally
 `max_decoder_positions()`. pad and bos are never generated.
 """
@@ -47,6 +48,10 @@ class GenerationConfig:
     """Minimum number of tokens before eos."""
     no_repeat_ngram_size: int = bounded(0, ge=0)
     """Forbid repeating any n-gram of this size within a hypothesis; 0 = off."""
+    shared_source_attention: bool = False
+    """The beams of a sentence attend together to one copy of its encoder keys/values instead of one copy per
+    beam (less time and memory at beam > 1). The attention kernel then sums in another order: scores differ
+    from the default's in the last bits, so hypotheses whose scores nearly tie can swap."""
 
 
 @dataclass
@@ -98,8 +103,10 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
     max_lens = _max_lengths(model, src_tokens, cfg)  # per active sentence
     max_steps = int(max_lens.max())
 
-    state = model.init_decoder_state(model.encode(src_tokens))
-    model.reorder_decoder_state(state, torch.arange(bsz, device=device).repeat_interleave(k))  # B -> B*k rows
+    shared = cfg.shared_source_attention and k > 1
+    state = model.init_decoder_state(model.encode(src_tokens), **({"beams": k} if shared else {}))
+    # B -> B*k rows; with a shared source, its encoder output and keys/values stay at B rows
+    model.reorder_decoder_state(state, torch.arange(bsz, device=device).repeat_interleave(k), static=not shared)
     sent_ids = torch.arange(bsz, device=device)  # active sentence -> input row
     tokens = torch.full((bsz * k, 1), model.decoder_start_idx, dtype=torch.long, device=device)
     pos_scores = torch.zeros(bsz * k, 0, dtype=score_dtype, device=device)
@@ -161,6 +168,10 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
             row_max_lens, first_row = max_lens.repeat_interleave(k), first_row[: keep.numel()]
             first_forced = int(max_lens.min())
         order = next_rows.view(-1)
+        if k == 1 and not shrink:  # greedy: every row continues itself, nothing moves
+            tokens = torch.cat([tokens, next_tokens.view(-1, 1)], dim=1)
+            pos_scores = torch.cat([pos_scores, next_lp.view(-1, 1)], dim=1)
+            continue
         tokens = torch.cat([tokens[order], next_tokens.view(-1, 1)], dim=1)
         pos_scores = torch.cat([pos_scores[order], next_lp.view(-1, 1)], dim=1)
         # beams of one sentence share their source: encoder-side caches move only when sentences leave

@@ -27,6 +27,7 @@ from typing import List, Sequence, Tuple
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.modules.stacked_linear import weight_blocks
 
 SCHEMES = ("gpt2", "fairseq")
 DEFAULT_SCHEME = "gpt2"
@@ -90,7 +91,8 @@ def init_gpt2(model: nn.Module, targets: InitTargets) -> None:
     for linear in _linears_outside_own_init(model):
         if id(linear.weight) not in embedding_weights:  # a tied output layer is the embedding's table
             std = residual_std if id(linear) in residual_ids else GPT2_STD
-            nn.init.normal_(linear.weight, mean=0.0, std=std)
+            for weight in weight_blocks(linear):  # stacked projections: block by block, as separate layers
+                nn.init.normal_(weight, mean=0.0, std=std)
         if linear.bias is not None:
             nn.init.zeros_(linear.bias)
     for module in model.modules():

@@ -118,6 +118,9 @@ class DecoderState:
     self_caches: List[Cache]
     cross_caches: List[Cache]
     length: int = 0  # target tokens already fed; the next position index
+    # decoder rows per encoder row: > 1 when the beams of a sentence share one copy of its encoder output and
+    # encoder-decoder keys/values (which then stay at one row per sentence)
+    beams: int = 1
 
 
 def resolve_attention(name: str) -> AttentionFactory:
@@ -266,16 +269,22 @@ class TransformerModel(ToolkitModel):
         return EncoderOut(self.encoder_norm(x), padding_mask, any_padding)
 
     # ---- decoder -------------------------------------------------------------------------------------
-    def init_decoder_state(self, encoder_out: Optional[EncoderOut] = None) -> DecoderState:
-        """Empty caches for incremental decoding (one self and one cross cache dict per decoder layer).
+    def init_decoder_state(self, encoder_out: Optional[EncoderOut] = None, beams: int = 1) -> DecoderState:
+        """Caches for incremental decoding (one self and one cross cache dict per decoder layer); the
+        encoder-decoder keys and values of `encoder_out` are computed here, once per source row.
+
+        `beams` > 1: each encoder row will serve that many consecutive decoder rows, all attending to its one
+        copy; the caller expands the per-hypothesis state with reorder_decoder_state(state, order, static=False).
 
         MAE modules in 'random_expert' mode get their expert drawn here, one per source sentence, so that beam
         search (which expands the state to beams afterwards) decodes every beam of a sentence with one expert."""
         n = len(self.decoder_layers)
-        state = DecoderState(encoder_out, [{} for _ in range(n)], [{} for _ in range(n)])
+        state = DecoderState(encoder_out, [{} for _ in range(n)], [{} for _ in range(n)], beams=beams)
         if encoder_out is not None:
             rows, device = encoder_out.out.size(0), encoder_out.out.device
             for i, layer in enumerate(self.decoder_layers):
+                # once per source row: beam search then copies the keys/values to its beams
+                layer.cross_attn.cache_static_kv(encoder_out.out, state.cross_caches[i])
                 for module, caches in ((layer.self_attn, state.self_caches), (layer.cross_attn, state.cross_caches)):
                     if isinstance(module, MAEAttention) and module.mode == "random_expert":
                         caches[i][EXPERT_KEY] = torch.randint(module.n_experts, (rows,), device=device)
@@ -286,8 +295,16 @@ class TransformerModel(ToolkitModel):
         cross-attention caches alone: valid when `order` only permutes rows with identical sources (the beams
         of one sentence), and it saves copying them at every step."""
         for cache in state.self_caches:
-            reorder_cache(cache, order)
-        if static:
+            reorder_cache(cache, order, grow=True)  # the next decode step extends them
+        if static and state.beams > 1:
+            # one row per sentence: the sentences of the kept hypotheses (a sentence's beams stay together)
+            sources = order[:: state.beams] // state.beams
+            for cache in state.cross_caches:
+                for key, value in cache.items():
+                    cache[key] = value.index_select(0, order if key in MAE_CACHE_KEYS else sources)
+            if state.encoder_out is not None:
+                state.encoder_out = state.encoder_out.index_select(sources)
+        elif static:
             for cache in state.cross_caches:
                 reorder_cache(cache, order)
             if state.encoder_out is not None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ConfigError
+from toolkit.modules.attention import with_stacked_projections
 from toolkit.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def init_weights(model: nn.Module, path: str, min_fraction: float) -> Dict[str, 
     state = load_checkpoint(path).get("model")
     if not isinstance(state, dict):
         raise ConfigError(f"init_from={path}: not a tk-train checkpoint (no model weights inside)")
+    state = with_stacked_projections(model, state)  # separate q/k/v projections of older checkpoints
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:

@@ -32,6 +32,7 @@ from toolkit.train.param_groups import ParamGroup
 from toolkit.train.precision import autocast, grad_scaler
 from toolkit.train.schedules import active_groups, validate_phases
 from toolkit.train.signals import StopRequest
+from toolkit.train.stacked_optimizer_state import stack_separate_projection_states
 from toolkit.distributed import comm
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,11 @@ class Trainer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        optimizers = stack_separate_projection_states(
+            self.model, state["model"], {name: g.names for name, g in self.groups.items()}, state["optimizers"])
         for name, group in self.groups.items():
-            if name in state["optimizers"]:
-                group.optimizer.load_state_dict(state["optimizers"][name])
+            if name in optimizers:
+                group.optimizer.load_state_dict(optimizers[name])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.index = (state["position"][k] for k in ("step", "epoch", "index"))
         trainer = state["trainer"]
