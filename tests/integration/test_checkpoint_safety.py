@@ -102,7 +102,7 @@ def test_checkpoints_hold_only_what_the_plain_safe_loader_reads(text8_small, tmp
     assert state["position"]["step"] == 1 and isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
 
 
-def test_old_format_checkpoint_loads_evaluates_and_resumes_exactly(text8_small, tmp_path, capsys):
+def test_old_format_checkpoint_loads_evaluates_and_resumes(text8_small, tmp_path, capsys):
     # the fixture holds 2 updates of tiny_char_args on this same dataset, written by the toolkit before the change
     capsys.readouterr()
     assert eval_main([f"checkpoint={OLD_FORMAT}", f"data={text8_small}", "subset=valid", "device=cpu"]) == 0
@@ -117,8 +117,17 @@ def test_old_format_checkpoint_loads_evaluates_and_resumes_exactly(text8_small, 
     assert train_main(tiny_char_args(text8_small, straight, max_update=4, **then)) == 0
     a, b = load_checkpoint(resumed / "checkpoint_last.pt"), load_checkpoint(straight / "checkpoint_last.pt")
     assert a["position"] == b["position"] and a["position"]["step"] == 4
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["loss"] for r in read_log(resumed)] == [r["loss"] for r in read_log(straight)][2:]
+    # The fixture's 2 updates ran three q/k/v matmuls, the straight run's one stacked matmul: their input
+    # gradients round differently (2.98e-8 at most after 4 updates). The key bias, whose true gradient is
+    # zero (softmax ignores a per-query constant), follows that rounding noise through Adam, so it is left
+    # out. That a resume itself changes no bit is asserted against the stacked form below.
+    for key in a["model"]:
+        x, y = a["model"][key], b["model"][key]
+        if key.endswith("qkv_proj.bias"):  # the query and value blocks; not the key block
+            d = x.numel() // 3
+            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-7)
 
 
 def stacked_by_hand(state: dict) -> dict:
