@@ -34,8 +34,11 @@ def _main() -> int:
     args = parser.parse_args()
     paths = interval_checkpoints(args.run_dir)[-args.last :]
     if len(paths) < args.last:
-        print(f"error: {args.run_dir} has {len(paths)} interval checkpoints, fewer than --last {args.last} "
-              "(train with keep_interval_checkpoints=N)", file=sys.stderr)
+        print(
+            f"error: {args.run_dir} has {len(paths)} interval checkpoints, fewer than --last {args.last} "
+            "(train with keep_interval_checkpoints=N)",
+            file=sys.stderr,
+        )
         return 2
     output = args.output or args.run_dir / f"checkpoint_avg{args.last}.pt"
     save_checkpoint(average_checkpoints(paths), output)

@@ -31,8 +31,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from bench_common import device_sync, median, peak_memory_mib, peak_rss_mib, print_result, set_threads
+
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 
 VARIANTS = ("adaptive", "fixed", "untrimmed")
@@ -64,9 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace, variant: str) -> StreamingLM:
     adaptive = variant != "fixed"
     cfg = StreamingLMConfig(
-        vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads, d_ff=args.d_ff,
-        block_size=args.block, attn_span=args.max_span if adaptive else args.fixed_span,
-        adaptive_span=adaptive, dropout=args.dropout,
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        d_ff=args.d_ff,
+        block_size=args.block,
+        attn_span=args.max_span if adaptive else args.fixed_span,
+        adaptive_span=adaptive,
+        dropout=args.dropout,
     )
     model = StreamingLM(cfg)
     if adaptive:
@@ -128,36 +134,56 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     variants = [v for v in VARIANTS if v != "untrimmed" or args.with_untrimmed]
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--with-untrimmed"]
-    print(f"config: {args.layers} layers d{args.d_model} {args.heads} heads ff{args.d_ff} block {args.block} "
-          f"batch {args.batch}, {args.steps} timed steps after {args.warmup}, device {args.device}, "
-          f"{args.threads} threads; adaptive spans in [{args.span_low:g}, {args.span_high:g}] "
-          f"of S={args.max_span}", flush=True)
+    print(
+        f"config: {args.layers} layers d{args.d_model} {args.heads} heads ff{args.d_ff} block {args.block} "
+        f"batch {args.batch}, {args.steps} timed steps after {args.warmup}, device {args.device}, "
+        f"{args.threads} threads; adaptive spans in [{args.span_low:g}, {args.span_high:g}] "
+        f"of S={args.max_span}",
+        flush=True,
+    )
     results = {}
     for variant in variants:
         print(f"running {variant} ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, *passthrough, "--worker", variant],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--worker", variant], capture_output=True, text=True
+        )
         if proc.returncode:
             print(proc.stderr, file=sys.stderr)
             return proc.returncode
         r = results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        mem = f"cuda peak {r['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in r else (
-            f"peak RSS {r['peak_rss_mib']:.0f} MiB (train mem {r['train_mem_mib']:.0f} MiB)")
-        print(f"  {variant:9s} window {r['windows']} cache {r['cache']}: {r['step_ms']:.0f} ms/step "
-              f"(min {r['min_ms']:.0f}, CPU {r['cpu_ms']:.0f}), {mem}", flush=True)
+        mem = (
+            f"cuda peak {r['cuda_peak_mib']:.0f} MiB"
+            if "cuda_peak_mib" in r
+            else (f"peak RSS {r['peak_rss_mib']:.0f} MiB (train mem {r['train_mem_mib']:.0f} MiB)")
+        )
+        print(
+            f"  {variant:9s} window {r['windows']} cache {r['cache']}: {r['step_ms']:.0f} ms/step "
+            f"(min {r['min_ms']:.0f}, CPU {r['cpu_ms']:.0f}), {mem}",
+            flush=True,
+        )
     a, f = results["adaptive"], results["fixed"]
     mem_key = "cuda_peak_mib" if "cuda_peak_mib" in a else "train_mem_mib"
-    print(f"adaptive / fixed: step time {a['step_ms'] / f['step_ms']:.2f}x "
-          f"(min {a['min_ms'] / f['min_ms']:.2f}x, "
-          f"CPU {a['cpu_ms'] / f['cpu_ms']:.2f}x), "
-          f"{mem_key} {a[mem_key] / f[mem_key]:.2f}x, peak RSS {a['peak_rss_mib'] / f['peak_rss_mib']:.2f}x "
-          f"(target <= 1.3x)")
+    print(
+        f"adaptive / fixed: step time {a['step_ms'] / f['step_ms']:.2f}x "
+        f"(min {a['min_ms'] / f['min_ms']:.2f}x, "
+        f"CPU {a['cpu_ms'] / f['cpu_ms']:.2f}x), "
+        f"{mem_key} {a[mem_key] / f[mem_key]:.2f}x, peak RSS {a['peak_rss_mib'] / f['peak_rss_mib']:.2f}x "
+        f"(target <= 1.3x)"
+    )
     if "untrimmed" in results:
         u = results["untrimmed"]
-        print(f"untrimmed / adaptive: step time {u['step_ms'] / a['step_ms']:.2f}x, "
-              f"{mem_key} {u[mem_key] / a[mem_key]:.2f}x")
-    print_result("adaptive_span", threads=args.threads, device=args.device, variants=results,
-                 step_ratio=a["step_ms"] / f["step_ms"], memory_ratio=a[mem_key] / f[mem_key])
+        print(
+            f"untrimmed / adaptive: step time {u['step_ms'] / a['step_ms']:.2f}x, "
+            f"{mem_key} {u[mem_key] / a[mem_key]:.2f}x"
+        )
+    print_result(
+        "adaptive_span",
+        threads=args.threads,
+        device=args.device,
+        variants=results,
+        step_ratio=a["step_ms"] / f["step_ms"],
+        memory_ratio=a[mem_key] / f[mem_key],
+    )
     return 0
 
 

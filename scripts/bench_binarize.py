@@ -37,8 +37,10 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "wmt14"
 def real_lines(workdir: Path) -> tuple[list[str], list[str]]:
     """newstest2013 + newstest2014 (en, de), 6,003 aligned pairs."""
     with tarfile.open(DATA / "wmt14-newstest2013-de-en-plain.tar.xz") as archive:
-        en, de = (archive.extractfile(f"newstest2013-plain/newstest2013.{lang}").read().decode().split("\n")[:-1]
-                  for lang in ("en", "de"))
+        en, de = (
+            archive.extractfile(f"newstest2013-plain/newstest2013.{lang}").read().decode().split("\n")[:-1]
+            for lang in ("en", "de")
+        )
     with tarfile.open(DATA / "wmt14-newstest2014-deen-full-sgm.tar.xz") as archive:
         archive.extractall(workdir, filter="data")
     sgm = workdir / "newstest2014-full-sgm"
@@ -61,8 +63,10 @@ def cpu_seconds() -> float:
 def peak_rss_mb() -> tuple[float, float]:
     """(main process, largest finished child) peak RSS in MB."""
     to_mb = 1 / 1024  # Linux reports KiB
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb)
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb,
+    )
 
 
 def main() -> None:
@@ -92,9 +96,17 @@ def main() -> None:
             rule = CleanSettings(1.5, 1, 250)
             stats = clean_stream(iter_pairs(*raw), ("en", "de"), rule, counter, False, True, clean)
         seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-        results.append({"stage": "clean", "workers": 1, "lines": 2 * stats.read, "seconds": round(seconds, 2),
-                        "lines_per_s": round(2 * stats.read / seconds), "cpu_s": round(cpu, 2),
-                        "lines_per_cpu_s": round(2 * stats.read / cpu)})
+        results.append(
+            {
+                "stage": "clean",
+                "workers": 1,
+                "lines": 2 * stats.read,
+                "seconds": round(seconds, 2),
+                "lines_per_s": round(2 * stats.read / seconds),
+                "cpu_s": round(cpu, 2),
+                "lines_per_cpu_s": round(2 * stats.read / cpu),
+            }
+        )
 
         for workers in args.workers:
             start, cpu = time.perf_counter(), cpu_seconds()
@@ -106,17 +118,29 @@ def main() -> None:
             lines = 2 * stats.kept
             assert sum(len(IndexedDataset(work / f"train.{lang}")) for lang in ("en", "de")) == lines
             main_mb, child_mb = peak_rss_mb()
-            results.append({"stage": "binarize", "workers": workers, "lines": lines, "seconds": round(seconds, 2),
-                            "lines_per_s": round(lines / seconds), "tokens_per_s": round(tokens / seconds),
-                            "cpu_s": round(cpu, 2), "lines_per_cpu_s": round(lines / cpu),
-                            "peak_rss_main_mb": round(main_mb), "peak_rss_child_mb": round(child_mb)})
+            results.append(
+                {
+                    "stage": "binarize",
+                    "workers": workers,
+                    "lines": lines,
+                    "seconds": round(seconds, 2),
+                    "lines_per_s": round(lines / seconds),
+                    "tokens_per_s": round(tokens / seconds),
+                    "cpu_s": round(cpu, 2),
+                    "lines_per_cpu_s": round(lines / cpu),
+                    "peak_rss_main_mb": round(main_mb),
+                    "peak_rss_child_mb": round(child_mb),
+                }
+            )
     for row in results:
         print(json.dumps(row))
     best = max(r["lines_per_s"] for r in results if r["stage"] == "binarize")
     clean_rate = results[0]["lines_per_s"]
     total = 2 * 4_500_000
-    print(f"extrapolated for 4.5M pairs (9M lines): clean {total / clean_rate / 60:.1f} min, "
-          f"binarize {total / best / 60:.1f} min at {best:,} lines/s (+ sentencepiece training on the sample)")
+    print(
+        f"extrapolated for 4.5M pairs (9M lines): clean {total / clean_rate / 60:.1f} min, "
+        f"binarize {total / best / 60:.1f} min at {best:,} lines/s (+ sentencepiece training on the sample)"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,12 @@ def device_sync(device: Optional[torch.device]) -> Callable[[], None]:
     return lambda: None
 
 
-def seconds_per_step(step: Callable[[], Any], n: int, clock: Callable[[], float] = time.perf_counter,
-                     sync: Callable[[], None] = lambda: None) -> float:
+def seconds_per_step(
+    step: Callable[[], Any],
+    n: int,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] = lambda: None,
+) -> float:
     """Mean seconds of `n` consecutive calls of `step`."""
     sync()
     start = clock()
@@ -46,8 +50,14 @@ def seconds_per_step(step: Callable[[], Any], n: int, clock: Callable[[], float]
     return (clock() - start) / n
 
 
-def alternate(variants: Dict[str, Callable[[], Any]], rounds: int, steps: int = 1, warmup: int = 0,
-              clock: str = "wall", sync: Callable[[], None] = lambda: None) -> Times:
+def alternate(
+    variants: Dict[str, Callable[[], Any]],
+    rounds: int,
+    steps: int = 1,
+    warmup: int = 0,
+    clock: str = "wall",
+    sync: Callable[[], None] = lambda: None,
+) -> Times:
     """Warm every variant up (`warmup` untimed calls each), then `rounds` rounds of `steps` calls of each
     variant, the order reversed on odd rounds; seconds per step of every round, per variant."""
     timer = CLOCKS[clock]

@@ -17,17 +17,39 @@ import sys
 import tempfile
 from pathlib import Path
 
-WORKLOAD = ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.dropout=0.0",
-            "task.tokens_per_sample=256", "task.batch_size=16", "validate_interval=0", "save_interval=0",
-            "final_subset=null", "tensorboard=false", "progress=plain", "log_interval=5", "device=cpu"]
+WORKLOAD = [
+    "model.n_layers=2",
+    "model.d_model=256",
+    "model.n_heads=4",
+    "model.d_ff=1024",
+    "model.dropout=0.0",
+    "task.tokens_per_sample=256",
+    "task.batch_size=16",
+    "validate_interval=0",
+    "save_interval=0",
+    "final_subset=null",
+    "tensorboard=false",
+    "progress=plain",
+    "log_interval=5",
+    "device=cpu",
+]
 
 
 def tokens_per_second(procs: int, data: str, updates: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        args = [sys.executable, "-m", "toolkit.cli.train", "config=text8_char_tiny", f"data={data}",
-                f"run_dir={run_dir}", f"max_update={updates}", f"threads={threads}",
-                f"distributed.world_size={procs}", *WORKLOAD]
+        args = [
+            sys.executable,
+            "-m",
+            "toolkit.cli.train",
+            "config=text8_char_tiny",
+            f"data={data}",
+            f"run_dir={run_dir}",
+            f"max_update={updates}",
+            f"threads={threads}",
+            f"distributed.world_size={procs}",
+            *WORKLOAD,
+        ]
         subprocess.run(args, check=True, env=env, capture_output=True)
         rows = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
         speeds = [r["tokens_per_s"] for r in rows if r["kind"] == "train"][1:]  # the first interval is warm-up
@@ -44,8 +66,10 @@ def main() -> None:
     one = tokens_per_second(1, args.data, args.updates, threads=cores)
     many = tokens_per_second(args.procs, args.data, args.updates, threads=max(1, cores // args.procs))
     print(f"1 process ({cores} threads): {one:10.0f} tokens/s")
-    print(f"{args.procs} processes ({max(1, cores // args.procs)} thread each): {many:10.0f} tokens/s "
-          f"(global batch {args.procs}x larger)")
+    print(
+        f"{args.procs} processes ({max(1, cores // args.procs)} thread each): {many:10.0f} tokens/s "
+        f"(global batch {args.procs}x larger)"
+    )
     print(f"scaling: {many / one:.2f}x")
 
 

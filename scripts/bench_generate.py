@@ -40,9 +40,9 @@ from toolkit.criterions.label_smoothed_cross_entropy import label_smoothed_nll
 from toolkit.data.indexed_dataset import IndexedDataset
 from toolkit.data.spm import SpmVocab
 from toolkit.data.token_batching import batches_for_epoch, collate
+from toolkit.errors import USER_ERROR_EXIT, UserError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.eval.bleu import corpus_bleu
-from toolkit.errors import USER_ERROR_EXIT, UserError
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.train.checkpoint import load_checkpoint
 
@@ -66,13 +66,24 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--ffn-dim", type=int, default=1024)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--train-steps", type=int, default=None,
-                   help="training updates without a checkpoint (default 300; 0 with --force-len)")
-    p.add_argument("--force-len", type=int, default=0,
-                   help="force every output to N tokens and time the toolkit against a plain beam loop")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="training updates without a checkpoint (default 300; 0 with --force-len)",
+    )
+    p.add_argument(
+        "--force-len",
+        type=int,
+        default=0,
+        help="force every output to N tokens and time the toolkit against a plain beam loop",
+    )
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per setting (--force-len)")
-    p.add_argument("--shared-source-attention", action="store_true",
-                   help="the toolkit's beams of a sentence attend to one copy of its source (generation option)")
+    p.add_argument(
+        "--shared-source-attention",
+        action="store_true",
+        help="the toolkit's beams of a sentence attend to one copy of its source (generation option)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the untrained model's weights")
     p.add_argument("--max-tokens", type=int, default=4096, help="tokens per training batch")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -92,8 +103,12 @@ def load_model(args: argparse.Namespace, task: SimpleNamespace, data: Path, src:
         model.load_state_dict(state["model"])
         return model.to(args.device)
     cfg = TransformerConfig(
-        encoder_layers=args.layers, decoder_layers=args.layers, d_model=args.d_model,
-        ffn_dim=args.ffn_dim, n_heads=args.heads, dropout=0.1,
+        encoder_layers=args.layers,
+        decoder_layers=args.layers,
+        d_model=args.d_model,
+        ffn_dim=args.ffn_dim,
+        n_heads=args.heads,
+        dropout=0.1,
     )
     torch.manual_seed(args.seed)
     model = TransformerModel.build(cfg, task).to(args.device)
@@ -107,14 +122,19 @@ def quick_train(model: TransformerModel, args: argparse.Namespace, task, data: P
     src_ds = IndexedDataset(data / f"train.{src}-{tgt}.{src}")
     tgt_ds = IndexedDataset(data / f"train.{src}-{tgt}.{tgt}")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / args.warmup, (args.warmup / (s + 1)) ** 0.5)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / args.warmup, (args.warmup / (s + 1)) ** 0.5))
     model.train()
     step, epoch, start = 0, 1, time.perf_counter()
     while step < args.train_steps:
-        for idx in batches_for_epoch(src_ds.sizes, tgt_ds.sizes, args.max_tokens, seed=1, epoch=epoch,
-                                     max_source_positions=1024, max_target_positions=1024):
+        for idx in batches_for_epoch(
+            src_ds.sizes,
+            tgt_ds.sizes,
+            args.max_tokens,
+            seed=1,
+            epoch=epoch,
+            max_source_positions=1024,
+            max_target_positions=1024,
+        ):
             batch = collate(idx, src_ds, tgt_ds, task.pad_idx, task.eos_idx)
             logits, _ = model(batch["src_tokens"].to(args.device), batch["prev_output_tokens"].to(args.device))
             lprobs = F.log_softmax(logits.float(), -1)
@@ -125,8 +145,11 @@ def quick_train(model: TransformerModel, args: argparse.Namespace, task, data: P
             sched.step()
             step += 1
             if step % 50 == 0 or step == args.train_steps:
-                print(f"train step {step} epoch {epoch} nll/token {float(nll.detach()) / batch['ntokens']:.3f} "
-                      f"({time.perf_counter() - start:.0f}s)", flush=True)
+                print(
+                    f"train step {step} epoch {epoch} nll/token {float(nll.detach()) / batch['ntokens']:.3f} "
+                    f"({time.perf_counter() - start:.0f}s)",
+                    flush=True,
+                )
             if step >= args.train_steps:
                 break
         epoch += 1
@@ -162,19 +185,29 @@ def run(args: argparse.Namespace) -> None:
     refs = (data / f"{args.split}.{tgt}.txt").read_text(encoding="utf-8").split("\n")[: len(src_ds)]
     n = min(args.limit or len(src_ds), len(src_ds))
     order = np.argsort(src_ds.sizes[:n], kind="stable")  # length-sorted batches waste little padding
-    print(f"{n} {args.split} sentences, device {args.device}, threads {torch.get_num_threads()}, "
-          f"model {sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"{n} {args.split} sentences, device {args.device}, threads {torch.get_num_threads()}, "
+        f"model {sum(p.numel() for p in model.parameters()):,} parameters"
+    )
     if args.force_len:
         compare_with_plain_loop(args, model, task, src_ds, order)
         return
     results = []
     for beam in map(int, args.beams.split(",")):
-        cfg = GenerationConfig(beam=beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-                               shared_source_attention=args.shared_source_attention)
+        cfg = GenerationConfig(
+            beam=beam,
+            lenpen=args.lenpen,
+            max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b,
+            shared_source_attention=args.shared_source_attention,
+        )
         for batch_size in map(int, args.batch_sizes.split(",")):
             hyps: dict[int, list[int]] = {}
-            generate(model, collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
-                     .to(args.device), cfg)  # warm-up
+            generate(
+                model,
+                collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device),
+                cfg,
+            )  # warm-up
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -188,9 +221,15 @@ def run(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - start
             out_tokens = sum(len(h) for h in hyps.values())
             bleu = corpus_bleu([vocab.decode(hyps[j]) for j in range(n)], refs[:n], args.protocol, tgt)
-            row = dict(beam=beam, batch_size=batch_size, sentences=n, seconds=round(seconds, 3),
-                       sentences_per_s=round(n / seconds, 1), tokens_per_s=round(out_tokens / seconds, 1),
-                       bleu=round(bleu.score, 2))
+            row = dict(
+                beam=beam,
+                batch_size=batch_size,
+                sentences=n,
+                seconds=round(seconds, 3),
+                sentences_per_s=round(n / seconds, 1),
+                tokens_per_s=round(out_tokens / seconds, 1),
+                bleu=round(bleu.score, 2),
+            )
             results.append(row)
             print(json.dumps(row), flush=True)
     print(f"BLEU signature: {bleu.signature}")
@@ -217,12 +256,17 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
         cfg = forced_config(beam, args.force_len, args.lenpen)
         cfg.shared_source_attention = args.shared_source_attention
         for batch_size in map(int, args.batch_sizes.split(",")):
-            batches = [collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
-                       .to(args.device) for i in range(0, n, batch_size)]
+            batches = [
+                collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(
+                    args.device
+                )
+                for i in range(0, n, batch_size)
+            ]
             runners = {
                 "toolkit": lambda b: [nbest[0].tokens[:-1] for nbest in generate(model, b, cfg)],
-                "plain": lambda b: [h["tokens"][:-1] for h in plain_beam_search(model, b, beam, args.force_len,
-                                                                               args.lenpen)],
+                "plain": lambda b: [
+                    h["tokens"][:-1] for h in plain_beam_search(model, b, beam, args.force_len, args.lenpen)
+                ],
             }
             for run_one in runners.values():  # warm-up
                 run_one(batches[0])
@@ -237,15 +281,27 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
                     if cuda:
                         torch.cuda.synchronize()
                     rates[name].append(n / (clock() - start))
-                    print(f"beam {beam} batch {batch_size} round {r + 1} {name}: {rates[name][-1]:.1f} "
-                          f"sentences/s ({load()})", flush=True)
+                    print(
+                        f"beam {beam} batch {batch_size} round {r + 1} {name}: {rates[name][-1]:.1f} "
+                        f"sentences/s ({load()})",
+                        flush=True,
+                    )
             lengths = {len(h) for hyps in outputs.values() for h in hyps}
             same = sum(bool(torch.equal(a, b)) for a, b in zip(outputs["toolkit"], outputs["plain"]))
             toolkit, plain = statistics.median(rates["toolkit"]), statistics.median(rates["plain"])
-            row = dict(beam=beam, batch_size=batch_size, sentences=n, force_len=args.force_len,
-                       clock=clock.__name__, toolkit_sentences_per_s=round(toolkit, 1),
-                       plain_sentences_per_s=round(plain, 1), ratio=round(toolkit / plain, 3),
-                       output_lengths=sorted(lengths), same_best_hypotheses=f"{same}/{n}", load=load())
+            row = dict(
+                beam=beam,
+                batch_size=batch_size,
+                sentences=n,
+                force_len=args.force_len,
+                clock=clock.__name__,
+                toolkit_sentences_per_s=round(toolkit, 1),
+                plain_sentences_per_s=round(plain, 1),
+                ratio=round(toolkit / plain, 3),
+                output_lengths=sorted(lengths),
+                same_best_hypotheses=f"{same}/{n}",
+                load=load(),
+            )
             results.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

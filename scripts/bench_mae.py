@@ -18,9 +18,9 @@ from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
+from bench_common import alternate, device_sync, median, paired_ratio, print_result, set_threads
 from torch import Tensor, nn
 
-from bench_common import alternate, device_sync, median, paired_ratio, print_result, set_threads
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
 

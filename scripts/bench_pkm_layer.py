@@ -17,9 +17,9 @@ import os
 from typing import Callable, List, Tuple
 
 import torch
+from bench_common import alternate, median, print_result, set_threads
 from torch import nn
 
-from bench_common import alternate, median, print_result, set_threads
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
 
 
@@ -35,9 +35,7 @@ def fwd_bwd(layer: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Callab
     return step
 
 
-def time_against(
-    layer: nn.Module, ref: nn.Module, x: torch.Tensor, runs: int, warmup: int
-) -> Tuple[float, float]:
+def time_against(layer: nn.Module, ref: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> Tuple[float, float]:
     """Median seconds of `layer` and of `ref`, run in alternating rounds so that load changes hit both alike."""
     grad_out = torch.randn(x.shape[0], x.shape[1], layer_out_dim(layer))
     times = alternate({"pkm": fwd_bwd(layer, x, grad_out), "ffn": fwd_bwd(ref, x, grad_out)}, runs, 1, warmup)
@@ -81,16 +79,24 @@ def main() -> None:
         rows.append((n, heads, knn, "sparse" if sparse else "dense", sec, ref))
         del layer
 
-    print(f"tokens={args.tokens} d_model={d} FFN {d}-{args.d_ff}-{d} threads={args.threads}, median of "
-          f"{args.runs} after {args.warmup} warm-up, PKM and FFN alternated; PKM key_dim=256, BatchNorm on; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"tokens={args.tokens} d_model={d} FFN {d}-{args.d_ff}-{d} threads={args.threads}, median of "
+        f"{args.runs} after {args.warmup} warm-up, PKM and FFN alternated; PKM key_dim=256, BatchNorm on; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print("| slots | heads | k | value grad | PKM fwd+bwd ms | FFN fwd+bwd ms | PKM / FFN |")
     print("|---|---|---|---|---|---|---|")
     for n, heads, knn, grad, sec, ref in rows:
         print(f"| {n}^2 | {heads} | {knn} | {grad} | {sec * 1e3:.1f} | {ref * 1e3:.1f} | {sec / ref:.2f} |")
-    print_result("pkm_layer", threads=args.threads, tokens=args.tokens, rows=[
-        {"slots": n * n, "heads": heads, "knn": knn, "value_grad": grad, "pkm_ms": sec * 1e3, "ffn_ms": ref * 1e3}
-        for n, heads, knn, grad, sec, ref in rows])
+    print_result(
+        "pkm_layer",
+        threads=args.threads,
+        tokens=args.tokens,
+        rows=[
+            {"slots": n * n, "heads": heads, "knn": knn, "value_grad": grad, "pkm_ms": sec * 1e3, "ffn_ms": ref * 1e3}
+            for n, heads, knn, grad, sec, ref in rows
+        ],
+    )
 
 
 if __name__ == "__main__":

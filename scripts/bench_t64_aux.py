@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, List
 
 from bench_common import alternate, median, paired_ratio, print_result, ratio_of_medians, set_threads
+
 from toolkit.aux_weights import active_aux_terms
 from toolkit.config.compose import compose_train_config
 from toolkit.train.run import single_process_trainer
@@ -55,8 +56,9 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: build(getattr(args, name), args.data, args.overrides, Path(tmp) / name)
-                    for name in ("aux", "noaux")}
+        trainers = {
+            name: build(getattr(args, name), args.data, args.overrides, Path(tmp) / name) for name in ("aux", "noaux")
+        }
         times = alternate({name: step_at(t, args.step) for name, t in trainers.items()}, args.steps, 1, args.warmup)
     aux = trainers["aux"]
     b, t = aux.cfg.task.batch_size, aux.cfg.task.tokens_per_sample
@@ -67,15 +69,27 @@ def main() -> None:
     for name, trainer in trainers.items():
         medians[name] = median(times[name])
         params = sum(p.numel() for p in trainer.model.parameters())
-        print(f"{name:>6}: {medians[name] * 1000:8.1f} ms/step  {b * t / medians[name]:9.0f} tokens/s  ({params:,} parameters)")
+        print(
+            f"{name:>6}: {medians[name] * 1000:8.1f} ms/step  {b * t / medians[name]:9.0f} tokens/s  ({params:,} parameters)"
+        )
     ratio = ratio_of_medians(times, "aux", "noaux")
     # the two steps of a round ran back to back, so their ratio is less sensitive to load drifting over the run
     paired = paired_ratio(times, "aux", "noaux")
-    print(f"aux / noaux: ratio of medians {ratio:.3f} ({(ratio - 1) * 100:+.1f}%), "
-          f"median of per-round ratios {paired:.3f} ({(paired - 1) * 100:+.1f}%); budget +15%: "
-          f"{'ok' if max(ratio, paired) <= 1.15 else 'OVER'}")
-    print_result("t64_aux", threads=args.threads, update=args.step, active_terms=terms,
-                 aux_ms=medians["aux"] * 1000, noaux_ms=medians["noaux"] * 1000, ratio=ratio, paired_ratio=paired)
+    print(
+        f"aux / noaux: ratio of medians {ratio:.3f} ({(ratio - 1) * 100:+.1f}%), "
+        f"median of per-round ratios {paired:.3f} ({(paired - 1) * 100:+.1f}%); budget +15%: "
+        f"{'ok' if max(ratio, paired) <= 1.15 else 'OVER'}"
+    )
+    print_result(
+        "t64_aux",
+        threads=args.threads,
+        update=args.step,
+        active_terms=terms,
+        aux_ms=medians["aux"] * 1000,
+        noaux_ms=medians["noaux"] * 1000,
+        ratio=ratio,
+        paired_ratio=paired,
+    )
 
 
 if __name__ == "__main__":

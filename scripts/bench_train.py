@@ -18,19 +18,32 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from bench_common import alternate, median, print_result, set_threads
+
 from toolkit.config.compose import compose_train_config
 from toolkit.config.preset_names import current_name
 from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
     # the Quickstart model at the benchmark batch (16 x 256)
-    "baselines/transformer_lm_text8_tiny": ["model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024",
-                        "model.dropout=0.0", "task.tokens_per_sample=256", "task.batch_size=16"],
+    "baselines/transformer_lm_text8_tiny": [
+        "model.n_layers=2",
+        "model.d_model=256",
+        "model.n_heads=4",
+        "model.d_ff=1024",
+        "model.dropout=0.0",
+        "task.tokens_per_sample=256",
+        "task.batch_size=16",
+    ],
     # a 2+2-layer d256 translation model on the shipped IWSLT sample
-    "baselines/transformer_iwslt14_tiny": ["model.encoder_layers=2", "model.decoder_layers=2", "model.d_model=256", "model.ffn_dim=1024",
-                     "model.dropout=0.0", "task.max_tokens=2048"],
+    "baselines/transformer_iwslt14_tiny": [
+        "model.encoder_layers=2",
+        "model.decoder_layers=2",
+        "model.d_model=256",
+        "model.ffn_dim=1024",
+        "model.dropout=0.0",
+        "task.max_tokens=2048",
+    ],
 }
 COMMON = ["clip_norm=0.0", "tensorboard=false", "lr_scheduler.warmup_updates=0"]
 
@@ -44,8 +57,12 @@ def plain_loop(model: torch.nn.Module, task, lr: float, betas, label_smoothing: 
     def step() -> None:
         batch = task.train_batch(1, next(position) % task.epoch_length(1))
         logits = model(**batch["net_input"])[0]
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["target"].reshape(-1),
-                               ignore_index=ignore, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            batch["target"].reshape(-1),
+            ignore_index=ignore,
+            label_smoothing=label_smoothing,
+        )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -75,18 +92,23 @@ def main() -> None:
         smoothing = cfg.criterion.get("label_smoothing", 0.0)
         plain = plain_loop(reference, trainer.task, cfg.optimizer.lr, cfg.optimizer.betas, smoothing)
         # tokens per step, averaged over the batches the timed steps see (token batching varies in size)
-        tokens = statistics.mean(trainer.task.train_batch(1, i)["ntokens"] for i in range(min(50, trainer.task.epoch_length(1))))
+        tokens = statistics.mean(
+            trainer.task.train_batch(1, i)["ntokens"] for i in range(min(50, trainer.task.epoch_length(1)))
+        )
         times = alternate({"plain": plain, "toolkit": trainer.train_step}, args.rounds, args.steps, args.warmup)
     plain_tps, toolkit_tps = [tokens / x for x in times["plain"]], [tokens / x for x in times["toolkit"]]
     p, t = median(plain_tps), median(toolkit_tps)
     params = sum(x.numel() for x in trainer.model.parameters())
-    print(f"workload: {args.config}: {cfg.model.name} {params:,} params, {tokens:.0f} tokens per step, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps")
+    print(
+        f"workload: {args.config}: {cfg.model.name} {params:,} params, {tokens:.0f} tokens per step, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps"
+    )
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")
     print(f"ratio toolkit/plain: {t / p:.3f}")
-    print_result("train", workload=args.config, threads=args.threads, plain_tokens_per_s=p, toolkit_tokens_per_s=t,
-                 ratio=t / p)
+    print_result(
+        "train", workload=args.config, threads=args.threads, plain_tokens_per_s=p, toolkit_tokens_per_s=t, ratio=t / p
+    )
 
 
 if __name__ == "__main__":

@@ -22,22 +22,33 @@ from typing import Callable
 
 import numpy as np
 import torch
-
 from bench_common import CLOCKS, alternate, median, print_result, set_threads
+
 from toolkit.config.compose import compose_train_config
 from toolkit.tasks.language_modeling import score_with_context
 from toolkit.train.run import single_process_trainer
 from toolkit.train.setup import build_run
 
 WORKLOAD = [
-    "model.n_layers=2", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024", "model.dropout=0.0",
-    "model.attention_dropout=0.0", "model.adaptive_softmax_dropout=0.0", "model.max_positions=512",
-    "task.tokens_per_sample=256", "task.batch_size=8", "clip_norm=0.0", "tensorboard=false",
+    "model.n_layers=2",
+    "model.d_model=256",
+    "model.n_heads=4",
+    "model.d_ff=1024",
+    "model.dropout=0.0",
+    "model.attention_dropout=0.0",
+    "model.adaptive_softmax_dropout=0.0",
+    "model.max_positions=512",
+    "task.tokens_per_sample=256",
+    "task.batch_size=8",
+    "clip_norm=0.0",
+    "tensorboard=false",
     "lr_scheduler.warmup_updates=0",
 ]
 
 
-def plain_loop(model: torch.nn.Module, train: np.ndarray, batch: int, length: int, lr: float, betas) -> Callable[[], None]:
+def plain_loop(
+    model: torch.nn.Module, train: np.ndarray, batch: int, length: int, lr: float, betas
+) -> Callable[[], None]:
     """The reference: random contiguous blocks, forward, mean adaptive-softmax NLL, backward, Adam step."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=tuple(betas))
     stream = np.concatenate([[2], np.asarray(train, dtype=np.int64)])  # <eos> before the split, as the task
@@ -63,28 +74,44 @@ def bench_train(args: argparse.Namespace) -> None:
         reference = trainer.task.build_model(cfg.model)
         reference.load_state_dict(trainer.model.state_dict())
         reference.train()
-        plain = plain_loop(reference, trainer.task.splits["train"], cfg.task.batch_size, cfg.task.tokens_per_sample,
-                           cfg.optimizer.lr, cfg.optimizer.betas)
+        plain = plain_loop(
+            reference,
+            trainer.task.splits["train"],
+            cfg.task.batch_size,
+            cfg.task.tokens_per_sample,
+            cfg.optimizer.lr,
+            cfg.optimizer.betas,
+        )
         tokens = cfg.task.batch_size * cfg.task.tokens_per_sample * cfg.update_freq
-        times = alternate({"plain": plain, "toolkit": trainer.train_step}, args.rounds, args.steps, args.warmup,
-                          args.clock)
+        times = alternate(
+            {"plain": plain, "toolkit": trainer.train_step}, args.rounds, args.steps, args.warmup, args.clock
+        )
     plain_tps, toolkit_tps = [tokens / x for x in times["plain"]], [tokens / x for x in times["toolkit"]]
     p, t = median(plain_tps), median(toolkit_tps)
     params = sum(x.numel() for x in trainer.model.parameters())
-    print(f"workload: {cfg.model.name} (adaptive input/softmax, cutoffs {list(cfg.model.adaptive_cutoffs)}) "
-          f"{params:,} params, vocab {trainer.task.vocab_size}, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, {args.clock} clock")
+    print(
+        f"workload: {cfg.model.name} (adaptive input/softmax, cutoffs {list(cfg.model.adaptive_cutoffs)}) "
+        f"{params:,} params, vocab {trainer.task.vocab_size}, batch {cfg.task.batch_size}x{cfg.task.tokens_per_sample}, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, {args.clock} clock"
+    )
     print(f"plain PyTorch loop : {p:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in plain_tps)})")
     print(f"toolkit trainer    : {t:10.0f} tokens/s  (rounds: {', '.join(f'{x:.0f}' for x in toolkit_tps)})")
     print(f"ratio toolkit/plain: {t / p:.3f}")
-    print_result("word_lm_train", threads=args.threads, clock=args.clock, plain_tokens_per_s=p,
-                 toolkit_tokens_per_s=t, ratio=t / p)
+    print_result(
+        "word_lm_train",
+        threads=args.threads,
+        clock=args.clock,
+        plain_tokens_per_s=p,
+        toolkit_tokens_per_s=t,
+        ratio=t / p,
+    )
 
 
 def bench_eval(args: argparse.Namespace) -> None:
     overrides = [o for o in WORKLOAD if not o.startswith("task.tokens_per_sample")]
-    cfg = compose_train_config(args.config, [f"data={args.data}", *overrides, "task.tokens_per_sample=512",
-                                             *args.overrides])
+    cfg = compose_train_config(
+        args.config, [f"data={args.data}", *overrides, "task.tokens_per_sample=512", *args.overrides]
+    )
     run = build_run(cfg)
     model = run.model.eval()
     tokens = np.asarray(run.task.splits["test"][: args.tokens])
@@ -98,13 +125,23 @@ def bench_eval(args: argparse.Namespace) -> None:
             _, count = score_with_context(model, tokens, length, context, args.batch_size)
             times.append(clock() - start)
         results[context] = count / median(times)
-        print(f"context {context:4d}/{length}: {results[context]:10.0f} tokens/s  "
-              f"(runs: {', '.join(f'{x:.2f}s' for x in times)}, {count} tokens)")
-    print(f"workload: {sum(p.numel() for p in model.parameters()):,} params, {args.threads} threads, "
-          f"batch {args.batch_size} windows; slowdown of context {args.context}: "
-          f"{results[0] / results[args.context]:.1f}x")
-    print_result("word_lm_eval", threads=args.threads, clock=args.clock, context=args.context,
-                 tokens_per_s={str(c): r for c, r in results.items()}, slowdown=results[0] / results[args.context])
+        print(
+            f"context {context:4d}/{length}: {results[context]:10.0f} tokens/s  "
+            f"(runs: {', '.join(f'{x:.2f}s' for x in times)}, {count} tokens)"
+        )
+    print(
+        f"workload: {sum(p.numel() for p in model.parameters()):,} params, {args.threads} threads, "
+        f"batch {args.batch_size} windows; slowdown of context {args.context}: "
+        f"{results[0] / results[args.context]:.1f}x"
+    )
+    print_result(
+        "word_lm_eval",
+        threads=args.threads,
+        clock=args.clock,
+        context=args.context,
+        tokens_per_s={str(c): r for c, r in results.items()},
+        slowdown=results[0] / results[args.context],
+    )
 
 
 def main() -> None:
@@ -113,8 +150,12 @@ def main() -> None:
     parser.add_argument("--config", default="wikitext2_tiny")
     parser.add_argument("--data", default="data-bin/wikitext2-sample")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall: elapsed time; cpu: this process's CPU time (use with --threads 1 under load)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (use with --threads 1 under load)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="train: alternating timing rounds")
     parser.add_argument("--steps", type=int, default=10, help="train: steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="train: untimed steps of each loop first")

@@ -52,18 +52,39 @@ def compare(updates: int, out: Path, data: str, threads: int, seed: int) -> List
     rows = []
     for preset in PRESETS:
         run_dir = out / preset
-        result = last_json(run([
-            "tk-train", f"config={preset}", f"run_dir={run_dir}", f"data={data}", f"max_update={updates}",
-            f"seed={seed}",
-        ], threads))
+        result = last_json(
+            run(
+                [
+                    "tk-train",
+                    f"config={preset}",
+                    f"run_dir={run_dir}",
+                    f"data={data}",
+                    f"max_update={updates}",
+                    f"seed={seed}",
+                ],
+                threads,
+            )
+        )
         row = {"preset": preset, "bleu": result["bleu"], "test_nll": result["nll"]}
         valid = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
         row["best_valid_nll"] = min(r["nll"] for r in valid if r["kind"] == "valid")
         if "mae" in preset:
             row["gate_entropy"] = mean_gate_entropy(run_dir / "train_log.jsonl")
-            gates = json.loads(Path(last_json(run([
-                "tk-analyze", "gates", f"checkpoint={run_dir}/checkpoint_best.pt", "subset=valid",
-            ], threads))["json"]).read_text())
+            gates = json.loads(
+                Path(
+                    last_json(
+                        run(
+                            [
+                                "tk-analyze",
+                                "gates",
+                                f"checkpoint={run_dir}/checkpoint_best.pt",
+                                "subset=valid",
+                            ],
+                            threads,
+                        )
+                    )["json"]
+                ).read_text()
+            )
             row["usage_entropy"] = sum(gates["usage_entropy"]) / len(gates["usage_entropy"])
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -77,8 +98,10 @@ def table(rows: List[Dict[str, Any]], updates: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| `{row['preset']}` | {row['bleu']:.2f} | {row['test_nll']:.3f} | {row['best_valid_nll']:.3f} "
-                     f"| {fmt(row, 'gate_entropy')} | {fmt(row, 'usage_entropy')} |")
+        lines.append(
+            f"| `{row['preset']}` | {row['bleu']:.2f} | {row['test_nll']:.3f} | {row['best_valid_nll']:.3f} "
+            f"| {fmt(row, 'gate_entropy')} | {fmt(row, 'usage_entropy')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

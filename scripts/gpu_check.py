@@ -43,21 +43,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from toolkit.aux_weights import AuxWeights  # noqa: E402
 from toolkit.config.compose import compose_train_config  # noqa: E402
 from toolkit.eval.beam_search import GenerationConfig, generate  # noqa: E402
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory  # noqa: E402
 from toolkit.registry import CRITERIONS, MODELS  # noqa: E402
 from toolkit.train.flops import peak_tflops, train_flops_per_token  # noqa: E402
 from toolkit.train.precision import DTYPES, grad_scaler  # noqa: E402
-from toolkit.aux_weights import AuxWeights  # noqa: E402
 
 PAD, EOS, BOS = 1, 2, 0
 # tiny sizes for --tiny (CPU tests): same code paths, seconds instead of minutes
-TINY_MT = ["model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=32", "model.ffn_dim=64", "task.vocab_size=50"]
-TINY_CHAR = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "task.tokens_per_sample=32",
-             "task.batch_size=2", "model.max_positions=64", "aux_weights.layer_\\d+_nll.n_layers=2"]
-TINY_SPAN = ["model.n_layers=1", "model.d_model=32", "model.n_heads=4", "model.d_ff=64", "task.tokens_per_sample=32",
-             "task.batch_size=2", "model.attn_span=1024"]
+TINY_MT = [
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "model.d_model=32",
+    "model.ffn_dim=64",
+    "task.vocab_size=50",
+]
+TINY_CHAR = [
+    "model.n_layers=2",
+    "model.d_model=32",
+    "model.n_heads=4",
+    "model.d_ff=64",
+    "task.tokens_per_sample=32",
+    "task.batch_size=2",
+    "model.max_positions=64",
+    "aux_weights.layer_\\d+_nll.n_layers=2",
+]
+TINY_SPAN = [
+    "model.n_layers=1",
+    "model.d_model=32",
+    "model.n_heads=4",
+    "model.d_ff=64",
+    "task.tokens_per_sample=32",
+    "task.batch_size=2",
+    "model.attn_span=1024",
+]
 
 
 class Clock:
@@ -97,8 +118,13 @@ def autocast(device: torch.device, precision: str):
 def fake_task(cfg: Any) -> SimpleNamespace:
     """What the model and criterion builders read from a task, without any data."""
     vocab = int(cfg.task.vocab_size)
-    return SimpleNamespace(vocab_size=vocab, pad_idx=PAD, eos_idx=EOS, bos_idx=BOS,
-                           cfg=SimpleNamespace(tokens_per_sample=int(cfg.task.get("tokens_per_sample", 0) or 0)))
+    return SimpleNamespace(
+        vocab_size=vocab,
+        pad_idx=PAD,
+        eos_idx=EOS,
+        bos_idx=BOS,
+        cfg=SimpleNamespace(tokens_per_sample=int(cfg.task.get("tokens_per_sample", 0) or 0)),
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,7 +136,9 @@ def build(preset: str, overrides: List[str], device: torch.device) -> tuple[Any,
     cfg = composed(preset, tuple(overrides))
     task = fake_task(cfg)
     model = MODELS.get(cfg.model.name).builder.build(cfg.model, task).to(device)
-    criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, AuxWeights(cfg.aux_weights, cfg.max_update))
+    criterion = CRITERIONS.get(cfg.criterion.name).builder(
+        cfg.criterion, task, AuxWeights(cfg.aux_weights, cfg.max_update)
+    )
     return cfg, model, criterion
 
 
@@ -137,8 +165,9 @@ def char_batch(cfg: Any, device: torch.device, stream: bool = False) -> Dict[str
 def train_step_fn(model: nn.Module, criterion: Any, batch: Dict[str, Any], device: torch.device, precision: str):
     """One training update as the trainer does it: autocast forward, scaled backward, unscale, AdamW step."""
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                                  fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=device.type == "cuda"
+    )
     scaler = grad_scaler(precision, device)
     state = {"loss": math.nan}
 
@@ -160,9 +189,17 @@ def measure_training(model, criterion, batch, device, precision, clock, warmup, 
     seconds = clock.per_step(step, warmup, steps)
     tokens_per_s = batch["ntokens"] / seconds
     flops = train_flops_per_token(model, seq_len)
-    result = {"precision": precision, "tokens_per_step": batch["ntokens"], "step_s": seconds,
-              "tokens_per_s": tokens_per_s, "flops_per_token": flops, "tflops_per_s": flops * tokens_per_s / 1e12,
-              "peak_memory_gib": peak_gib(device), "loss": state["loss"], "loss_finite": math.isfinite(state["loss"])}
+    result = {
+        "precision": precision,
+        "tokens_per_step": batch["ntokens"],
+        "step_s": seconds,
+        "tokens_per_s": tokens_per_s,
+        "flops_per_token": flops,
+        "tflops_per_s": flops * tokens_per_s / 1e12,
+        "peak_memory_gib": peak_gib(device),
+        "loss": state["loss"],
+        "loss_finite": math.isfinite(state["loss"]),
+    }
     peak = peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     result["mfu"] = result["tflops_per_s"] / peak if peak else None
     return result
@@ -173,9 +210,15 @@ def check_env(args, device, clock) -> Dict[str, Any]:
     info: Dict[str, Any] = {"torch": torch.__version__, "device": str(device), "tiny": args.tiny}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        info.update({"name": name, "capability": list(torch.cuda.get_device_capability(device)),
-                     "bf16_supported": torch.cuda.is_bf16_supported(), "peak_tflops_bf16": peak_tflops(name),
-                     "memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30})
+        info.update(
+            {
+                "name": name,
+                "capability": list(torch.cuda.get_device_capability(device)),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+                "peak_tflops_bf16": peak_tflops(name),
+                "memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30,
+            }
+        )
     return info
 
 
@@ -189,8 +232,9 @@ def check_train_steps(args, device, clock) -> Dict[str, Any]:
         else:
             batch = char_batch(cfg, device)
         for precision in ("bf16", "fp16"):  # the same model continues training in the other precision
-            out[f"{preset}/{precision}"] = measure_training(model, criterion, batch, device, precision, clock,
-                                                            args.warmup, args.steps, batch["target"].size(1))
+            out[f"{preset}/{precision}"] = measure_training(
+                model, criterion, batch, device, precision, clock, args.warmup, args.steps, batch["target"].size(1)
+            )
         del model
     return out
 
@@ -231,8 +275,9 @@ def large_batch_step(args, device, clock, preset: str, tiny: List[str], compiled
         step()  # the first step compiles: its time is reported apart from the steady-state steps
         clock.sync()
         compile_s = time.perf_counter() - began
-    result = measure_training(model, criterion, batch, device, "bf16", clock, args.warmup, args.steps,
-                              batch["target"].size(1))
+    result = measure_training(
+        model, criterion, batch, device, "bf16", clock, args.warmup, args.steps, batch["target"].size(1)
+    )
     if compiled:
         result["first_step_with_compile_s"] = compile_s
     return result
@@ -259,8 +304,11 @@ def check_sdpa_backend(args, device, clock) -> Dict[str, Any]:
     _, mt, _ = build("base_wmt14", TINY_MT if args.tiny else [], device)
     cfg, lm, _ = build("t12_text8", TINY_CHAR if args.tiny else [], device)
     mt.eval(), lm.eval()
-    batch = translation_batch(SimpleNamespace(task=SimpleNamespace(vocab_size=mt.encoder_embed.num_embeddings)),
-                              device, 256 if args.tiny else 3584)
+    batch = translation_batch(
+        SimpleNamespace(task=SimpleNamespace(vocab_size=mt.encoder_embed.num_embeddings)),
+        device,
+        256 if args.tiny else 3584,
+    )
     src, prev = batch["net_input"]["src_tokens"], batch["net_input"]["prev_output_tokens"]
     tokens = char_batch(cfg, device)["net_input"]["tokens"]
     with torch.no_grad(), autocast(device, precision):
@@ -278,8 +326,9 @@ def check_mae7_vs_base(args, device, clock) -> Dict[str, Any]:
         torch.manual_seed(0)
         cfg, model, criterion = build(preset, TINY_MT if args.tiny else [], device)
         batch = batch or translation_batch(cfg, device, 256 if args.tiny else int(cfg.task.max_tokens))
-        out[preset] = measure_training(model, criterion, batch, device, "bf16", clock, args.warmup, args.steps,
-                                       batch["target"].size(1))
+        out[preset] = measure_training(
+            model, criterion, batch, device, "bf16", clock, args.warmup, args.steps, batch["target"].size(1)
+        )
         del model
     out["mae7_over_base_step_time"] = out["mae7_wmt14"]["step_s"] / out["base_wmt14"]["step_s"]
     return out
@@ -295,8 +344,9 @@ def check_adaptive_span(args, device, clock) -> Dict[str, Any]:
     for name, (extra, span) in variants.items():
         torch.manual_seed(0)
         # 16 streams (the preset's 64 are for 8 GPUs' worth of memory at wide spans): the per-token costs compare
-        cfg, model, criterion = build("adaptive_span_text8", (TINY_SPAN if args.tiny else ["task.batch_size=16"]) + extra,
-                                      device)
+        cfg, model, criterion = build(
+            "adaptive_span_text8", (TINY_SPAN if args.tiny else ["task.batch_size=16"]) + extra, device
+        )
         if span is not None:
             with torch.no_grad():
                 for layer in model.layers:
@@ -305,8 +355,9 @@ def check_adaptive_span(args, device, clock) -> Dict[str, Any]:
         with torch.no_grad():  # fill the carried cache first: the steps then see a full window
             model(**{**batch["net_input"], "reset": True}, target=batch["target"])
             model(**batch["net_input"], target=batch["target"])
-        result = measure_training(model, criterion, batch, device, "bf16", clock, args.warmup, args.steps,
-                                  batch["target"].size(1))
+        result = measure_training(
+            model, criterion, batch, device, "bf16", clock, args.warmup, args.steps, batch["target"].size(1)
+        )
         result["windows"] = model.current_windows()
         out[name] = result
         del model
@@ -330,10 +381,19 @@ def check_pkm(args, device, clock) -> Dict[str, Any]:
     memory.track_usage = True
     with torch.no_grad(), autocast(device, "bf16"):
         memory(x)
-    return {"mem_size": cfg.mem_size, "key_dim": cfg.key_dim, "heads": cfg.heads, "knn": cfg.knn, "d_model": d,
-            "tokens_per_step": x.shape[0] * x.shape[1], "step_s": seconds, "tokens_per_s": x.shape[0] * x.shape[1] / seconds,
-            "peak_memory_gib": peak_gib(device), "weights_dtype": str(memory.last_weights.dtype),
-            "slots_read_fraction": float(memory.last_indices.unique().numel() / cfg.mem_size)}
+    return {
+        "mem_size": cfg.mem_size,
+        "key_dim": cfg.key_dim,
+        "heads": cfg.heads,
+        "knn": cfg.knn,
+        "d_model": d,
+        "tokens_per_step": x.shape[0] * x.shape[1],
+        "step_s": seconds,
+        "tokens_per_s": x.shape[0] * x.shape[1] / seconds,
+        "peak_memory_gib": peak_gib(device),
+        "weights_dtype": str(memory.last_weights.dtype),
+        "slots_read_fraction": float(memory.last_indices.unique().numel() / cfg.mem_size),
+    }
 
 
 def check_fp16_overflow_skip(args, device, clock) -> Dict[str, Any]:
@@ -357,11 +417,20 @@ def check_fp16_overflow_skip(args, device, clock) -> Dict[str, Any]:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         changed = any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
-        steps.append({"scale_before": scale, "scale_after": scaler.get_scale(), "weights_changed": changed,
-                      "loss": float(loss.detach()) / ntokens})
-    return {"steps": steps, "first_step_skipped": not steps[0]["weights_changed"],
-            "second_step_applied": steps[1]["weights_changed"],
-            "scale_reduced": steps[0]["scale_after"] < steps[0]["scale_before"]}
+        steps.append(
+            {
+                "scale_before": scale,
+                "scale_after": scaler.get_scale(),
+                "weights_changed": changed,
+                "loss": float(loss.detach()) / ntokens,
+            }
+        )
+    return {
+        "steps": steps,
+        "first_step_skipped": not steps[0]["weights_changed"],
+        "second_step_applied": steps[1]["weights_changed"],
+        "scale_reduced": steps[0]["scale_after"] < steps[0]["scale_before"],
+    }
 
 
 def check_beam_search(args, device, clock) -> Dict[str, Any]:
@@ -380,8 +449,11 @@ def check_beam_search(args, device, clock) -> Dict[str, Any]:
                 hyps[:] = generate(model, src, gen)
 
         seconds = clock.per_step(search, args.warmup, 1 if args.tiny else 3)
-        out[precision] = {"seconds": seconds, "sentences_per_s": sentences / seconds,
-                          "mean_output_length": sum(len(h[0].tokens) for h in hyps) / len(hyps)}
+        out[precision] = {
+            "seconds": seconds,
+            "sentences_per_s": sentences / seconds,
+            "mean_output_length": sum(len(h[0].tokens) for h in hyps) / len(hyps),
+        }
     return out
 
 
@@ -418,7 +490,10 @@ def main(argv: List[str] | None = None) -> int:
         print(f"error: unknown check '{unknown[0]}'; valid: {', '.join(CHECKS)}", file=sys.stderr)
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device (use --device cpu --tiny for a CPU run)", file=sys.stderr)
+        print(
+            "error: --device cuda but torch sees no CUDA device (use --device cpu --tiny for a CPU run)",
+            file=sys.stderr,
+        )
         return 2
     args.warmup = args.warmup if args.warmup is not None else (0 if args.tiny else 3)
     args.steps = args.steps if args.steps is not None else (1 if args.tiny else 10)
@@ -435,7 +510,10 @@ def main(argv: List[str] | None = None) -> int:
         except Exception as error:  # one failing check must not lose the others' numbers
             results[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()[-2000:]}
         results[name]["check_seconds"] = time.perf_counter() - began
-        print(f"{name}: {'error' if 'error' in results[name] else 'ok'} ({results[name]['check_seconds']:.1f} s)", flush=True)
+        print(
+            f"{name}: {'error' if 'error' in results[name] else 'ok'} ({results[name]['check_seconds']:.1f} s)",
+            flush=True,
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results["total_seconds"] = time.perf_counter() - start

@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gpu_check  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-import gpu_check  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         wall = (time.perf_counter() - began) / args.steps
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy = sum(e.self_device_time_total for e in kernels) / 1e6 / args.steps
-    print(f"{args.preset} {args.precision}: {batch['ntokens']} tokens/step, step {wall * 1e3:.1f} ms, "
-          f"GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%}), {sum(e.count for e in kernels) // args.steps} kernels/step")
+    print(
+        f"{args.preset} {args.precision}: {batch['ntokens']} tokens/step, step {wall * 1e3:.1f} ms, "
+        f"GPU busy {busy * 1e3:.1f} ms ({busy / wall:.0%}), {sum(e.count for e in kernels) // args.steps} kernels/step"
+    )
     for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[: args.top]:
         ms = e.self_device_time_total / 1e3 / args.steps
         print(f"{ms:8.2f} ms {ms / 1e3 / busy:6.1%} x{e.count // args.steps:<5d} {e.key[:110]}")

@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case.name}: no fixture")
                 failed += 1
                 continue
-            problems = differences(torch.load(path, weights_only=True)["outputs"], replay(torch.load(path, weights_only=True)))
+            problems = differences(
+                torch.load(path, weights_only=True)["outputs"], replay(torch.load(path, weights_only=True))
+            )
             failed += bool(problems)
             print(f"{case.name}: {'ok' if not problems else problems[0]}")
         return 1 if failed else 0

@@ -60,7 +60,10 @@ def read_references(run_dirs: List[Path]) -> Dict[str, float]:
 
 
 def plot(
-    runs: Dict[str, List[Dict]], metric: str, title: str, valid_only: bool = False,
+    runs: Dict[str, List[Dict]],
+    metric: str,
+    title: str,
+    valid_only: bool = False,
     references: Optional[Dict[str, float]] = None,
 ) -> bytes:
     with_weights = not valid_only and any(k.startswith("weight/") for rows in runs.values() for r in rows for k in r)
@@ -112,16 +115,20 @@ def main() -> None:
     parser.add_argument("--metric", default="bpc")
     parser.add_argument("--title", default="learning curves")
     parser.add_argument("--valid-only", action="store_true", help="draw only the validation curves")
-    parser.add_argument("--references", action="store_true",
-                        help="draw the n-gram reference levels from the runs' summary.json")
+    parser.add_argument(
+        "--references", action="store_true", help="draw the n-gram reference levels from the runs' summary.json"
+    )
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
         fail(f"{len(labels)} labels for {len(args.runs)} runs")
     runs = {label: read_rows(run) for label, run in zip(labels, args.runs)}
-    if not any(r.get("kind") == ("valid" if args.valid_only else r.get("kind")) and args.metric in r
-               for rows in runs.values() for r in rows):
+    if not any(
+        r.get("kind") == ("valid" if args.valid_only else r.get("kind")) and args.metric in r
+        for rows in runs.values()
+        for r in rows
+    ):
         fail(f"no run logged '{args.metric}'{' in validation' if args.valid_only else ''}")
     references = read_references(args.runs) if args.references else {}
     atomic_write_bytes(args.out, plot(runs, args.metric, args.title, args.valid_only, references))

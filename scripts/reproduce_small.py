@@ -95,39 +95,83 @@ COMPARISONS = {
     c.name: c
     for c in [
         Comparison(
-            "t64", "a deep narrow char model with the three auxiliary losses converges faster than without",
-            TEXT8, "bpc", False,
-            [Arm("aux losses", "t64_tiny_text8"), Arm("no aux losses", "t64_tiny_text8_noaux")],
-            "better", 0.02, 600,
-        ),
-        Comparison(
-            "adaptive_span", "learned spans give the bpc of a fixed span (spans shrink in lower layers, grow in "
-            "some upper heads) at lower cost", TEXT8, "bpc", False,
-            [Arm("adaptive span", "adaptive_span_tiny_text8"),
-             Arm("fixed span 1024", "adaptive_span_tiny_text8", ["model.adaptive_span=false", "aux_weights={}"])],
-            "matches", 0.03, 600, "bpc", span_stats,
-        ),
-        Comparison(
-            "all_attention", "persistent memory without FFN (5 layers, N=128; 184k parameters) matches a "
-            "same-size model with FFN (3 layers, FFN 288; 181k)", TEXT8, "bpc", False,
-            [Arm("all-attention (no FFN)", "all_attention_tiny_text8"),
-             Arm("FFN, no memory (3 layers, FFN 288)", "all_attention_tiny_text8",
-                 ["model.persistent_memory=0", "model.n_layers=3", "model.d_ff=288"])],
-            "matches", 0.03, 600,
-        ),
-        Comparison(
-            "pkm", "a shallower model with a memory matches a deeper one without (equal updates; parameters "
-            "excluding the memory 1.19M vs 3.30M, so neither equal parameters nor equal step time)", TEXT8, "bpc",
+            "t64",
+            "a deep narrow char model with the three auxiliary losses converges faster than without",
+            TEXT8,
+            "bpc",
             False,
-            [Arm("2 layers + memory", "pkm_text8_tiny", ["model.n_layers=2"]),
-             Arm("4 layers, no memory", "text8_char_tiny", ["model.n_layers=4"])],
-            "matches", 0.03, 600,
+            [Arm("aux losses", "t64_tiny_text8"), Arm("no aux losses", "t64_tiny_text8_noaux")],
+            "better",
+            0.02,
+            600,
         ),
         Comparison(
-            "mae", "MAE-7 (BCD) beats BASE in BLEU", IWSLT, "bleu", True,
-            [Arm("MAE-7", "mae7_iwslt14_tiny", update_factor=1.25), Arm("BASE", "base_iwslt14_tiny"),
-             Arm("NoBCD", "nobcd_mae7_iwslt14_tiny")],
-            "better", 0.3, 1200, "nll", gate_entropy,
+            "adaptive_span",
+            "learned spans give the bpc of a fixed span (spans shrink in lower layers, grow in "
+            "some upper heads) at lower cost",
+            TEXT8,
+            "bpc",
+            False,
+            [
+                Arm("adaptive span", "adaptive_span_tiny_text8"),
+                Arm("fixed span 1024", "adaptive_span_tiny_text8", ["model.adaptive_span=false", "aux_weights={}"]),
+            ],
+            "matches",
+            0.03,
+            600,
+            "bpc",
+            span_stats,
+        ),
+        Comparison(
+            "all_attention",
+            "persistent memory without FFN (5 layers, N=128; 184k parameters) matches a "
+            "same-size model with FFN (3 layers, FFN 288; 181k)",
+            TEXT8,
+            "bpc",
+            False,
+            [
+                Arm("all-attention (no FFN)", "all_attention_tiny_text8"),
+                Arm(
+                    "FFN, no memory (3 layers, FFN 288)",
+                    "all_attention_tiny_text8",
+                    ["model.persistent_memory=0", "model.n_layers=3", "model.d_ff=288"],
+                ),
+            ],
+            "matches",
+            0.03,
+            600,
+        ),
+        Comparison(
+            "pkm",
+            "a shallower model with a memory matches a deeper one without (equal updates; parameters "
+            "excluding the memory 1.19M vs 3.30M, so neither equal parameters nor equal step time)",
+            TEXT8,
+            "bpc",
+            False,
+            [
+                Arm("2 layers + memory", "pkm_text8_tiny", ["model.n_layers=2"]),
+                Arm("4 layers, no memory", "text8_char_tiny", ["model.n_layers=4"]),
+            ],
+            "matches",
+            0.03,
+            600,
+        ),
+        Comparison(
+            "mae",
+            "MAE-7 (BCD) beats BASE in BLEU",
+            IWSLT,
+            "bleu",
+            True,
+            [
+                Arm("MAE-7", "mae7_iwslt14_tiny", update_factor=1.25),
+                Arm("BASE", "base_iwslt14_tiny"),
+                Arm("NoBCD", "nobcd_mae7_iwslt14_tiny"),
+            ],
+            "better",
+            0.3,
+            1200,
+            "nll",
+            gate_entropy,
         ),
     ]
 }
@@ -145,17 +189,30 @@ def train(comparison: Comparison, arm: Arm, seed: int, updates: int, out: Path, 
     run_dir = out / comparison.name / re.sub(r"\W+", "_", arm.label) / f"seed{seed}"
     steps = max(1, round(updates * arm.update_factor))
     interval = max(1, steps // 6)
-    cmd = ["tk-train", f"config={arm.preset}", f"data={comparison.data}", f"run_dir={run_dir}", f"seed={seed}",
-           f"max_update={steps}", f"validate_interval={interval}", f"save_interval={steps}", *COMMON_CHAR,
-           *arm.overrides, *extra]
+    cmd = [
+        "tk-train",
+        f"config={arm.preset}",
+        f"data={comparison.data}",
+        f"run_dir={run_dir}",
+        f"seed={seed}",
+        f"max_update={steps}",
+        f"validate_interval={interval}",
+        f"save_interval={steps}",
+        *COMMON_CHAR,
+        *arm.overrides,
+        *extra,
+    ]
     print(" ".join(cmd), flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     params = PARAMS.search(done.stderr)
-    result = {"final": last_json(done.stdout)[comparison.metric], "command": " ".join(cmd),
-              "params": json.loads(params.group(1)) if params else {},
-              "valid": [(r["step"], r[comparison.valid_metric]) for r in read_log(run_dir) if r["kind"] == "valid"]}
+    result = {
+        "final": last_json(done.stdout)[comparison.metric],
+        "command": " ".join(cmd),
+        "params": json.loads(params.group(1)) if params else {},
+        "valid": [(r["step"], r[comparison.valid_metric]) for r in read_log(run_dir) if r["kind"] == "valid"],
+    }
     if comparison.extra is not None:
         result["extra"] = comparison.extra(run_dir)
     return result
@@ -175,12 +232,16 @@ def verdict(comparison: Comparison, finals: Dict[str, List[float]]) -> str:
     if comparison.rule == "better":
         seen = gain > max(comparison.tolerance, noise)
         word = "APPEARED" if seen else "DID NOT APPEAR"
-        return (f"Effect {word}: {first} vs {second}: {a:.3f} vs {b:.3f} {comparison.metric} "
-                f"(signed gain in the paper's direction {gain:+.3f}; needed > {max(comparison.tolerance, noise):.3f}).")
+        return (
+            f"Effect {word}: {first} vs {second}: {a:.3f} vs {b:.3f} {comparison.metric} "
+            f"(signed gain in the paper's direction {gain:+.3f}; needed > {max(comparison.tolerance, noise):.3f})."
+        )
     seen = abs(gain) <= comparison.tolerance + noise
     word = "APPEARED" if seen else "DID NOT APPEAR"
-    return (f"Effect {word}: {first} {'matches' if seen else 'does not match'} {second}: {a:.3f} vs {b:.3f} "
-            f"{comparison.metric} (|difference| {abs(gain):.3f}; allowed {comparison.tolerance + noise:.3f}).")
+    return (
+        f"Effect {word}: {first} {'matches' if seen else 'does not match'} {second}: {a:.3f} vs {b:.3f} "
+        f"{comparison.metric} (|difference| {abs(gain):.3f}; allowed {comparison.tolerance + noise:.3f})."
+    )
 
 
 def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int) -> bytes:
@@ -205,15 +266,24 @@ def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]],
 
 def report(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int, seeds: int) -> str:
     finals = {label: [r["final"] for r in runs] for label, runs in results.items()}
-    lines = [f"# {comparison.name} at CPU scale", "", f"Claim: {comparison.claim}.", "",
-             f"Budget: {updates} updates per arm (times the arm's factor), seeds 1..{seeds}, data {comparison.data}.",
-             "", f"| arm | final {comparison.metric} (mean ± std) | per seed | parameters |", "|---|---|---|---|"]
+    lines = [
+        f"# {comparison.name} at CPU scale",
+        "",
+        f"Claim: {comparison.claim}.",
+        "",
+        f"Budget: {updates} updates per arm (times the arm's factor), seeds 1..{seeds}, data {comparison.data}.",
+        "",
+        f"| arm | final {comparison.metric} (mean ± std) | per seed | parameters |",
+        "|---|---|---|---|",
+    ]
     for label, runs in results.items():
         values = finals[label]
         params = runs[0]["params"]
         shown = ", ".join(f"{k} {v:,}" for k, v in params.items() if k.endswith("parameters"))
-        lines.append(f"| {label} | {statistics.mean(values):.3f} ± {spread(values):.3f} | "
-                     f"{', '.join(f'{v:.3f}' for v in values)} | {shown} |")
+        lines.append(
+            f"| {label} | {statistics.mean(values):.3f} ± {spread(values):.3f} | "
+            f"{', '.join(f'{v:.3f}' for v in values)} | {shown} |"
+        )
     for label, runs in results.items():
         if runs[0].get("extra"):
             keys = runs[0]["extra"].keys()
@@ -230,8 +300,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--updates", type=int, default=0, help="updates per arm (0 = the comparison's default)")
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce_small"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="an override for every run (e.g. task.eval_max_tokens=20000 for a quick look)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every run (e.g. task.eval_max_tokens=20000 for a quick look)",
+    )
     parser.add_argument("--docs", type=Path, default=Path("docs/reproduce_small"), help="where NAME.md/.png go")
     args = parser.parse_args()
     if args.seeds < 1 or args.updates < 0:
@@ -246,8 +321,10 @@ def main() -> None:
         comparison = COMPARISONS[name]
         updates = args.updates or comparison.default_updates
         seeds = range(1, args.seeds + 1)
-        results = {arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in seeds]
-                   for arm in comparison.arms}
+        results = {
+            arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in seeds]
+            for arm in comparison.arms
+        }
         args.docs.mkdir(parents=True, exist_ok=True)
         text = report(comparison, results, updates, args.seeds)
         atomic_write_bytes(args.docs / f"{name}.md", text.encode())

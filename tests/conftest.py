@@ -93,10 +93,24 @@ def iwslt_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_mt_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
     """tk-train arguments for a 1+1-layer d32 translation model on the IWSLT sample."""
     args = {
-        "data": data, "run_dir": run_dir, "max_update": 4, "log_interval": 1, "validate_interval": 0,
-        "save_interval": 2, "final_subset": "null", "tensorboard": "false", "progress": "plain", "device": "cpu",
-        "model.encoder_layers": 1, "model.decoder_layers": 1, "model.d_model": 32, "model.ffn_dim": 64,
-        "model.n_heads": 2, "task.max_tokens": 600, "task.generation.max_len_a": 0, "task.generation.max_len_b": 6,
+        "data": data,
+        "run_dir": run_dir,
+        "max_update": 4,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "save_interval": 2,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
+        "model.encoder_layers": 1,
+        "model.decoder_layers": 1,
+        "model.d_model": 32,
+        "model.ffn_dim": 64,
+        "model.n_heads": 2,
+        "task.max_tokens": 600,
+        "task.generation.max_len_a": 0,
+        "task.generation.max_len_b": 6,
         "task.generation.beam": 2,
     }
     args.update(overrides)

@@ -36,10 +36,24 @@ def start_ranks(args: list[str], world_size: int = 2) -> list[subprocess.Popen]:
     port = free_port()
     procs = []
     for rank in range(world_size):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "toolkit.cli.train", *args], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "toolkit.cli.train", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -89,11 +103,29 @@ def test_frozen_groups_under_ddp(text8_small, tmp_path):
 
 def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
     """A 3-layer T64 model whose layer-1 and layer-2 heads switch off after updates 1 and 2 (of 4)."""
-    args = {"data": data, "run_dir": run_dir, "max_update": 4, "log_interval": 1, "validate_interval": 0,
-            "save_interval": 4, "final_subset": "null", "tensorboard": "false", "progress": "plain", "device": "cpu",
-            "model.n_layers": 3, "model.d_model": 16, "model.n_heads": 2, "model.d_ff": 32, "model.max_positions": 32,
-            "model.dropout": 0.0, "optimizer.eps": 1e-3, "task.tokens_per_sample": 32, "task.batch_size": batch_size,
-            "aux_weights.layer_\\d+_nll.n_layers": 3, "lr_scheduler.warmup_updates": 0}
+    args = {
+        "data": data,
+        "run_dir": run_dir,
+        "max_update": 4,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "save_interval": 4,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
+        "model.n_layers": 3,
+        "model.d_model": 16,
+        "model.n_heads": 2,
+        "model.d_ff": 32,
+        "model.max_positions": 32,
+        "model.dropout": 0.0,
+        "optimizer.eps": 1e-3,
+        "task.tokens_per_sample": 32,
+        "task.batch_size": batch_size,
+        "aux_weights.layer_\\d+_nll.n_layers": 3,
+        "lr_scheduler.warmup_updates": 0,
+    }
     return ["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]
 
 
@@ -136,7 +168,9 @@ def test_sigterm_to_one_rank_stops_all_with_a_checkpoint(text8_small, tmp_path):
 
 def test_dead_rank_makes_the_others_exit_with_a_clear_error(text8_small, tmp_path):
     run = tmp_path / "run"
-    procs = start_ranks(tiny_char_args(text8_small, run, max_update=100000, save_interval=0, **{"distributed.timeout_s": 20}))
+    procs = start_ranks(
+        tiny_char_args(text8_small, run, max_update=100000, save_interval=0, **{"distributed.timeout_s": 20})
+    )
     wait_for_updates(run, 2)
     procs[1].kill()
     start = time.time()

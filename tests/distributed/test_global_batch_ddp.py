@@ -20,5 +20,6 @@ def test_two_processes_split_the_batch_per_update(text8_small, tmp_path, caplog)
 
     with caplog.at_level("INFO"):  # one process, at most 4 per micro-batch: the same update in 2 micro-batches
         assert train_main(tiny_char_args(text8_small, tmp_path / "one", **{**overrides, "task.batch_size": 4})) == 0
-    assert ("batch: 8 sequences (264 tokens) per update = 1 processes x update_freq 2 x 4 per process "
-            "(task.batch_size)") in caplog.text
+    assert (
+        "batch: 8 sequences (264 tokens) per update = 1 processes x update_freq 2 x 4 per process (task.batch_size)"
+    ) in caplog.text

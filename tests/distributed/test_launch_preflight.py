@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_char_args, tiny_mt_args, folder_snapshot as snapshot, only_error_line as one_line
+from tests.conftest import folder_snapshot as snapshot
+from tests.conftest import only_error_line as one_line
+from tests.conftest import tiny_char_args, tiny_mt_args
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint
 
@@ -35,7 +37,8 @@ def test_resume_that_does_not_fit_is_refused_before_torchrun(text8_small, traine
     assert train_main(args) == 2
     assert one_line(capsys.readouterr().err) == (
         f"error: cannot resume from {run / 'checkpoint_last.pt'}: model.n_layers is 1 in the checkpoint, 2 now "
-        "(resume with the run's settings, or choose another run_dir)")
+        "(resume with the run's settings, or choose another run_dir)"
+    )
     assert snapshot(run) == before
 
 
@@ -57,8 +60,9 @@ def test_init_from_of_another_task_is_refused_before_torchrun(text8_small, iwslt
     capsys.readouterr()
     args = tiny_char_args(text8_small, run) + [f"init_from={mt / 'checkpoint_last.pt'}", "distributed.world_size=2"]
     assert train_main(args) == 2
-    assert one_line(capsys.readouterr().err).startswith(f"error: init_from={mt / 'checkpoint_last.pt'}: the checkpoint "
-                                                        "holds 0 of the model's ")
+    assert one_line(capsys.readouterr().err).startswith(
+        f"error: init_from={mt / 'checkpoint_last.pt'}: the checkpoint holds 0 of the model's "
+    )
     assert not run.exists()
 
 
@@ -71,11 +75,18 @@ def test_a_rank_refusing_to_resume_gives_exit_2_without_torchrun_report(text8_sm
     torch.save(state, run / "checkpoint_last.pt")
     before = snapshot(run)
     args = tiny_char_args(text8_small, run, max_update=4) + ["distributed.world_size=2"]
-    result = subprocess.run([sys.executable, "-m", "toolkit.cli.train", *args], capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli.train", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [f"error: cannot resume from {run / 'checkpoint_last.pt'}: 'position' (resume with the run's "
-                      "settings, or choose another run_dir)"], result.stderr  # once, not once per rank
+    assert errors == [
+        f"error: cannot resume from {run / 'checkpoint_last.pt'}: 'position' (resume with the run's "
+        "settings, or choose another run_dir)"
+    ], result.stderr  # once, not once per rank
     assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
     assert snapshot(run) == before

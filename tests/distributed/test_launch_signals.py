@@ -17,8 +17,13 @@ from toolkit.train.checkpoint import load_checkpoint
 def test_sigterm_to_the_launcher_is_forwarded_to_the_ranks(text8_small, tmp_path):
     run = tmp_path / "run"
     args = tiny_char_args(text8_small, run, max_update=100000, save_interval=0) + ["distributed.world_size=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli.train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     log = run / "train_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):

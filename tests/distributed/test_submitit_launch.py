@@ -27,17 +27,30 @@ BCD = {
 
 
 def tk_train_m(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toolkit.cli.train", "-m", f"hydra.sweep.dir={cwd / 'multirun'}", *args],
-                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli.train", "-m", f"hydra.sweep.dir={cwd / 'multirun'}", *args],
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_dict_overrides_reach_a_two_task_submitit_job_verbatim(text8_small, tmp_path):
     """Hydra would rewrite `{unit: update}` as `{unit:update}` (another YAML value) and refuses the open
     mapping param_groups.first; the job must train what plain tk-train trains."""
     single, job = tmp_path / "single", tmp_path / "job"
-    assert train_main(tiny_char_args(text8_small, single, max_update=5, **NO_DROPOUT, **BCD, **{"task.batch_size": 8})) == 0
-    result = tk_train_m(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                        *tiny_char_args(text8_small, job, max_update=5, **NO_DROPOUT, **BCD, **{"task.batch_size": 4}))
+    assert (
+        train_main(tiny_char_args(text8_small, single, max_update=5, **NO_DROPOUT, **BCD, **{"task.batch_size": 8}))
+        == 0
+    )
+    result = tk_train_m(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        *tiny_char_args(text8_small, job, max_update=5, **NO_DROPOUT, **BCD, **{"task.batch_size": 4}),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert_close_models(single, job, atol=1e-6)  # 2 DDP ranks x 4 windows == 1 process x 8, phases included
     assert [r["loss"] for r in read_log(job)] == pytest.approx([r["loss"] for r in read_log(single)], abs=1e-5)
@@ -64,8 +77,11 @@ def test_sweep_elements_become_tk_train_values_and_the_rest_stays_verbatim() -> 
     jobs, swept = parse_sweep(["config=t", "phases={unit: update}", "task.mode='1','2'", "init_from=a\\:b,c"])
     assert swept == ["task.mode", "init_from"]
     assert jobs[0] == ["config=t", "phases={unit: update}", 'task.mode="1"', "init_from=a:b"]  # "1": a string
-    assert [job[2:] for job in jobs[1:]] == [['task.mode="1"', "init_from=c"], ['task.mode="2"', "init_from=a:b"],
-                                             ['task.mode="2"', "init_from=c"]]
+    assert [job[2:] for job in jobs[1:]] == [
+        ['task.mode="1"', "init_from=c"],
+        ['task.mode="2"', "init_from=a:b"],
+        ['task.mode="2"', "init_from=c"],
+    ]
 
 
 def test_the_slurm_preset_is_submitit_slurm_with_one_process_per_gpu() -> None:
@@ -77,8 +93,11 @@ def test_the_slurm_preset_is_submitit_slurm_with_one_process_per_gpu() -> None:
 
     ConfigStore.instance().store(name=APP_CONFIG, node=LaunchConfig())
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(APP_CONFIG, ["hydra/launcher=slurm", "hydra.launcher.nodes=4", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+        cfg = compose(
+            APP_CONFIG,
+            ["hydra/launcher=slurm", "hydra.launcher.nodes=4", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node, launcher.partition) == (4, 8, 8, "gpu")

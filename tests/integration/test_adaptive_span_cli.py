@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import read_log
-from toolkit.cli.analyze import ANALYSES, main as analyze_main
+from toolkit.cli.analyze import ANALYSES
+from toolkit.cli.analyze import main as analyze_main
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -19,11 +20,27 @@ def tiny_stream_args(data: Path, run_dir: Path, **overrides: object) -> list[str
     """A 2-layer d32 adaptive-span model on 4 streams of 16-character blocks; epochs of 3 blocks, so that the
     8 updates cross two epoch starts (cache resets, a new stream offset)."""
     args = {
-        "data": data, "run_dir": run_dir, "max_update": 8, "log_interval": 1, "validate_interval": 0,
-        "save_interval": 4, "final_subset": "null", "tensorboard": "false", "progress": "plain", "device": "cpu",
-        "lr_scheduler.warmup_updates": 0, "model.n_layers": 2, "model.d_model": 32, "model.n_heads": 2,
-        "model.d_ff": 64, "model.attn_span": 128, "model.span_init": 0.1, "model.dropout": 0.1,
-        "task.tokens_per_sample": 16, "task.batch_size": 4, "task.batches_per_epoch": 3,
+        "data": data,
+        "run_dir": run_dir,
+        "max_update": 8,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "save_interval": 4,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
+        "lr_scheduler.warmup_updates": 0,
+        "model.n_layers": 2,
+        "model.d_model": 32,
+        "model.n_heads": 2,
+        "model.d_ff": 64,
+        "model.attn_span": 128,
+        "model.span_init": 0.1,
+        "model.dropout": 0.1,
+        "task.tokens_per_sample": 16,
+        "task.batch_size": 4,
+        "task.batches_per_epoch": 3,
         "task.valid_max_tokens": 2000,
     }
     args.update(overrides)
@@ -55,7 +72,10 @@ def test_resume_restores_the_stream_cache_and_is_exact(text8_small, straight_run
 
     assert train_main(tiny_stream_args(text8_small, resumed)) == 0
     assert train_main(tiny_stream_args(text8_small, cold, max_update=5)) == 0
-    straight, again = load_checkpoint(straight_run / "checkpoint_last.pt"), load_checkpoint(resumed / "checkpoint_last.pt")
+    straight, again = (
+        load_checkpoint(straight_run / "checkpoint_last.pt"),
+        load_checkpoint(resumed / "checkpoint_last.pt"),
+    )
     assert straight["position"] == again["position"]
     for key, value in straight["model"].items():
         assert torch.equal(value, again["model"][key]), key
@@ -119,8 +139,17 @@ def test_analyze_dynamic_spans_averages_predictions_over_validation_blocks(text8
     from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 
     torch.manual_seed(0)
-    cfg = dict(vocab_size=27, d_model=16, n_layers=2, n_heads=2, d_ff=24, block_size=16, attn_span=64,
-               dynamic_span=True, span_init=0.2)
+    cfg = dict(
+        vocab_size=27,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=24,
+        block_size=16,
+        attn_span=64,
+        dynamic_span=True,
+        span_init=0.2,
+    )
     model = StreamingLM(StreamingLMConfig(**cfg)).eval()
     for layer in model.layers:
         torch.nn.init.normal_(layer.attn.span.predictor.weight, std=0.5)

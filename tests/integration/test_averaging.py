@@ -15,13 +15,25 @@ from toolkit.train.checkpoint import load_checkpoint
 
 def test_the_final_test_scores_the_mean_of_the_last_n_checkpoints(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = tiny_char_args(text8_small, run_dir, save_interval=2, keep_interval_checkpoints=3, average_last_n=3,
-                          final_subset="test", **{"task.eval_max_tokens": 3000})
+    args = tiny_char_args(
+        text8_small,
+        run_dir,
+        save_interval=2,
+        keep_interval_checkpoints=3,
+        average_last_n=3,
+        final_subset="test",
+        **{"task.eval_max_tokens": 3000},
+    )
     assert train_main(args) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(p.name for p in run_dir.glob("checkpoint_*.pt")) == [
-        "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_8.pt", "checkpoint_avg.pt", "checkpoint_best.pt",
-        "checkpoint_last.pt"]
+        "checkpoint_4.pt",
+        "checkpoint_6.pt",
+        "checkpoint_8.pt",
+        "checkpoint_avg.pt",
+        "checkpoint_best.pt",
+        "checkpoint_last.pt",
+    ]
     states = [load_checkpoint(run_dir / f"checkpoint_{step}.pt")["model"] for step in (4, 6, 8)]
     averaged = load_checkpoint(run_dir / "checkpoint_avg.pt")
     assert averaged["averaged_from"] == [str(run_dir / f"checkpoint_{s}.pt") for s in (4, 6, 8)]
@@ -40,6 +52,8 @@ def test_the_final_test_scores_the_mean_of_the_last_n_checkpoints(text8_small, t
 def test_averaging_needs_the_checkpoints_kept(text8_small, tmp_path, capsys):
     args = tiny_char_args(text8_small, tmp_path / "run", keep_interval_checkpoints=2, average_last_n=5)
     assert train_main(args) == 2
-    assert capsys.readouterr().err == ("error: average_last_n=5 needs keep_interval_checkpoints >= 5 and "
-                                       "save_interval > 0 (got keep_interval_checkpoints=2, save_interval=4)\n")
+    assert capsys.readouterr().err == (
+        "error: average_last_n=5 needs keep_interval_checkpoints >= 5 and "
+        "save_interval > 0 (got keep_interval_checkpoints=2, save_interval=4)\n"
+    )
     assert not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, read_log, tiny_char_args, only_error_line
+from tests.conftest import REPO, only_error_line, read_log, tiny_char_args
 from toolkit.cli.analyze import main as analyze_main
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
@@ -51,8 +51,10 @@ def evil(text8_small: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 def one_error_line(err: str, path: Path) -> str:
     line = only_error_line(err)
-    assert line == (f"error: refusing to load checkpoint {path}: it holds 'posix.system', which loading could run "
-                    "as code (a tk-train checkpoint holds only tensors and plain data)")
+    assert line == (
+        f"error: refusing to load checkpoint {path}: it holds 'posix.system', which loading could run "
+        "as code (a tk-train checkpoint holds only tensors and plain data)"
+    )
     return line
 
 
@@ -81,8 +83,13 @@ def test_every_loader_refuses_a_checkpoint_that_would_run_code(evil, text8_small
 
     # scripts/average_checkpoints.py, as a user runs it
     shutil.copy(path, run / "checkpoint_1.pt")
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "average_checkpoints.py"), str(run), "--last", "1"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "average_checkpoints.py"), str(run), "--last", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert result.returncode == 2
     one_error_line(result.stderr, run / "checkpoint_1.pt")
 
@@ -126,7 +133,7 @@ def test_old_format_checkpoint_loads_evaluates_and_resumes(text8_small, tmp_path
         x, y = a["model"][key], b["model"][key]
         if key.endswith("qkv_proj.bias"):  # the query and value blocks; not the key block
             d = x.numel() // 3
-            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+            x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
         torch.testing.assert_close(x, y, rtol=0, atol=1e-7)
 
 
@@ -138,14 +145,17 @@ def stacked_by_hand(state: dict) -> dict:
     for key, value in state["model"].items():
         if ".q_proj." in key:
             model[key.replace("q_proj", "qkv_proj")] = torch.cat(
-                [state["model"][key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+                [state["model"][key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+            )
         elif ".k_proj." not in key and ".v_proj." not in key:
             model[key] = value
     old = state["optimizers"]["main"]
     new_state = {0: old["state"][0], 1: old["state"][1]}
     for new, parts in ((2, (2, 4, 6)), (3, (3, 5, 7))):
-        new_state[new] = {"step": old["state"][parts[0]]["step"],
-                          **{k: torch.cat([old["state"][i][k] for i in parts]) for k in ("exp_avg", "exp_avg_sq")}}
+        new_state[new] = {
+            "step": old["state"][parts[0]]["step"],
+            **{k: torch.cat([old["state"][i][k] for i in parts]) for k in ("exp_avg", "exp_avg_sq")},
+        }
     for i in range(8, len(old["state"])):
         new_state[i - 4] = old["state"][i]
     groups = [{**old["param_groups"][0], "params": list(range(len(new_state)))}]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEXT8_SAMPLE, tiny_char_args, tiny_mt_args, only_error_line as error_line
+from tests.conftest import TEXT8_SAMPLE, tiny_char_args, tiny_mt_args
+from tests.conftest import only_error_line as error_line
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.cli.translate import main as translate_main
@@ -50,7 +51,8 @@ def test_eval_on_data_of_another_vocabulary_names_both(char_checkpoint, tmp_path
     assert eval_main([f"checkpoint={char_checkpoint}", f"data={other}", "device=cpu"]) == 2
     assert error_line(capsys.readouterr().err) == (
         f"error: data={other}: the dataset holds a vocabulary of 256 symbols; checkpoint {char_checkpoint} needs 27 "
-        "(parameter 'embed.weight' has shape (27, 32))")
+        "(parameter 'embed.weight' has shape (27, 32))"
+    )
 
 
 def test_translate_bad_inputs_and_outputs(mt_checkpoint, tmp_path, capsys):
@@ -60,8 +62,10 @@ def test_translate_bad_inputs_and_outputs(mt_checkpoint, tmp_path, capsys):
     cases = [
         ([f"input={bad}", f"output={out}"], f"error: input={bad} line 2 is not valid UTF-8 (byte 0xff at column 3)"),
         ([f"input={tmp_path / 'none.txt'}", f"output={out}"], f"error: input={tmp_path / 'none.txt'}: no such file"),
-        ([f"output={tmp_path / 'no' / 'out.txt'}"], f"error: output={tmp_path / 'no' / 'out.txt'}: folder "
-                                                   f"{tmp_path / 'no'} does not exist"),
+        (
+            [f"output={tmp_path / 'no' / 'out.txt'}"],
+            f"error: output={tmp_path / 'no' / 'out.txt'}: folder {tmp_path / 'no'} does not exist",
+        ),
     ]
     for args, expected in cases:
         capsys.readouterr()
@@ -72,8 +76,12 @@ def test_translate_bad_inputs_and_outputs(mt_checkpoint, tmp_path, capsys):
 
 def test_translate_invalid_utf8_on_stdin(mt_checkpoint, tmp_path):
     out = tmp_path / "out.txt"
-    result = subprocess.run([sys.executable, "-m", "toolkit.cli.translate", f"checkpoint={mt_checkpoint}", "device=cpu",
-                             f"output={out}"], input=b"Danke.\n\xc3(\n", capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli.translate", f"checkpoint={mt_checkpoint}", "device=cpu", f"output={out}"],
+        input=b"Danke.\n\xc3(\n",
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert error_line(result.stderr.decode()) == "error: stdin line 2 is not valid UTF-8 (byte 0xc3 at column 1)"
     assert not out.exists()
@@ -84,7 +92,10 @@ def test_init_from_a_checkpoint_of_another_task_is_refused(text8_small, mt_check
     run = tmp_path / "run"
     assert train_main(tiny_char_args(text8_small, run, max_update=1) + [f"init_from={mt_checkpoint}"]) == 2
     line = error_line(capsys.readouterr().err)
-    assert re.fullmatch(rf"error: init_from={re.escape(str(mt_checkpoint))}: the checkpoint holds 0 of the model's "
-                        r"[\d,]+ parameter values \(0%; at least 50% needed\): a checkpoint of another model or task "
-                        r"\(init_from_min_fraction=0.5\)", line)
+    assert re.fullmatch(
+        rf"error: init_from={re.escape(str(mt_checkpoint))}: the checkpoint holds 0 of the model's "
+        r"[\d,]+ parameter values \(0%; at least 50% needed\): a checkpoint of another model or task "
+        r"\(init_from_min_fraction=0.5\)",
+        line,
+    )
     assert not run.exists()

@@ -22,10 +22,28 @@ def test_preprocess_train_eval(tmp_path):
     run("tk-preprocess", "config=text8", f"input={TEXT8_SAMPLE}", f"destdir={data}")
     meta = json.loads((data / "meta.json").read_text())
     assert meta["splits"]["test"]["tokens"] == 250_000
-    tiny = ["model.n_layers=1", "model.d_model=64", "model.n_heads=2", "model.d_ff=128", "task.tokens_per_sample=64",
-            "task.batch_size=8", "task.valid_max_tokens=5000", "task.eval_batch_size=64", "lr_scheduler.warmup_updates=5"]
-    result = run("tk-train", "config=text8_char_tiny", f"data={data}", f"run_dir={run_dir}", "max_update=30",
-                 "validate_interval=15", "save_interval=15", "final_subset=valid", *tiny)
+    tiny = [
+        "model.n_layers=1",
+        "model.d_model=64",
+        "model.n_heads=2",
+        "model.d_ff=128",
+        "task.tokens_per_sample=64",
+        "task.batch_size=8",
+        "task.valid_max_tokens=5000",
+        "task.eval_batch_size=64",
+        "lr_scheduler.warmup_updates=5",
+    ]
+    result = run(
+        "tk-train",
+        "config=text8_char_tiny",
+        f"data={data}",
+        f"run_dir={run_dir}",
+        "max_update=30",
+        "validate_interval=15",
+        "save_interval=15",
+        "final_subset=valid",
+        *tiny,
+    )
     assert "model transformer_lm:" in result.stderr  # every run logs the model and its parameter count
     final = json.loads(result.stdout.strip().splitlines()[-1])
     assert final["subset"] == "valid" and final["tokens"] == 249_999 and final["bpc"] < 4.75  # log2(27)

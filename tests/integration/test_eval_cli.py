@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from tests.conftest import tiny_char_args
 from toolkit.cli.eval import main as eval_main
@@ -15,7 +16,6 @@ from toolkit.cli.train import main as train_main
 from toolkit.data.char_corpus import load_char_split
 from toolkit.models.transformer_lm import TransformerLM
 from toolkit.train.checkpoint import load_checkpoint
-from omegaconf import OmegaConf
 
 
 def test_bpc_equals_independent_computation(text8_small, tmp_path, capsys):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.conftest import tiny_char_args, folder_snapshot as snapshot
+from tests.conftest import folder_snapshot as snapshot
+from tests.conftest import tiny_char_args
 from toolkit.cli.train import main as train_main
 from toolkit.errors import INTERRUPTED_EXIT
 from toolkit.train import run as run_module
@@ -34,13 +35,17 @@ def test_sigterm_during_start_up_exits_3_and_changes_nothing(text8_small, tmp_pa
     assert snapshot(run) == before  # the resume had not started: no file written, no lock left
 
 
-def test_sigint_during_the_final_evaluation_exits_3_with_the_checkpoint_saved(text8_small, tmp_path, capsys, monkeypatch):
+def test_sigint_during_the_final_evaluation_exits_3_with_the_checkpoint_saved(
+    text8_small, tmp_path, capsys, monkeypatch
+):
     run = tmp_path / "run"
     monkeypatch.setattr(run_module, "_final_evaluation", signalled_first(run_module._final_evaluation, signal.SIGINT))
     capsys.readouterr()
     assert train_main(tiny_char_args(text8_small, run, max_update=2, final_subset="test")) == INTERRUPTED_EXIT
     err = capsys.readouterr().err
-    assert err.strip() == f"error: stopped by SIGINT during the final evaluation ({run / 'checkpoint_last.pt'} is saved)"
+    assert (
+        err.strip() == f"error: stopped by SIGINT during the final evaluation ({run / 'checkpoint_last.pt'} is saved)"
+    )
     assert load_checkpoint(run / "checkpoint_last.pt")["position"]["step"] == 2
     assert not (run / ".tk-train.lock").exists()
 
@@ -51,7 +56,9 @@ def test_the_entry_point_imports_nothing_heavy_before_its_signal_handler():
     import subprocess
     import sys
 
-    probe = "import sys, toolkit.cli.train; print(sorted(m for m in ('torch', 'omegaconf', 'hydra') if m in sys.modules))"
+    probe = (
+        "import sys, toolkit.cli.train; print(sorted(m for m in ('torch', 'omegaconf', 'hydra') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 

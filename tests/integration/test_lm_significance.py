@@ -4,6 +4,7 @@ word perplexity with and without <eos> targets."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,18 +22,29 @@ def last_json(out: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def char_run(text8_small, tmp_path_factory) -> "Path":
+def char_run(text8_small, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("nll") / "run"
-    args = tiny_char_args(text8_small, run_dir, max_update=40, save_interval=4, keep_interval_checkpoints=10,
-                          **{"optimizer.lr": 0.01})
+    args = tiny_char_args(
+        text8_small, run_dir, max_update=40, save_interval=4, keep_interval_checkpoints=10, **{"optimizer.lr": 0.01}
+    )
     assert train_main(args) == 0
     return run_dir
 
 
 def save_nll(run_dir, checkpoint: str, capsys, *extra: str) -> tuple[np.ndarray, dict]:
     path = run_dir / f"{checkpoint}.nll.npy"
-    assert eval_main([f"checkpoint={run_dir / checkpoint}", "subset=test", "task.eval_max_tokens=4000",
-                      f"save_nll={path}", *extra]) == 0
+    assert (
+        eval_main(
+            [
+                f"checkpoint={run_dir / checkpoint}",
+                "subset=test",
+                "task.eval_max_tokens=4000",
+                f"save_nll={path}",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return np.load(path, allow_pickle=False), last_json(capsys.readouterr().out)
 
 
@@ -64,7 +76,9 @@ def test_bootstrap_statistics_against_a_direct_computation():
     rng = np.random.default_rng(0)
     a = rng.exponential(1.0, size=1050)
     sums, counts = block_sums(a, 100)
-    assert counts.tolist() == [100] * 10 + [50] and np.allclose(sums, [a[i:i + 100].sum() for i in range(0, 1050, 100)])
+    assert counts.tolist() == [100] * 10 + [50] and np.allclose(
+        sums, [a[i : i + 100].sum() for i in range(0, 1050, 100)]
+    )
     noise = a + rng.normal(0, 0.01, size=a.shape)  # no systematic difference
     assert not lm_paired_bootstrap(noise, a, block_size=50, n_samples=300).significant()
     worse = lm_paired_bootstrap(a + 0.2, a, block_size=50, n_samples=300)
@@ -77,8 +91,9 @@ def test_nll_file_errors_are_one_line(char_run, tmp_path, capsys):
     b = tmp_path / "short.npy"
     np.save(b, np.zeros(9))
     assert eval_main([f"nll={a}", f"baseline_nll={b}"]) == 2
-    assert capsys.readouterr().err == ("error: the per-token NLLs cover 10 and 9 tokens: both must score the same "
-                                       "tokens\n")
+    assert capsys.readouterr().err == (
+        "error: the per-token NLLs cover 10 and 9 tokens: both must score the same tokens\n"
+    )
     bad = tmp_path / "bad.npy"
     bad.write_text("not numpy")
     assert eval_main([f"nll={bad}", f"baseline_nll={a}"]) == 2
@@ -87,20 +102,23 @@ def test_nll_file_errors_are_one_line(char_run, tmp_path, capsys):
 
 def test_word_perplexity_without_eos_scores_only_the_words(wikitext_small):
     """task.eval_eos=false: <eos> is context, not a target (the all-attention paper's protocol)."""
-    from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
     from omegaconf import OmegaConf
+
+    from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 
     torch.manual_seed(0)
     results = {}
     for protocol in ("context_window", "stream"):
         for eos in (True, False):
-            cfg = OmegaConf.structured(LanguageModelingConfig(tokens_per_sample=16, eval_protocol=protocol,
-                                                              eval_eos=eos, context_window=0))
+            cfg = OmegaConf.structured(
+                LanguageModelingConfig(tokens_per_sample=16, eval_protocol=protocol, eval_eos=eos, context_window=0)
+            )
             task = LanguageModelingTask(cfg, str(wikitext_small), seed=1)
             task.record_token_nll = True
             torch.manual_seed(0)
-            model = StreamingLM.create(StreamingLMConfig(vocab_size=task.vocab_size, d_model=16, n_layers=1,
-                                                         n_heads=2, attn_span=32)).eval()
+            model = StreamingLM.create(
+                StreamingLMConfig(vocab_size=task.vocab_size, d_model=16, n_layers=1, n_heads=2, attn_span=32)
+            ).eval()
             results[protocol, eos] = (task.evaluate(model, "test", torch.device("cpu")), task.token_nll)
         test = task.splits["test"]
         with_eos, all_nll = results[protocol, True]
@@ -119,7 +137,10 @@ def test_save_nll_is_for_language_models_only():
     from toolkit.errors import ConfigError
 
     translation = SimpleNamespace(valid_metric="loss", cfg=SimpleNamespace(name="translation"))
-    with pytest.raises(ConfigError, match=r"^save_nll=x.npy: per-token NLLs are written for language-model tasks "
-                                          r"only \(task 'translation'\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^save_nll=x.npy: per-token NLLs are written for language-model tasks "
+        r"only \(task 'translation'\)$",
+    ):
         check_token_nll(translation, "x.npy")
     check_token_nll(translation, None)  # nothing asked, nothing checked

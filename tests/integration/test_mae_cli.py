@@ -56,8 +56,18 @@ def test_bcd_phases_update_only_their_groups_and_gate_metrics_are_logged(mae_run
 
 def test_eval_bleu_of_the_mae_checkpoint(mae_run, capsys):
     capsys.readouterr()
-    assert eval_main([f"checkpoint={mae_run / 'checkpoint_last.pt'}", "subset=test", "device=cpu",
-                      "task.generation.beam=2", "task.generation.max_len_b=4"]) == 0
+    assert (
+        eval_main(
+            [
+                f"checkpoint={mae_run / 'checkpoint_last.pt'}",
+                "subset=test",
+                "device=cpu",
+                "task.generation.beam=2",
+                "task.generation.max_len_b=4",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= metrics["bleu"] <= 100.0
 

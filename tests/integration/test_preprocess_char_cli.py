@@ -21,7 +21,10 @@ SAMPLE_TEXT_SHA256 = "e5e99b59bdafc581a6f648f6084e77141af20c413e1cdc750379e4967d
 def preprocess(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "toolkit.cli.preprocess", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -33,7 +36,9 @@ def test_shipped_sample_end_to_end(tmp_path: Path) -> None:
     assert "train 4,500,000 / valid 250,000 / test 250,000" in done.stderr
     meta = json.loads((dest / "meta.json").read_text())
     assert {s: meta["splits"][s]["tokens"] for s in meta["splits"]} == {
-        "train": 4_500_000, "valid": 250_000, "test": 250_000,
+        "train": 4_500_000,
+        "valid": 250_000,
+        "test": 250_000,
     }
     assert meta["source"] == {"path": str(SAMPLE), "sha256": SAMPLE_XZ_SHA256, "bytes": SAMPLE.stat().st_size}
     assert meta["full_corpus"] is False and meta["vocab_size"] == 27
@@ -52,8 +57,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
     done = preprocess("config=text8", f"input={source}", f"destdir={tmp_path / 'out'}")
     assert done.returncode == 2
     assert done.stderr == (
-        f"error: {source}: not text8: byte 0x0a ('\\n') at offset 19 "
-        "is not one of the 27 symbols (a-z and space)\n"
+        f"error: {source}: not text8: byte 0x0a ('\\n') at offset 19 is not one of the 27 symbols (a-z and space)\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text8.txt"]
     missing = preprocess("config=text8", f"input={tmp_path / 'nope.zip'}", f"destdir={tmp_path / 'out'}")

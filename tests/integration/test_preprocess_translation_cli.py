@@ -28,8 +28,12 @@ def test_iwslt14_sample_end_to_end(tmp_path: Path) -> None:
     pairs = {name: split["pairs"] for name, split in meta["splits"].items()}
     assert pairs == {"train": 4698, "valid": 1165, "test": 887}
     expected = {"meta.json", "spm.model", "spm.vocab"}
-    expected |= {f"{split}.de-en.{lang}.{ext}" for split in ("train", "valid", "test") for lang in ("de", "en")
-                 for ext in ("bin", "idx")}
+    expected |= {
+        f"{split}.de-en.{lang}.{ext}"
+        for split in ("train", "valid", "test")
+        for lang in ("de", "en")
+        for ext in ("bin", "idx")
+    }
     expected |= {f"{split}.{lang}.txt" for split in ("valid", "test") for lang in ("de", "en")}
     assert {p.name for p in dest.iterdir()} == expected
 
@@ -62,7 +66,5 @@ def test_malformed_release_exit_2_no_output(tmp_path: Path) -> None:
     shutil.copy(folder / "IWSLT14.TED.dev2010.de-en.de.xml", folder / "IWSLT14.TED.dev2010.de-en.en.xml")
     result = preprocess("config=iwslt14_sample", f"input={folder}", f"destdir={dest}")
     assert result.returncode == 2
-    assert result.stderr == (
-        f"error: {path}:41: malformed <seg> line (expected <seg id=...>text</seg> on one line)\n"
-    )
+    assert result.stderr == (f"error: {path}:41: malformed <seg> line (expected <seg id=...>text</seg> on one line)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release"]

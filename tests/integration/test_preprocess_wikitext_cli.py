@@ -10,8 +10,9 @@ from toolkit.data.word_corpus import load_meta, load_word_split
 
 
 def preprocess(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toolkit.cli.preprocess", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli.preprocess", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_sample_recipe_builds_the_dataset(tmp_path):
@@ -25,7 +26,8 @@ def test_sample_recipe_builds_the_dataset(tmp_path):
     again = preprocess("config=wikitext2_sample", f"destdir={dest}")
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
-        f"error: {dest} already exists and is not empty (pass overwrite=true to replace it)")
+        f"error: {dest} already exists and is not empty (pass overwrite=true to replace it)"
+    )
     assert preprocess("config=wikitext2_sample", f"destdir={dest}", "overwrite=true").returncode == 0
 
 

@@ -45,7 +45,9 @@ def test_sigterm_mid_run_then_resume_is_exact(text8_small, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     # a run that would go on for a long time, stopped by SIGTERM once it has made a few updates
     args = tiny_char_args(text8_small, resumed, max_update=100000, save_interval=0)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli.train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli.train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     log = resumed / "train_log.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):

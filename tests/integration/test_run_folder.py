@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TEXT8_SAMPLE, tiny_char_args, folder_snapshot as snapshot, only_error_line as error_line
+from tests.conftest import TEXT8_SAMPLE, tiny_char_args
+from tests.conftest import folder_snapshot as snapshot
+from tests.conftest import only_error_line as error_line
 from toolkit.cli.train import main as train_main
 from toolkit.errors import DIVERGED_EXIT
 from toolkit.train.checkpoint import load_checkpoint
@@ -39,17 +41,25 @@ def bytes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_second_trainer_on_a_busy_run_folder_is_refused(text8_small, trained, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from toolkit.train.run_lock import RunFolderLock; "
-         f"RunFolderLock({str(trained)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from toolkit.train.run_lock import RunFolderLock; "
+            f"RunFolderLock({str(trained)!r}).acquire(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = snapshot(trained)
         capsys.readouterr()
         assert train_main(tiny_char_args(text8_small, trained, max_update=3, seed=7)) == 2
         line = error_line(capsys.readouterr().err)
-        assert line == (f"error: run_dir={trained} is in use by another tk-train (host {__import__('socket').gethostname()} "
-                        f"pid {holder.pid}); wait for it to finish or choose another run_dir")
+        assert line == (
+            f"error: run_dir={trained} is in use by another tk-train (host {__import__('socket').gethostname()} "
+            f"pid {holder.pid}); wait for it to finish or choose another run_dir"
+        )
         assert snapshot(trained) == before
         # distributed.world_size=2 is refused by the launcher itself, before torchrun starts any rank
         assert train_main(tiny_char_args(text8_small, trained, max_update=3) + ["distributed.world_size=2"]) == 2
@@ -68,8 +78,10 @@ def test_resume_with_another_model_is_refused_and_changes_nothing(text8_small, t
     capsys.readouterr()
     assert train_main(tiny_char_args(text8_small, trained, max_update=4, **{"model.n_layers": 2})) == 2
     line = error_line(capsys.readouterr().err)
-    assert line == (f"error: cannot resume from {trained / 'checkpoint_last.pt'}: model.n_layers is 1 in the checkpoint, "
-                    "2 now (resume with the run's settings, or choose another run_dir)")
+    assert line == (
+        f"error: cannot resume from {trained / 'checkpoint_last.pt'}: model.n_layers is 1 in the checkpoint, "
+        "2 now (resume with the run's settings, or choose another run_dir)"
+    )
     assert snapshot(trained) == before
 
 
@@ -81,9 +93,11 @@ def test_resume_with_weights_that_fit_but_compute_otherwise_is_refused(text8_sma
     changed = {"model.scale_embedding": "true", "model.pre_ln": "false"}
     assert train_main(tiny_char_args(text8_small, trained, max_update=4, **changed)) == 2
     line = error_line(capsys.readouterr().err)
-    assert line == (f"error: cannot resume from {trained / 'checkpoint_last.pt'}: model.pre_ln is True in the "
-                    "checkpoint, False now; model.scale_embedding is False in the checkpoint, True now (resume with "
-                    "the run's settings, or choose another run_dir)")
+    assert line == (
+        f"error: cannot resume from {trained / 'checkpoint_last.pt'}: model.pre_ln is True in the "
+        "checkpoint, False now; model.scale_embedding is False in the checkpoint, True now (resume with "
+        "the run's settings, or choose another run_dir)"
+    )
     assert snapshot(trained) == before
 
 
@@ -99,9 +113,11 @@ def test_resume_on_data_of_another_vocabulary_is_refused_and_changes_nothing(tra
     capsys.readouterr()
     assert train_main(tiny_char_args(bytes_dataset, trained, max_update=4)) == 2
     line = error_line(capsys.readouterr().err)
-    assert line == (f"error: cannot resume from {trained / 'checkpoint_last.pt'}: data={bytes_dataset}: the dataset "
-                    f"holds a vocabulary of 256 symbols; checkpoint {trained / 'checkpoint_last.pt'} needs 27 "
-                    "(parameter 'embed.weight' has shape (27, 32)) (resume with the run's settings, or choose another run_dir)")
+    assert line == (
+        f"error: cannot resume from {trained / 'checkpoint_last.pt'}: data={bytes_dataset}: the dataset "
+        f"holds a vocabulary of 256 symbols; checkpoint {trained / 'checkpoint_last.pt'} needs 27 "
+        "(parameter 'embed.weight' has shape (27, 32)) (resume with the run's settings, or choose another run_dir)"
+    )
     assert snapshot(trained) == before
 
 
@@ -123,12 +139,15 @@ def test_diverged_run_keeps_and_names_its_last_sane_checkpoint(text8_small, trai
     (run / "checkpoint_last.pt").write_bytes((trained / "checkpoint_last.pt").read_bytes())  # a sane run at step 2
     good = load_checkpoint(run / "checkpoint_last.pt")["model"]
     capsys.readouterr()
-    code = train_main(tiny_char_args(text8_small, run, max_update=20, save_interval=1, max_nonfinite=2,
-                                     **{"optimizer.lr": 1e10}))
+    code = train_main(
+        tiny_char_args(text8_small, run, max_update=20, save_interval=1, max_nonfinite=2, **{"optimizer.lr": 1e10})
+    )
     assert code == DIVERGED_EXIT
     out, err = capsys.readouterr()
-    assert error_line(err) == (f"error: 2 non-finite losses in a row at step 3; stopping (last good checkpoint: "
-                               f"{run / 'checkpoint_last.pt'} (step 2))")
+    assert error_line(err) == (
+        f"error: 2 non-finite losses in a row at step 3; stopping (last good checkpoint: "
+        f"{run / 'checkpoint_last.pt'} (step 2))"
+    )
     assert "step=3 not saving checkpoint_last.pt" in out
     kept = load_checkpoint(run / "checkpoint_last.pt")
     assert kept["position"]["step"] == 2 and all(torch.equal(good[k], kept["model"][k]) for k in good)

@@ -14,8 +14,9 @@ from toolkit.eval.ngram_reference import ngram_references
 
 def test_run_ends_with_a_summary(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = tiny_char_args(text8_small, run_dir, max_update=6, validate_interval=3, final_subset="valid",
-                          **{"task.eval_max_tokens": 3000})
+    args = tiny_char_args(
+        text8_small, run_dir, max_update=6, validate_interval=3, final_subset="valid", **{"task.eval_max_tokens": 3000}
+    )
     assert train_main(args) == 0
     captured = capsys.readouterr()
     final = json.loads(captured.out.strip().splitlines()[-1])

@@ -29,7 +29,10 @@ def references() -> list[str]:
 
 def system(lines: list[str], every: int) -> list[str]:
     """System-like output: every `every`-th word of each line replaced by 'the'."""
-    return [" ".join("the" if (i + j) % every == 0 else w for j, w in enumerate(line.split())) for i, line in enumerate(lines)]
+    return [
+        " ".join("the" if (i + j) % every == 0 else w for j, w in enumerate(line.split()))
+        for i, line in enumerate(lines)
+    ]
 
 
 def write(path: Path, lines: list[str]) -> str:
@@ -46,8 +49,9 @@ def test_file_bleu_equals_the_sacrebleu_command(references, tmp_path, capsys):
     ref, hyp = write(tmp_path / "ref", references), write(tmp_path / "hyp", system(references, 4))
     assert eval_main([f"hypotheses={hyp}", f"references={ref}"]) == 0
     ours = last_json(capsys.readouterr().out)
-    cli = json.loads(subprocess.run(["sacrebleu", ref, "-i", hyp, "-w", "4"], capture_output=True, text=True,
-                                    check=True).stdout)
+    cli = json.loads(
+        subprocess.run(["sacrebleu", ref, "-i", hyp, "-w", "4"], capture_output=True, text=True, check=True).stdout
+    )
     assert 20 < ours["bleu"] < 80
     assert round(ours["bleu"], 4) == cli["score"]
     assert ours["signature"] == cli["signature"]
@@ -71,14 +75,18 @@ def test_paired_test_equals_sacrebleus_own(references, tmp_path, capsys, test):
     """Two systems that differ in two lines: scores and p-value are sacreBLEU's, to the digit."""
     ref = write(tmp_path / "ref", references)
     base = write(tmp_path / "base", system(references, 5))
-    hyp = write(tmp_path / "hyp", system(references[:5], 5)[:3] + system(references[3:5], 4) + system(references, 5)[5:])
+    hyp = write(
+        tmp_path / "hyp", system(references[:5], 5)[:3] + system(references[3:5], 4) + system(references, 5)[5:]
+    )
     n = "200"
-    assert eval_main([f"hypotheses={hyp}", f"baseline={base}", f"references={ref}", f"test={test}",
-                      f"n_samples={n}"]) == 0
+    assert (
+        eval_main([f"hypotheses={hyp}", f"baseline={base}", f"references={ref}", f"test={test}", f"n_samples={n}"]) == 0
+    )
     ours = last_json(capsys.readouterr().out)
     flag = ["--paired-bs", "--paired-bs-n", n] if test == "bs" else ["--paired-ar", "--paired-ar-n", n]
-    cli = json.loads(subprocess.run(["sacrebleu", ref, "-i", base, hyp, *flag], capture_output=True, text=True,
-                                    check=True).stdout)
+    cli = json.loads(
+        subprocess.run(["sacrebleu", ref, "-i", base, hyp, *flag], capture_output=True, text=True, check=True).stdout
+    )
     assert ours["baseline_bleu"] == pytest.approx(cli[0]["BLEU"]["score"], abs=1e-9)
     assert ours["bleu"] == pytest.approx(cli[1]["BLEU"]["score"], abs=1e-9)
     if test == "bs":
@@ -89,8 +97,9 @@ def test_paired_test_equals_sacrebleus_own(references, tmp_path, capsys, test):
 @pytest.mark.parametrize("test", ["bs", "ar"])
 def test_identical_systems_are_not_significantly_different(references, tmp_path, capsys, test):
     ref, hyp = write(tmp_path / "ref", references), write(tmp_path / "hyp", system(references, 4))
-    assert eval_main([f"hypotheses={hyp}", f"baseline={hyp}", f"references={ref}", f"test={test}",
-                      "n_samples=100"]) == 0
+    assert (
+        eval_main([f"hypotheses={hyp}", f"baseline={hyp}", f"references={ref}", f"test={test}", "n_samples=100"]) == 0
+    )
     summary = last_json(capsys.readouterr().out)
     assert summary["bleu"] == summary["baseline_bleu"]
     assert summary["p_value"] == 1.0 and summary["significant"] is False
@@ -101,8 +110,9 @@ def test_a_clearly_degraded_copy_is_significantly_worse(references, tmp_path, ca
     ref = write(tmp_path / "ref", references)
     good = write(tmp_path / "good", system(references, 6))
     bad = write(tmp_path / "bad", system(references, 2))
-    assert eval_main([f"hypotheses={good}", f"baseline={bad}", f"references={ref}", f"test={test}",
-                      "n_samples=200"]) == 0
+    assert (
+        eval_main([f"hypotheses={good}", f"baseline={bad}", f"references={ref}", f"test={test}", "n_samples=200"]) == 0
+    )
     out = capsys.readouterr().out
     summary = last_json(out)
     assert summary["bleu"] > summary["baseline_bleu"] + 10

@@ -47,9 +47,21 @@ def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_sma
     capsys.readouterr()
 
     for protocol, stride in (("exact", 1), ("fast", 8)):
-        code = eval_main([f"checkpoint={run_dir / 'checkpoint_last.pt'}", "subset=test",
-                          f"task.eval_protocol={protocol}", "task.eval_max_tokens=200", "device=cpu"])
+        code = eval_main(
+            [
+                f"checkpoint={run_dir / 'checkpoint_last.pt'}",
+                "subset=test",
+                f"task.eval_protocol={protocol}",
+                "task.eval_max_tokens=200",
+                "device=cpu",
+            ]
+        )
         assert code == 0
         metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert (metrics["protocol"], metrics["stride"], metrics["window"], metrics["tokens"]) == (protocol, stride, 32, 200)
+        assert (metrics["protocol"], metrics["stride"], metrics["window"], metrics["tokens"]) == (
+            protocol,
+            stride,
+            32,
+            200,
+        )
         assert 0 < metrics["bpc"] < 6

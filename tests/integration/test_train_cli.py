@@ -21,10 +21,16 @@ def run_train(*args: str) -> subprocess.CompletedProcess:
         ([], "error: no config given: pass config=NAME, one of: "),
         (["config=text8_char_tiy"], "error: unknown config 'text8_char_tiy' (did you mean: text8_char_tiny"),
         (["config=text8_char_tiny", "max_updat=3"], "error: unknown key 'max_updat' (did you mean: max_update?)"),
-        (["config=text8_char_tiny", "model.n_layer=3"], "error: unknown key 'model.n_layer' (did you mean: model.n_layers"),
+        (
+            ["config=text8_char_tiny", "model.n_layer=3"],
+            "error: unknown key 'model.n_layer' (did you mean: model.n_layers",
+        ),
         (["config=text8_char_tiny", "max_update=many"], "error: wrong type for key 'max_update'"),
         (["config=text8_char_tiny", "model=gpt9"], "error: unknown model 'gpt9'"),
-        (["config=text8_char_tiny", "data=null", "run_dir=/nonexistent/x"], "error: missing required value for key 'data'"),
+        (
+            ["config=text8_char_tiny", "data=null", "run_dir=/nonexistent/x"],
+            "error: missing required value for key 'data'",
+        ),
         (["config=text8_char_tiny", "max_update"], "error: expected key=value, got 'max_update'"),
     ],
 )
@@ -43,7 +49,16 @@ def test_errors_list_presets(capsys):
 def test_help_lists_groups_and_presets(capsys):
     assert train_main(["--help"]) == 0
     out = capsys.readouterr().out
-    for word in ("model:", "task:", "optimizer:", "lr_scheduler:", "criterion:", "text8_char_tiny", "text8_t12", "transformer_lm"):
+    for word in (
+        "model:",
+        "task:",
+        "optimizer:",
+        "lr_scheduler:",
+        "criterion:",
+        "text8_char_tiny",
+        "text8_t12",
+        "transformer_lm",
+    ):
         assert word in out
 
 

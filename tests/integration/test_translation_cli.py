@@ -19,13 +19,27 @@ def test_train_eval_bleu_matches_sacrebleu_cli(iwslt_sample, tmp_path, capsys):
     assert train_main(tiny_mt_args(iwslt_sample, run)) == 0
     hyp = tmp_path / "hyp.txt"
     capsys.readouterr()
-    assert eval_main([f"checkpoint={run / 'checkpoint_last.pt'}", "subset=test", f"task.hypotheses={hyp}",
-                      "task.bleu_protocol=sacrebleu", "device=cpu"]) == 0
+    assert (
+        eval_main(
+            [
+                f"checkpoint={run / 'checkpoint_last.pt'}",
+                "subset=test",
+                f"task.hypotheses={hyp}",
+                "task.bleu_protocol=sacrebleu",
+                "device=cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["sentences"] == 887 and len(hyp.read_text().splitlines()) == 887
     assert "tok:13a" in metrics["bleu_signature"]
-    cli = subprocess.run([sys.executable, "-m", "sacrebleu", str(iwslt_sample / "test.en.txt"), "-i", str(hyp), "-b"],
-                         capture_output=True, text=True, check=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "sacrebleu", str(iwslt_sample / "test.en.txt"), "-i", str(hyp), "-b"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert abs(metrics["bleu"] - float(cli.stdout.strip())) < 1e-9 or f"{metrics['bleu']:.1f}" == cli.stdout.strip()
 
 
@@ -42,7 +56,12 @@ def test_translation_resume_is_exact(iwslt_sample, tmp_path):
 def test_translate_stdin(iwslt_sample, tmp_path):
     run = tmp_path / "run"
     assert train_main(tiny_mt_args(iwslt_sample, run, max_update=1)) == 0
-    result = subprocess.run([sys.executable, "-m", "toolkit.cli.translate", f"checkpoint={run / 'checkpoint_last.pt'}",
-                             "device=cpu"], input="Das ist gut.\nDanke.\n", capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "toolkit.cli.translate", f"checkpoint={run / 'checkpoint_last.pt'}", "device=cpu"],
+        input="Das ist gut.\nDanke.\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2

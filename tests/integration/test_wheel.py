@@ -35,7 +35,9 @@ def test_wheel_installed_outside_the_checkout_lists_and_dry_runs_presets(tmp_pat
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    run(sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist")
+    run(
+        sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"
+    )
     (wheel,) = (tmp_path / "dist").glob("toolkit-*.whl")
     venv = tmp_path / "venv"  # torch, Hydra, ... from this interpreter's site-packages; the toolkit from the wheel
     run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv)
@@ -46,6 +48,8 @@ def test_wheel_installed_outside_the_checkout_lists_and_dry_runs_presets(tmp_pat
     assert installed.is_relative_to(venv) and (installed / "configs" / "config" / "t64" / "t12_text8.yaml").is_file()
     help_text = run(venv / "bin" / "tk-train", "--help").stdout
     assert "  t64/: t12_enwik8, t12_text8," in help_text and "  adaptive_span/: enwik8," in help_text
-    result = run(venv / "bin" / "tk-train", "config=baselines/transformer_lm_text8_tiny", "dry_run=true", "data=/nonexistent")
+    result = run(
+        venv / "bin" / "tk-train", "config=baselines/transformer_lm_text8_tiny", "dry_run=true", "data=/nonexistent"
+    )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["model"], summary["vocab_size"], summary["parameters"]) == ("transformer_lm", 27, 1_718_016)

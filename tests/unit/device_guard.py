@@ -26,15 +26,42 @@ TAG = "_device_guard_on_device"
 
 # Functions that create a tensor on the default device unless given `device=`.
 FACTORIES = {
-    torch.arange, torch.zeros, torch.ones, torch.full, torch.empty, torch.rand, torch.randn, torch.randint,
-    torch.randperm, torch.tensor, torch.as_tensor, torch.eye, torch.linspace, torch.logspace,
-    torch.tril_indices, torch.triu_indices, torch.from_numpy, torch.scalar_tensor,
+    torch.arange,
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.tensor,
+    torch.as_tensor,
+    torch.eye,
+    torch.linspace,
+    torch.logspace,
+    torch.tril_indices,
+    torch.triu_indices,
+    torch.from_numpy,
+    torch.scalar_tensor,
 }
 MOVES = {torch.Tensor.to, torch.Tensor.cuda}
 # Reading metadata or leaving torch: no device work.
-PASSIVE = {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.item, torch.Tensor.tolist,
-           torch.Tensor.numpy, torch.Tensor.__len__, torch.Tensor.__bool__, torch.Tensor.__int__,
-           torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.__format__, torch.Tensor.__repr__}
+PASSIVE = {
+    torch.Tensor.size,
+    torch.Tensor.dim,
+    torch.Tensor.numel,
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.__len__,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.__format__,
+    torch.Tensor.__repr__,
+}
 
 
 HOST, DEVICE = "host", "device"

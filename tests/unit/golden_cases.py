@@ -73,7 +73,9 @@ def plain_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.merge(base, overrides))
 
 
-def build_model(model: str, config: Dict[str, Any], task: Dict[str, Any], memory: Optional[Dict[str, Any]]) -> nn.Module:
+def build_model(
+    model: str, config: Dict[str, Any], task: Dict[str, Any], memory: Optional[Dict[str, Any]]
+) -> nn.Module:
     """The model of a stored case, built as the trainer builds it (registry builder, then memory placement)."""
     renames = CONFIG_RENAMES.get(model, {})
     config = {renames.get(key, key): value for key, value in config.items() if renames.get(key, key) is not None}
@@ -103,11 +105,7 @@ def randint(g: torch.Generator, high: int, *shape: int, low: int = 0) -> Tensor:
 # ---- runners ---------------------------------------------------------------------------------------------
 def mae_gates(model: nn.Module) -> Dict[str, Tensor]:
     """Detached gate probabilities of every MAE module's last forward, by module name."""
-    return {
-        name: m.last_gate.clone()
-        for name, m in model.named_modules()
-        if getattr(m, "last_gate", None) is not None
-    }
+    return {name: m.last_gate.clone() for name, m in model.named_modules() if getattr(m, "last_gate", None) is not None}
 
 
 def batchnorm_stats(model: nn.Module) -> Dict[str, Tensor]:
@@ -140,8 +138,13 @@ def run_lm_pkm(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
     model.eval()
     with torch.no_grad():
         eval_logits, _ = model(inputs["tokens"])
-    return {"train_logits": logits.detach(), "loss": loss.detach(), "grads": grads, "bn": stats,
-            "eval_logits": eval_logits}
+    return {
+        "train_logits": logits.detach(),
+        "loss": loss.detach(),
+        "grads": grads,
+        "bn": stats,
+        "eval_logits": eval_logits,
+    }
 
 
 @torch.no_grad()
@@ -176,9 +179,15 @@ def run_stream(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
     loss = loss + 0.01 * aux.get("span_l1", torch.zeros(()))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in sorted(model.named_parameters()) if p.grad is not None}
-    return {"blocks": blocks, "final_cache": [c.clone() for c in cache], "substream_nll": total,
-            "substream_count": count, "train_loss": loss.detach(), "grads": grads,
-            "span_stats": model.span_stats()}
+    return {
+        "blocks": blocks,
+        "final_cache": [c.clone() for c in cache],
+        "substream_nll": total,
+        "substream_count": count,
+        "train_loss": loss.detach(),
+        "grads": grads,
+        "span_stats": model.span_stats(),
+    }
 
 
 def hypotheses(model: nn.Module, src: Tensor, beam: int) -> List[List[Dict[str, Any]]]:
@@ -209,8 +218,14 @@ def run_pkm_layer(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
     with torch.no_grad():
         eval_out = model(inputs["x"])
         scores, indices = model.lookup(model.query(inputs["x"].reshape(-1, model.d_in)))
-    return {"train_out": out.detach(), "grads": grads, "bn": stats, "eval_out": eval_out,
-            "scores": scores, "indices": indices}
+    return {
+        "train_out": out.detach(),
+        "grads": grads,
+        "bn": stats,
+        "eval_out": eval_out,
+        "scores": scores,
+        "indices": indices,
+    }
 
 
 # ---- the cases ---------------------------------------------------------------------------------------------
@@ -232,14 +247,18 @@ def char_inputs(g: torch.Generator) -> Dict[str, Any]:
 
 
 ST_V, ST_M = 13, 8
-ST_BASE = dict(d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=100, span_ramp=8, cache_margin=4,
-               dropout=0.0, emb_dropout=0.0)
+ST_BASE = dict(
+    d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=100, span_ramp=8, cache_margin=4, dropout=0.0, emb_dropout=0.0
+)
 ST_TASK = {"vocab_size": ST_V, "pad_idx": 1, "tokens_per_sample": ST_M}
 
 
 def stream_inputs(g: torch.Generator) -> Dict[str, Any]:
-    return {"blocks": randint(g, ST_V, 3, 2, ST_M, low=2), "block_targets": randint(g, ST_V, 2, ST_M, low=2),
-            "stream": randint(g, ST_V, 43, low=2)}
+    return {
+        "blocks": randint(g, ST_V, 3, 2, ST_M, low=2),
+        "block_targets": randint(g, ST_V, 2, ST_M, low=2),
+        "stream": randint(g, ST_V, 43, low=2),
+    }
 
 
 def set_spans(values: List[float]) -> Callable[[nn.Module], None]:
@@ -279,44 +298,144 @@ def pkm_inputs(g: torch.Generator) -> Dict[str, Any]:
 MAE = {"attention": "mae", "mae": {"drop": 1, "gate_hidden": 8}}
 CASES: List[Case] = [
     Case("lm_plain", "transformer_lm", LM_BASE, LM_TASK, lm_inputs, run_lm),
-    Case("lm_postln_sinusoidal_untied", "transformer_lm",
-         {**LM_BASE, "pre_ln": False, "positions": "sinusoidal", "activation": "gelu", "tie_embeddings": False},
-         LM_TASK, lm_inputs, run_lm),
+    Case(
+        "lm_postln_sinusoidal_untied",
+        "transformer_lm",
+        {**LM_BASE, "pre_ln": False, "positions": "sinusoidal", "activation": "gelu", "tie_embeddings": False},
+        LM_TASK,
+        lm_inputs,
+        run_lm,
+    ),
     Case("lm_mae", "transformer_lm", {**LM_BASE, "n_heads": 4, **MAE}, LM_TASK, lm_inputs, run_lm),
-    Case("lm_adaptive_io", "transformer_lm",
-         {**LM_BASE, "adaptive_input": True, "adaptive_softmax": True, "adaptive_cutoffs": [5, 12],
-          "adaptive_factor": 2.0, "tie_adaptive_weights": True, "tie_adaptive_proj": True, "tie_embeddings": False},
-         LM_TASK, lm_inputs, run_lm),
-    Case("lm_pkm_replace_ffn", "transformer_lm", LM_BASE, LM_TASK, lm_inputs, run_lm_pkm,
-         memory={"layers": [1], "mode": "replace_ffn", "pkm": {"mem_size": 36, "key_dim": 8, "heads": 2, "knn": 3}}),
-    Case("char_t64_separate_heads", "char_transformer", {**CHAR_BASE, "n_targets": 3},
-         {"vocab_size": CHAR_V}, char_inputs, run_char),
-    Case("char_t64_shared_heads_first_layer_positions", "char_transformer",
-         {**CHAR_BASE, "n_targets": 2, "intermediate_heads": "shared", "positions": "first_layer",
-          "tie_embeddings": True}, {"vocab_size": CHAR_V}, char_inputs, run_char),
-    Case("stream_adaptive_span", "streaming_lm", ST_BASE, ST_TASK, stream_inputs, run_stream,
-         prepare=set_spans([0.1, 0.4])),
-    Case("stream_all_attention", "streaming_lm", {**ST_BASE, "persistent_memory": 3}, ST_TASK, stream_inputs,
-         run_stream, prepare=set_spans([0.2, 0.05])),
-    Case("stream_fixed_window", "streaming_lm", {**ST_BASE, "adaptive_span": False, "attn_span": 12}, ST_TASK,
-         stream_inputs, run_stream),
-    Case("stream_dynamic_span", "streaming_lm", {**ST_BASE, "dynamic_span": True, "span_init": 0.1}, ST_TASK,
-         stream_inputs, run_stream),
-    Case("stream_adaptive_io", "streaming_lm",
-         {**ST_BASE, "adaptive_input": True, "adaptive_softmax": True, "adaptive_cutoffs": [4, 8],
-          "adaptive_factor": 2.0}, ST_TASK, stream_inputs, run_stream, prepare=set_spans([0.15, 0.3])),
+    Case(
+        "lm_adaptive_io",
+        "transformer_lm",
+        {
+            **LM_BASE,
+            "adaptive_input": True,
+            "adaptive_softmax": True,
+            "adaptive_cutoffs": [5, 12],
+            "adaptive_factor": 2.0,
+            "tie_adaptive_weights": True,
+            "tie_adaptive_proj": True,
+            "tie_embeddings": False,
+        },
+        LM_TASK,
+        lm_inputs,
+        run_lm,
+    ),
+    Case(
+        "lm_pkm_replace_ffn",
+        "transformer_lm",
+        LM_BASE,
+        LM_TASK,
+        lm_inputs,
+        run_lm_pkm,
+        memory={"layers": [1], "mode": "replace_ffn", "pkm": {"mem_size": 36, "key_dim": 8, "heads": 2, "knn": 3}},
+    ),
+    Case(
+        "char_t64_separate_heads",
+        "char_transformer",
+        {**CHAR_BASE, "n_targets": 3},
+        {"vocab_size": CHAR_V},
+        char_inputs,
+        run_char,
+    ),
+    Case(
+        "char_t64_shared_heads_first_layer_positions",
+        "char_transformer",
+        {
+            **CHAR_BASE,
+            "n_targets": 2,
+            "intermediate_heads": "shared",
+            "positions": "first_layer",
+            "tie_embeddings": True,
+        },
+        {"vocab_size": CHAR_V},
+        char_inputs,
+        run_char,
+    ),
+    Case(
+        "stream_adaptive_span",
+        "streaming_lm",
+        ST_BASE,
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+        prepare=set_spans([0.1, 0.4]),
+    ),
+    Case(
+        "stream_all_attention",
+        "streaming_lm",
+        {**ST_BASE, "persistent_memory": 3},
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+        prepare=set_spans([0.2, 0.05]),
+    ),
+    Case(
+        "stream_fixed_window",
+        "streaming_lm",
+        {**ST_BASE, "adaptive_span": False, "attn_span": 12},
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+    ),
+    Case(
+        "stream_dynamic_span",
+        "streaming_lm",
+        {**ST_BASE, "dynamic_span": True, "span_init": 0.1},
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+    ),
+    Case(
+        "stream_adaptive_io",
+        "streaming_lm",
+        {
+            **ST_BASE,
+            "adaptive_input": True,
+            "adaptive_softmax": True,
+            "adaptive_cutoffs": [4, 8],
+            "adaptive_factor": 2.0,
+        },
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+        prepare=set_spans([0.15, 0.3]),
+    ),
     Case("mt_base", "transformer", MT_BASE, MT_TASK, mt_inputs, run_mt),
     Case("mt_mae_all_slots", "transformer", {**MT_BASE, **MAE}, MT_TASK, mt_inputs, run_mt),
-    Case("mt_mae_decoder_self_argmax", "transformer",
-         {**MT_BASE, "attention": "mae", "mae_slots": ["decoder_self"], "mae": {"drop": 2, "mode": "argmax_expert"}},
-         MT_TASK, mt_inputs, run_mt),
-    Case("mt_preln_learned_unshared", "transformer",
-         {**MT_BASE, "pre_ln": True, "positions": "learned", "share_all_embeddings": False,
-          "share_decoder_input_output_embed": False},
-         {**MT_TASK, "src_vocab_size": 15, "tgt_vocab_size": 19},
-         lambda g: mt_inputs(g, 15, 19), run_mt),
-    Case(PKM_LAYER, PKM_LAYER, {"mem_size": 49, "key_dim": 8, "heads": 2, "knn": 3, "query_layers": 2,
-                                "value_dim": 6}, {"d_in": 12, "d_out": 10}, pkm_inputs, run_pkm_layer),
+    Case(
+        "mt_mae_decoder_self_argmax",
+        "transformer",
+        {**MT_BASE, "attention": "mae", "mae_slots": ["decoder_self"], "mae": {"drop": 2, "mode": "argmax_expert"}},
+        MT_TASK,
+        mt_inputs,
+        run_mt,
+    ),
+    Case(
+        "mt_preln_learned_unshared",
+        "transformer",
+        {
+            **MT_BASE,
+            "pre_ln": True,
+            "positions": "learned",
+            "share_all_embeddings": False,
+            "share_decoder_input_output_embed": False,
+        },
+        {**MT_TASK, "src_vocab_size": 15, "tgt_vocab_size": 19},
+        lambda g: mt_inputs(g, 15, 19),
+        run_mt,
+    ),
+    Case(
+        PKM_LAYER,
+        PKM_LAYER,
+        {"mem_size": 49, "key_dim": 8, "heads": 2, "knn": 3, "query_layers": 2, "value_dim": 6},
+        {"d_in": 12, "d_out": 10},
+        pkm_inputs,
+        run_pkm_layer,
+    ),
 ]
 CASES_BY_NAME = {case.name: case for case in CASES}
 
@@ -336,8 +455,17 @@ def make_fixture(case: Case, seed: int) -> Dict[str, Any]:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = case.inputs(torch.Generator().manual_seed(seed))
     outputs = case.run(model, inputs)
-    return {"format": FORMAT, "case": case.name, "model": case.model, "config": config, "task": dict(case.task),
-            "memory": case.memory, "state_dict": state, "inputs": inputs, "outputs": to_plain(outputs)}
+    return {
+        "format": FORMAT,
+        "case": case.name,
+        "model": case.model,
+        "config": config,
+        "task": dict(case.task),
+        "memory": case.memory,
+        "state_dict": state,
+        "inputs": inputs,
+        "outputs": to_plain(outputs),
+    }
 
 
 def to_plain(value: Any) -> Any:

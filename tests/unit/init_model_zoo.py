@@ -40,8 +40,12 @@ def zoo(init: Optional[str] = None) -> Dict[str, Callable[[], nn.Module]]:
         "transformer_lm_adaptive": lambda: TransformerLM.create(
             _with_init(
                 TransformerLMConfig(
-                    **lm, adaptive_input=True, adaptive_softmax=True, adaptive_cutoffs=[10, 20],
-                    tie_embeddings=False, tie_adaptive_weights=True,
+                    **lm,
+                    adaptive_input=True,
+                    adaptive_softmax=True,
+                    adaptive_cutoffs=[10, 20],
+                    tie_embeddings=False,
+                    tie_adaptive_weights=True,
                 ),
                 init,
             ),
@@ -58,11 +62,16 @@ def zoo(init: Optional[str] = None) -> Dict[str, Callable[[], nn.Module]]:
         "transformer": lambda: TransformerModel(_with_init(TransformerConfig(**mt), init), 40, 40, 1, 2, 0),
         "transformer_mae_untied": lambda: TransformerModel(
             _with_init(
-                TransformerConfig(**mt, attention="mae", share_all_embeddings=False,
-                                  share_decoder_input_output_embed=False),
+                TransformerConfig(
+                    **mt, attention="mae", share_all_embeddings=False, share_decoder_input_output_embed=False
+                ),
                 init,
             ),
-            40, 44, 1, 2, 0,
+            40,
+            44,
+            1,
+            2,
+            0,
         ),
     }
 

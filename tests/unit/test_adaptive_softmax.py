@@ -131,8 +131,11 @@ def test_ties_share_storage_and_parameters():
 
 def test_tie_errors_name_the_mismatch():
     adaptive_input = AdaptiveInput(V, D, AdaptiveInputConfig(cutoffs=[5, 12], factor=4.0))
-    with pytest.raises(ConfigError, match=r"^cannot tie adaptive softmax \(cutoffs \[5, 12, 30\], dims \[16, 8, 4\]\) "
-                       r"to adaptive input \(cutoffs \[5, 12, 30\], dims \[16, 4, 1\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^cannot tie adaptive softmax \(cutoffs \[5, 12, 30\], dims \[16, 8, 4\]\) "
+        r"to adaptive input \(cutoffs \[5, 12, 30\], dims \[16, 4, 1\]\)",
+    ):
         AdaptiveSoftmax(V, D, AdaptiveSoftmaxConfig(cutoffs=[5, 12], factor=2.0, tie=True), adaptive_input)
     with pytest.raises(ConfigError, match=r"^adaptive softmax tie/tie_proj=true needs the model's AdaptiveInput"):
         AdaptiveSoftmax(V, D, AdaptiveSoftmaxConfig(tie=True))

@@ -62,11 +62,37 @@ def test_forced_length_and_plain_loop_match_the_toolkit(small_model_and_batch, b
 def test_bench_script_forced_mode_on_an_untrained_model(iwslt_sample: Path, tmp_path: Path, monkeypatch) -> None:
     bench = load_script("bench_generate")
     out = tmp_path / "bench.json"
-    monkeypatch.setattr(sys, "argv", [
-        "bench_generate.py", "--data", str(iwslt_sample), "--force-len", "6", "--beams", "2",
-        "--batch-sizes", "5", "--limit", "10", "--rounds", "1", "--layers", "1", "--d-model", "32",
-        "--ffn-dim", "64", "--heads", "2", "--device", "cpu", "--json", str(out),
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench_generate.py",
+            "--data",
+            str(iwslt_sample),
+            "--force-len",
+            "6",
+            "--beams",
+            "2",
+            "--batch-sizes",
+            "5",
+            "--limit",
+            "10",
+            "--rounds",
+            "1",
+            "--layers",
+            "1",
+            "--d-model",
+            "32",
+            "--ffn-dim",
+            "64",
+            "--heads",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+    )
     bench.main()
     (row,) = json.loads(out.read_text())
     assert row["output_lengths"] == [6] and row["same_best_hypotheses"] == "10/10"

@@ -199,9 +199,7 @@ def test_too_short_input(tmp_path: Path) -> None:
     source.write_bytes(b"abc def")
     with pytest.raises(DataError) as error:
         preprocess_char_corpus("text8", source, tmp_path / "out")
-    assert str(error.value) == (
-        f"{source}: only 7 characters; at least 20 are needed for non-empty 90/5/5 splits"
-    )
+    assert str(error.value) == (f"{source}: only 7 characters; at least 20 are needed for non-empty 90/5/5 splits")
 
 
 def test_existing_destdir_needs_overwrite(text: bytes, tmp_path: Path) -> None:

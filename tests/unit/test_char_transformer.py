@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from toolkit.aux_weights import AuxWeights
 from toolkit.config.compose import compose_train_config
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
-from toolkit.logging.token_metrics import summarize
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
+from toolkit.logging.token_metrics import summarize
 from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig, k_ahead_labels
 from toolkit.tasks.char_lm import CharLMConfig, CharLMTask, eval_stride
 
@@ -90,7 +90,9 @@ def test_aux_terms_equal_independent_computations():
     for l in (1, 2):
         norm, proj = model.layer_heads[l - 1]
         head = F.linear(F.layer_norm(states[l - 1], (16,), norm.weight, norm.bias), proj.weight, proj.bias)
-        assert aux[f"layer_{l}_nll"].item() == pytest.approx(F.cross_entropy(head.reshape(-1, V), target.reshape(-1)).item(), rel=1e-5)
+        assert aux[f"layer_{l}_nll"].item() == pytest.approx(
+            F.cross_entropy(head.reshape(-1, V), target.reshape(-1)).item(), rel=1e-5
+        )
     for k in (2, 3):
         head = F.linear(hidden, model.target_heads[k - 2].weight, model.target_heads[k - 2].bias)
         valid = t - k + 1  # positions with a character k ahead inside the window
@@ -169,7 +171,10 @@ def test_loss_is_nll_sum_plus_weighted_aux_and_bpc_is_the_final_layer_next_char_
     final_nll = F.cross_entropy(model.output(model.final_norm(x)).reshape(-1, V), c[:, 1:].reshape(-1), reduction="sum")
     assert size == 24 and logs["nll_loss"] == pytest.approx(final_nll.item(), rel=1e-5)
     assert summarize(logs)["bpc"] == pytest.approx(final_nll.item() / 24 / math.log(2), rel=1e-5)
-    aux = sum(w * logs[f"aux/{n}"] for n, w in (("layer_1_nll", 1), ("layer_2_nll", 1), ("target_2_nll", 0.5), ("target_3_nll", 0.5)))
+    aux = sum(
+        w * logs[f"aux/{n}"]
+        for n, w in (("layer_1_nll", 1), ("layer_2_nll", 1), ("target_2_nll", 0.5), ("target_3_nll", 0.5))
+    )
     assert loss.item() == pytest.approx(final_nll.item() + 24 * aux, rel=1e-5)
 
 
@@ -194,7 +199,9 @@ def test_exact_protocol_scores_each_character_with_a_full_window():
 
 
 def test_exact_and_fast_agree_when_the_window_covers_the_text(text8_small):
-    model = CharTransformer(CharTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, dropout=0.0, max_positions=64), 27).eval()
+    model = CharTransformer(
+        CharTransformerConfig(n_layers=2, d_model=16, n_heads=2, d_ff=32, dropout=0.0, max_positions=64), 27
+    ).eval()
     results = {}
     for protocol in ("exact", "fast", "windows"):
         cfg = OmegaConf.structured(CharLMConfig(tokens_per_sample=64, eval_protocol=protocol, eval_max_tokens=60))
@@ -208,7 +215,9 @@ def test_exact_and_fast_agree_when_the_window_covers_the_text(text8_small):
 
 
 # ---- presets at the paper's scale ------------------------------------------------------------------------
-@pytest.mark.parametrize("preset, paper", [("t12_text8", 44e6), ("t64_text8", 235e6), ("t12_enwik8", 44e6), ("t64_enwik8", 235e6)])
+@pytest.mark.parametrize(
+    "preset, paper", [("t12_text8", 44e6), ("t64_text8", 235e6), ("t12_enwik8", 44e6), ("t64_enwik8", 235e6)]
+)
 def test_paper_presets_parameter_counts_within_10_percent(preset, paper):
     cfg = compose_train_config(preset, ["data=null"])
     with torch.device("meta"):  # no memory, no initialisation cost

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_char_args, only_error_line
+from tests.conftest import only_error_line, tiny_char_args
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.config.cli_overrides import build_config
@@ -36,10 +36,14 @@ def one_line_error(capsys: pytest.CaptureFixture) -> str:
         ("update_freq=0", "update_freq=0 must be >= 1"),
         ("log_interval=0", "log_interval=0 must be >= 1"),
         ("optimizer.lr=-1", "optimizer.lr=-1.0 must be >= 0"),
-        ("aux_weights.span_l1=0.5", "aux_weights.span_l1: model transformer_lm has no auxiliary term of that name "
-                                    "(it has none)"),
-        ("aux_weights.x.kind=wiggle", "aux_weights.x.kind: 'wiggle' (valid: constant, step_off, linear_decay, "
-                                      "linear_warmup)"),
+        (
+            "aux_weights.span_l1=0.5",
+            "aux_weights.span_l1: model transformer_lm has no auxiliary term of that name (it has none)",
+        ),
+        (
+            "aux_weights.x.kind=wiggle",
+            "aux_weights.x.kind: 'wiggle' (valid: constant, step_off, linear_decay, linear_warmup)",
+        ),
         ("aux_weights.x.end=-3", "aux_weights.x.end=-3 must be >= 0"),
         ("param_groups.emb.optimizer.lr=-2", "param_groups.emb.optimizer.lr=-2.0 must be >= 0"),
         ("phases.unit=step", "phases.unit: 'step' (valid: update, epoch)"),
@@ -49,8 +53,11 @@ def one_line_error(capsys: pytest.CaptureFixture) -> str:
         ("checkpoint_sanity_factor=0.5", "checkpoint_sanity_factor=0.5 must be >= 1"),
         ("init_from_min_fraction=2", "init_from_min_fraction=2.0 must be <= 1 and >= 0"),
         ("run_dir='abc", "run_dir='abc: not a valid value (found unexpected end of stream; quote text with '...')"),
-        ("train_only=[", "train_only=[: not a valid value (expected the node content, but found '<stream end>'; "
-                         "quote text with '...')"),
+        (
+            "train_only=[",
+            "train_only=[: not a valid value (expected the node content, but found '<stream end>'; "
+            "quote text with '...')",
+        ),
     ],
 )
 @pytest.mark.parametrize("dry_run", [False, True])
@@ -122,18 +129,28 @@ def config_copy(tmp_path, monkeypatch) -> Path:
 @pytest.mark.parametrize(
     "text, message",
     [
-        (b"defaults:\n  - text8_char_tiny\n  - _self_\nmax_update: [1\nseed: 2\n",
-         "{path}, line 5: not valid YAML: expected ',' or ']', but got ':'"),
-        (b"defaults:\n  - text8_char_tiny\n  - _self_\nmodel:\n\tn_layers: 2\n",
-         "{path}, line 6: not valid YAML: found character '\\t' that cannot start any token "
-         "(YAML indents with spaces, not tabs)"),
-        (b"defaults:\n  - text8_char_tiny\n  - _self_\nrun_dir: runs/caf\xe9\n",
-         "{path}, line 5: not valid UTF-8 (byte 0xe9)"),
-        (b"defaults:\n  - override /model: gpt9\n  - _self_\n",
-         "preset 'broken': unknown model 'gpt9'; valid: char_transformer, streaming_lm, transformer, "
-         "transformer_base, transformer_big, transformer_iwslt_de_en, transformer_lm"),
-        (b"defaults:\n  - text8_char_tny\n  - _self_\n",
-         "preset 'broken': {path} selects unknown config 'text8_char_tny' (did you mean: text8_char_tiny"),
+        (
+            b"defaults:\n  - text8_char_tiny\n  - _self_\nmax_update: [1\nseed: 2\n",
+            "{path}, line 5: not valid YAML: expected ',' or ']', but got ':'",
+        ),
+        (
+            b"defaults:\n  - text8_char_tiny\n  - _self_\nmodel:\n\tn_layers: 2\n",
+            "{path}, line 6: not valid YAML: found character '\\t' that cannot start any token "
+            "(YAML indents with spaces, not tabs)",
+        ),
+        (
+            b"defaults:\n  - text8_char_tiny\n  - _self_\nrun_dir: runs/caf\xe9\n",
+            "{path}, line 5: not valid UTF-8 (byte 0xe9)",
+        ),
+        (
+            b"defaults:\n  - override /model: gpt9\n  - _self_\n",
+            "preset 'broken': unknown model 'gpt9'; valid: char_transformer, streaming_lm, transformer, "
+            "transformer_base, transformer_big, transformer_iwslt_de_en, transformer_lm",
+        ),
+        (
+            b"defaults:\n  - text8_char_tny\n  - _self_\n",
+            "preset 'broken': {path} selects unknown config 'text8_char_tny' (did you mean: text8_char_tiny",
+        ),
     ],
 )
 def test_broken_preset_files_are_one_line(config_copy, tmp_path, capsys, text, message):
@@ -169,8 +186,11 @@ def test_ranges_declared_on_a_new_field():
     "command, args, message",
     [
         ("eval", ["checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),
-        ("eval", ["checkpoint=none.pt", "compile=true", "compile_backend=tvm"],
-         "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)"),
+        (
+            "eval",
+            ["checkpoint=none.pt", "compile=true", "compile_backend=tvm"],
+            "compile_backend: 'tvm' (valid: inductor, aot_eager, eager)",
+        ),
         ("translate", ["checkpoint=none.pt", "device=gpu"], "device: 'gpu' (valid: auto, cpu, cuda)"),
         ("translate", ["checkpoint=none.pt", "batch_size=0"], "batch_size=0 must be >= 1"),
         ("analyze", ["gates", "checkpoint=none.pt", "device=tpu"], "device: 'tpu' (valid: auto, cpu, cuda)"),

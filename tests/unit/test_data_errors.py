@@ -13,7 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import tiny_char_args, tiny_mt_args, only_error_line
+from tests.conftest import only_error_line, tiny_char_args, tiny_mt_args
 from toolkit.cli.preprocess import main as preprocess_main
 from toolkit.cli.train import main as train_main
 from toolkit.data.download import cache_path, resolve_input
@@ -60,8 +60,10 @@ def test_read_only_destdir(text8_input, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(atomic.tempfile, "TemporaryFile", refuse)
     assert preprocess(text8_input, tmp_path / "out" / "bin") == 2
-    assert one_line_error(capsys) == f"error: destdir={tmp_path / 'out' / 'bin'}: cannot write in {tmp_path} " \
-                                     "(Read-only file system)"
+    assert (
+        one_line_error(capsys) == f"error: destdir={tmp_path / 'out' / 'bin'}: cannot write in {tmp_path} "
+        "(Read-only file system)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text8_raw"]
 
 
@@ -150,9 +152,7 @@ def test_data_of_another_task_is_named(text8_small, wikitext_small, tmp_path, ca
         "needs a translation dataset (tk-preprocess config=iwslt14_de_en, iwslt14_sample or wmt14_en_de)"
     )
     assert train_main(tiny_char_args(wikitext_small, run)) == 2
-    assert one_line_error(capsys).startswith(
-        f"error: data={wikitext_small} holds a word-level dataset (vocabulary "
-    )
+    assert one_line_error(capsys).startswith(f"error: data={wikitext_small} holds a word-level dataset (vocabulary ")
     assert train_main(tiny_char_args(tmp_path, run)) == 2  # a folder, but not a dataset
     assert one_line_error(capsys) == (
         f"error: data={tmp_path} holds no meta.json (not a folder made by tk-preprocess), but task char_lm needs "

@@ -87,7 +87,6 @@ def test_the_guard_catches_a_tensor_made_without_device() -> None:
         x + torch.arange(3, device=x.device) + torch.arange(3).to(x.device) + torch.tensor(2.0)
 
 
-
 class SoftmaxDtypes(TorchFunctionMode):
     """Records the output dtype of every softmax / log_softmax call."""
 

@@ -9,7 +9,6 @@ import pytest
 
 from toolkit.cli.train import main as train_main
 from toolkit.config.compose import compose_train_config
-from toolkit.errors import ConfigError
 from toolkit.train.global_batch import apply_global_batch, split
 
 # preset -> (setting, value): the paper batch every world size must reproduce
@@ -56,8 +55,14 @@ def test_the_split_fills_each_process_and_accumulates_the_rest():
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_dry_run_reports_the_same_tokens_per_update(world_size, capsys):
-    args = ["config=text8_char_tiny", "dry_run=true", "data=/nonexistent", "batch.sequences_per_update=32",
-            "task.batch_size=8", f"distributed.world_size={world_size}"]
+    args = [
+        "config=text8_char_tiny",
+        "dry_run=true",
+        "data=/nonexistent",
+        "batch.sequences_per_update=32",
+        "task.batch_size=8",
+        f"distributed.world_size={world_size}",
+    ]
     assert train_main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["world_size"] == world_size
@@ -73,24 +78,39 @@ def test_explicit_per_process_knobs_still_work(capsys):
     assert (summary["update_freq"], summary["sequences_per_process"], summary["sequences_per_update"]) == (3, 5, 15)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["config=t12_text8", "distributed.world_size=3"],
-     "error: batch.sequences_per_update=16 cannot be split exactly over 3 processes (not a multiple of 3)"),
-    (["config=transformer_iwslt14", "update_freq=2"],
-     "error: update_freq=2 and batch.tokens_per_update=4096 are both set: update_freq is derived from "
-     "batch.tokens_per_update; set batch.tokens_per_update=0 to give task.max_tokens and update_freq per process"),
-    (["config=t12_text8", "batch.tokens_per_update=8192"],
-     "error: batch.tokens_per_update and batch.sequences_per_update are both set; set one of them"),
-    (["config=text8_char_tiny", "batch.tokens_per_update=8192"],
-     "error: batch.tokens_per_update does not apply to task 'char_lm' (it has no task.max_tokens); use "
-     "batch.sequences_per_update"),
-    (["config=all_attention_wt103", "task.batch_size=16"],
-     "error: batch.sequences_per_update=64 over 1 processes is 64 streams per process, more than "
-     "task.batch_size=16; streamed training cannot accumulate (use more processes)"),
-    (["config=t12_text8", "batch.sequences_per_update=17", "task.batch_size=4"],
-     "error: batch.sequences_per_update=17 cannot be split exactly over 1 processes with at most task.batch_size=4 "
-     "per micro-batch (17 per process is not a multiple of 5..10 micro-batches); choose a multiple of 5"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["config=t12_text8", "distributed.world_size=3"],
+            "error: batch.sequences_per_update=16 cannot be split exactly over 3 processes (not a multiple of 3)",
+        ),
+        (
+            ["config=transformer_iwslt14", "update_freq=2"],
+            "error: update_freq=2 and batch.tokens_per_update=4096 are both set: update_freq is derived from "
+            "batch.tokens_per_update; set batch.tokens_per_update=0 to give task.max_tokens and update_freq per process",
+        ),
+        (
+            ["config=t12_text8", "batch.tokens_per_update=8192"],
+            "error: batch.tokens_per_update and batch.sequences_per_update are both set; set one of them",
+        ),
+        (
+            ["config=text8_char_tiny", "batch.tokens_per_update=8192"],
+            "error: batch.tokens_per_update does not apply to task 'char_lm' (it has no task.max_tokens); use "
+            "batch.sequences_per_update",
+        ),
+        (
+            ["config=all_attention_wt103", "task.batch_size=16"],
+            "error: batch.sequences_per_update=64 over 1 processes is 64 streams per process, more than "
+            "task.batch_size=16; streamed training cannot accumulate (use more processes)",
+        ),
+        (
+            ["config=t12_text8", "batch.sequences_per_update=17", "task.batch_size=4"],
+            "error: batch.sequences_per_update=17 cannot be split exactly over 1 processes with at most task.batch_size=4 "
+            "per micro-batch (17 per process is not a multiple of 5..10 micro-batches); choose a multiple of 5",
+        ),
+    ],
+)
 def test_a_batch_that_cannot_be_split_is_one_line(args, message, capsys):
     assert train_main([*args, "dry_run=true", "data=/nonexistent"]) == 2
     err = capsys.readouterr().err

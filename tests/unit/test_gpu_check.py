@@ -71,7 +71,9 @@ def test_cuda_without_a_gpu_is_one_clear_error(tmp_path, capsys) -> None:
 
 def test_large_batch_steps_run_eager_and_compiled(report: dict) -> None:
     steps = {k: v for k, v in report["train_large_batch"].items() if k != "check_seconds"}
-    assert set(steps) == {f"{p}/bf16/{mode}" for p in ("base_wmt14", "mae7_wmt14", "t12_text8") for mode in ("eager", "compiled")}
+    assert set(steps) == {
+        f"{p}/bf16/{mode}" for p in ("base_wmt14", "mae7_wmt14", "t12_text8") for mode in ("eager", "compiled")
+    }
     for name, result in steps.items():
         assert result["loss_finite"] and result["tokens_per_s"] > 0
         assert ("first_step_with_compile_s" in result) == name.endswith("compiled")

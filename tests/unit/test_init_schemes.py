@@ -64,8 +64,11 @@ def test_gpt2_statistics(name):
         if isinstance(module, nn.LayerNorm):
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0), module_name
     # query projections: the stacked q/k/v of MultiheadAttention, RelativeAttention's separate q_proj
-    q_proj = [getattr(m, "qkv_proj", None) or m.q_proj for m in model.modules()
-              if hasattr(m, "qkv_proj") or hasattr(m, "q_proj")]
+    q_proj = [
+        getattr(m, "qkv_proj", None) or m.q_proj
+        for m in model.modules()
+        if hasattr(m, "qkv_proj") or hasattr(m, "q_proj")
+    ]
     assert q_proj and all(close(q.weight, GPT2_STD) for q in q_proj)
     assert all(q.bias is None or torch.all(q.bias == 0) for q in q_proj)
 
@@ -80,8 +83,12 @@ def test_gpt2_keeps_padding_rows_and_tying():
 
 def test_gpt2_leaves_method_specific_parameters_alone():
     fairseq, gpt2 = build("streaming_lm_persistent", "fairseq"), build("streaming_lm_persistent", "gpt2")
-    for key in ("key_pe", "layers.0.attn.persistent.keys", "layers.0.attn.persistent.values",
-                "layers.1.attn.span.span_param"):
+    for key in (
+        "key_pe",
+        "layers.0.attn.persistent.keys",
+        "layers.0.attn.persistent.values",
+        "layers.1.attn.span.span_param",
+    ):
         state_f, state_g = fairseq.state_dict(), gpt2.state_dict()
         if key in state_f:
             assert torch.equal(state_f[key], state_g[key]), key

@@ -25,11 +25,22 @@ from toolkit.tasks.language_modeling import (
 )
 
 
-
 def tiny_cfg(**overrides: object) -> TransformerLMConfig:
-    base = dict(n_layers=1, d_model=16, n_heads=2, d_ff=32, dropout=0.0, positions="sinusoidal", max_positions=64,
-                adaptive_input=True, adaptive_softmax=True, adaptive_cutoffs=[10, 30], adaptive_factor=2.0,
-                tie_adaptive_weights=True, tie_adaptive_proj=True)
+    base = dict(
+        n_layers=1,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        dropout=0.0,
+        positions="sinusoidal",
+        max_positions=64,
+        adaptive_input=True,
+        adaptive_softmax=True,
+        adaptive_cutoffs=[10, 30],
+        adaptive_factor=2.0,
+        tie_adaptive_weights=True,
+        tie_adaptive_proj=True,
+    )
     base.update(overrides)
     return TransformerLMConfig(**base)
 
@@ -90,11 +101,16 @@ def test_plain_config_builds_the_plain_model():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(adaptive_input=False), "model.tie_adaptive_weights/tie_adaptive_proj need model.adaptive_input=true "
-                                     "and model.adaptive_softmax=true"),
-        (dict(adaptive_softmax=False, tie_adaptive_weights=False, tie_adaptive_proj=False),
-         "model.tie_embeddings=true cannot tie a plain output layer to adaptive input embeddings: set "
-         "model.adaptive_softmax=true (with tie_adaptive_weights) or model.tie_embeddings=false"),
+        (
+            dict(adaptive_input=False),
+            "model.tie_adaptive_weights/tie_adaptive_proj need model.adaptive_input=true "
+            "and model.adaptive_softmax=true",
+        ),
+        (
+            dict(adaptive_softmax=False, tie_adaptive_weights=False, tie_adaptive_proj=False),
+            "model.tie_embeddings=true cannot tie a plain output layer to adaptive input embeddings: set "
+            "model.adaptive_softmax=true (with tie_adaptive_weights) or model.tie_embeddings=false",
+        ),
     ],
 )
 def test_impossible_combinations_are_config_errors(overrides, message):
@@ -105,8 +121,16 @@ def test_impossible_combinations_are_config_errors(overrides, message):
 
 def test_wt103_base_parameter_count():
     """Baevski & Auli's base: layers + adaptive input bands + the two tail-cluster logits of the tied softmax."""
-    cfg = tiny_cfg(n_layers=16, d_model=1024, n_heads=8, d_ff=4096, final_norm=False, max_positions=3072,
-                   adaptive_cutoffs=[20000, 60000], adaptive_factor=4.0)
+    cfg = tiny_cfg(
+        n_layers=16,
+        d_model=1024,
+        n_heads=8,
+        d_ff=4096,
+        final_norm=False,
+        max_positions=3072,
+        adaptive_cutoffs=[20000, 60000],
+        adaptive_factor=4.0,
+    )
     with torch.device("meta"):  # no memory, no init cost
         model = TransformerLM.create(cfg, 267744, padding_idx=1)
     d, ff = 1024, 4096
@@ -147,7 +171,9 @@ def test_blocks_are_contiguous_shuffled_and_partitioned_over_ranks(wikitext_smal
 
 
 def test_too_few_blocks_and_bad_context_are_config_errors(wikitext_small):
-    with pytest.raises(ConfigError, match=r"the train split has \d+ blocks of task.tokens_per_sample=8192, fewer than one batch"):
+    with pytest.raises(
+        ConfigError, match=r"the train split has \d+ blocks of task.tokens_per_sample=8192, fewer than one batch"
+    ):
         make_task(wikitext_small, tokens_per_sample=8192, batch_size=2)
     task = make_task(wikitext_small, tokens_per_sample=16, context_window=16)
     with pytest.raises(ConfigError) as error:
@@ -226,7 +252,9 @@ def test_perplexity_equals_an_independent_computation(wikitext_small):
 
 
 def test_validation_uses_its_own_context_and_token_limit(wikitext_small):
-    task = make_task(wikitext_small, tokens_per_sample=16, context_window=11, valid_context_window=0, valid_max_tokens=300)
+    task = make_task(
+        wikitext_small, tokens_per_sample=16, context_window=11, valid_context_window=0, valid_max_tokens=300
+    )
     model = tiny_model(task.vocab_size, adaptive_cutoffs=[20, 100])
     metrics = task.evaluate(model, "valid", torch.device("cpu"), during_training=True)
     assert (metrics["tokens"], metrics["context_window"]) == (300, 0)

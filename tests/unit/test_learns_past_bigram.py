@@ -19,10 +19,21 @@ SCORED = 5000  # first validation characters scored
 
 def valid_bpc_after_training(data, run_dir, **overrides) -> tuple[float, dict]:
     args = tiny_char_args(
-        data, run_dir,
-        **{"model.n_layers": 1, "model.d_model": 128, "model.n_heads": 4, "model.d_ff": 256, "model.dropout": 0.0,
-           "task.tokens_per_sample": 32, "task.batch_size": 16, "optimizer.lr": 0.003, "max_update": UPDATES,
-           "task.valid_max_tokens": SCORED, **overrides},
+        data,
+        run_dir,
+        **{
+            "model.n_layers": 1,
+            "model.d_model": 128,
+            "model.n_heads": 4,
+            "model.d_ff": 256,
+            "model.dropout": 0.0,
+            "task.tokens_per_sample": 32,
+            "task.batch_size": 16,
+            "optimizer.lr": 0.003,
+            "max_update": UPDATES,
+            "task.valid_max_tokens": SCORED,
+            **overrides,
+        },
     )
     cfg = compose_train_config("text8_char_tiny", args[1:])
     run_dir.mkdir(parents=True, exist_ok=True)

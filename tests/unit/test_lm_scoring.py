@@ -9,7 +9,9 @@ import torch
 from toolkit.eval.lm_scoring import score_stream, window_plan
 
 
-@pytest.mark.parametrize("n, window, stride", [(10, 4, 4), (10, 4, 2), (10, 4, 1), (3, 8, 8), (11, 4, 3), (1000, 64, 17)])
+@pytest.mark.parametrize(
+    "n, window, stride", [(10, 4, 4), (10, 4, 2), (10, 4, 1), (3, 8, 8), (11, 4, 3), (1000, 64, 17)]
+)
 def test_every_target_scored_once(n, window, stride):
     starts, first = window_plan(n, window, stride)
     covered = np.zeros(n, dtype=int)

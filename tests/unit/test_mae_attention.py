@@ -54,6 +54,7 @@ def head_terms(m: MultiheadAttention, query, key=None, key_padding_mask=None, ca
 def ref_gate(m: MAEAttention, x, padding_mask=None, causal=False) -> torch.Tensor:
     """The paper's gate with explicit per-row means (loops are fine here)."""
     keep = torch.ones(x.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
+
     def mean(i: int, end: int) -> torch.Tensor:
         rows = x[i, :end][keep[i, :end]]
         return rows.mean(0) if len(rows) else x.new_zeros(D)
@@ -276,9 +277,7 @@ def test_sample_expert_from_gate_only_while_the_gate_is_frozen():
 
 
 def test_gate_param_pattern_selects_exactly_the_gate_parameters():
-    model = nn.ModuleDict(
-        {"layers": nn.ModuleList([make(4, 1), MultiheadAttention(D, 4)]), "top": make(4, 2)}
-    )
+    model = nn.ModuleDict({"layers": nn.ModuleList([make(4, 1), MultiheadAttention(D, 4)]), "top": make(4, 2)})
     selected = sorted(n for n, _ in model.named_parameters() if re.search(GATE_PARAM_PATTERN, n))
     gates = [f"{p}.mae_gate.{w}" for p in ("layers.0", "top") for w in GATE_WEIGHTS]
     assert selected == sorted(gates)
@@ -301,13 +300,19 @@ def test_gate_statistics():
     [
         (MAEConfig(drop=8), "mae.drop=8 must be between 1 and n_heads-1=7"),
         (MAEConfig(drop=0), "mae.drop=0 must be between 1 and n_heads-1=7"),
-        (MAEConfig(mode="argmax"), "mae.mode='argmax' is not one of mixture, random_expert, argmax_expert "
-                                   "(did you mean: argmax_expert?)"),
+        (
+            MAEConfig(mode="argmax"),
+            "mae.mode='argmax' is not one of mixture, random_expert, argmax_expert (did you mean: argmax_expert?)",
+        ),
         (MAEConfig(gate_hidden=0), "mae.gate_hidden=0 must be positive (or null for d_model)"),
-        (MAEConfig(uniform=True, mode="argmax_expert"),
-         "mae.mode='argmax_expert' needs a gate but mae.uniform=true has none"),
-        (MAEConfig(uniform=True, sample_expert_from_gate=True),
-         "mae.sample_expert_from_gate=true needs a gate but mae.uniform=true has none"),
+        (
+            MAEConfig(uniform=True, mode="argmax_expert"),
+            "mae.mode='argmax_expert' needs a gate but mae.uniform=true has none",
+        ),
+        (
+            MAEConfig(uniform=True, sample_expert_from_gate=True),
+            "mae.sample_expert_from_gate=true needs a gate but mae.uniform=true has none",
+        ),
     ],
 )
 def test_config_errors(cfg, message):

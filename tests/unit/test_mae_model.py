@@ -13,8 +13,7 @@ from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.modules.attention import MultiheadAttention
 from toolkit.modules.mae_attention import MAEConfig, set_mae_mode
-from toolkit.modules.mae_gate import EXPERT_KEY
-from toolkit.modules.mae_gate import gate_entropy
+from toolkit.modules.mae_gate import EXPERT_KEY, gate_entropy
 from toolkit.registry import MODELS
 
 BOS, PAD, EOS, V = 0, 1, 2, 37

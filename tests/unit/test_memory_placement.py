@@ -31,8 +31,16 @@ def test_replace_ffn_in_char_lm_and_report_parameters():
 
 
 def test_after_layer_in_translation_decoder_and_usage_monitor():
-    model = build("iwslt14_tiny", "memory.layers=[0]", "memory.mode=after_layer", f"memory.pkm={SMALL}",
-                  "model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=32", "model.ffn_dim=64")
+    model = build(
+        "iwslt14_tiny",
+        "memory.layers=[0]",
+        "memory.mode=after_layer",
+        f"memory.pkm={SMALL}",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.d_model=32",
+        "model.ffn_dim=64",
+    )
     assert isinstance(model.decoder_layers[0], MemoryAfterLayer)
     assert not any(isinstance(m, ProductKeyMemory) for m in model.encoder_layers.modules())
     monitor = UsageMonitor(model)
@@ -51,8 +59,11 @@ def test_resume_keeps_the_memory_optimizer_state(text8_small, tmp_path):
     from toolkit.cli.train import main as train_main
     from toolkit.train.checkpoint import load_checkpoint
 
-    extra = {"memory.layers": "[0]", "memory.pkm": SMALL,
-             "param_groups.pkm_values": "{params: '(^|\\.)memory_values\\.weight$', optimizer: {name: adam, lr: 0.001}}"}
+    extra = {
+        "memory.layers": "[0]",
+        "memory.pkm": SMALL,
+        "param_groups.pkm_values": "{params: '(^|\\.)memory_values\\.weight$', optimizer: {name: adam, lr: 0.001}}",
+    }
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert train_main(tiny_char_args(text8_small, straight, **extra)) == 0
     assert train_main(tiny_char_args(text8_small, resumed, max_update=4, **extra)) == 0
@@ -61,16 +72,26 @@ def test_resume_keeps_the_memory_optimizer_state(text8_small, tmp_path):
     a, b = load_checkpoint(straight / "checkpoint_last.pt"), load_checkpoint(resumed / "checkpoint_last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.equal(a["optimizers"]["pkm_values"]["state"][0][key], b["optimizers"]["pkm_values"]["state"][0][key])
+        assert torch.equal(
+            a["optimizers"]["pkm_values"]["state"][0][key], b["optimizers"]["pkm_values"]["state"][0][key]
+        )
 
 
 def _decoder_outputs_with_extra_padding(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-mode decoder outputs at the real target positions, for a batch and for the same batch with
     three more pad columns; each forward starts from the same weights and BatchNorm statistics."""
     torch.manual_seed(0)
-    model = build("iwslt14_tiny", "memory.layers=[0]", f"memory.mode={mode}", f"memory.pkm={SMALL}",
-                  "model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=32", "model.ffn_dim=64",
-                  "model.dropout=0.0")
+    model = build(
+        "iwslt14_tiny",
+        "memory.layers=[0]",
+        f"memory.mode={mode}",
+        f"memory.pkm={SMALL}",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.d_model=32",
+        "model.ffn_dim=64",
+        "model.dropout=0.0",
+    )
     model.train()
     pad = model.pad_idx
     src = torch.randint(4, 100, (3, 7))

@@ -59,8 +59,9 @@ def test_aux_term_parameters_are_exactly_what_a_switched_off_term_leaves_without
     """The trainer freezes a term's parameters while its weight is 0: they must be the ones that then get no
     gradient, and nothing else."""
     torch.manual_seed(0)
-    cfg = CharTransformerConfig(n_layers=3, d_model=16, n_heads=2, d_ff=32, dropout=0.0, max_positions=32,
-                                n_targets=3, intermediate_heads=heads)
+    cfg = CharTransformerConfig(
+        n_layers=3, d_model=16, n_heads=2, d_ff=32, dropout=0.0, max_positions=32, n_targets=3, intermediate_heads=heads
+    )
     model = CharTransformer(cfg, 11)
     chars = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(0))
     names = model.aux_term_names()

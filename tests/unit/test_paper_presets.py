@@ -3,8 +3,6 @@ presets' headers say (lr tail, decoupled weight decay, expert-update budget, exa
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -34,7 +32,12 @@ def test_all_attention_wt103_is_the_reference_recipe():
     # 800k updates, then 50k at lr / 10
     schedule = LR_SCHEDULERS.get("constant").builder
     assert cfg.max_update == 850_000
-    assert [schedule(cfg.lr_scheduler, s, cfg.max_update) for s in (7999, 799_999, 800_000, 849_999)] == [1.0, 1.0, 0.1, 0.1]
+    assert [schedule(cfg.lr_scheduler, s, cfg.max_update) for s in (7999, 799_999, 800_000, 849_999)] == [
+        1.0,
+        1.0,
+        0.1,
+        0.1,
+    ]
     assert schedule(cfg.lr_scheduler, 0, cfg.max_update) == pytest.approx(1 / 8000)
 
 
@@ -45,9 +48,17 @@ def test_t12_t64_final_test_uses_the_papers_protocol(preset):
 
 
 def test_exact_final_test_and_fast_validation(text8_small, tmp_path):
-    args = tiny_char_args(text8_small, tmp_path, **{"task.eval_protocol": "exact", "task.valid_protocol": "fast",
-                                                    "task.eval_stride": 11, "task.eval_max_tokens": 120,
-                                                    "task.valid_max_tokens": 120})
+    args = tiny_char_args(
+        text8_small,
+        tmp_path,
+        **{
+            "task.eval_protocol": "exact",
+            "task.valid_protocol": "fast",
+            "task.eval_stride": 11,
+            "task.eval_max_tokens": 120,
+            "task.valid_max_tokens": 120,
+        },
+    )
     trainer = single_process_trainer(compose_train_config("text8_char_tiny", args[1:]), tmp_path)
     trainer.model.eval()
     valid = trainer.task.evaluate(trainer.model, "valid", trainer.device, during_training=True)
@@ -90,9 +101,12 @@ GROUP = "{params: 'layers\\.0\\.', optimizer: {name: sgd, lr: 0.5}, lr_scheduler
 
 @pytest.mark.parametrize("budget, steps, main", [("updates", 6, 5), ("main_updates", 7, 6)])
 def test_budget_counts_all_updates_or_those_of_main(text8_small, tmp_path, budget, steps, main):
-    phases = f"{{unit: update, cycle: [{{groups: [main], length: 3}}, {{groups: [first], length: 1}}], budget: {budget}}}"
-    args = tiny_char_args(text8_small, tmp_path, max_update=6, save_interval=0, **{"param_groups.first": GROUP,
-                                                                                   "phases": phases})
+    phases = (
+        f"{{unit: update, cycle: [{{groups: [main], length: 3}}, {{groups: [first], length: 1}}], budget: {budget}}}"
+    )
+    args = tiny_char_args(
+        text8_small, tmp_path, max_update=6, save_interval=0, **{"param_groups.first": GROUP, "phases": phases}
+    )
     trainer = single_process_trainer(compose_train_config("text8_char_tiny", args[1:]), tmp_path)
     assert trainer.train() == 0
     assert (trainer.step, trainer.main_updates) == (steps, main)
@@ -100,8 +114,10 @@ def test_budget_counts_all_updates_or_those_of_main(text8_small, tmp_path, budge
 
 
 def test_pkm_deep_baselines_differ_from_the_memory_models_only_in_depth_and_memory():
-    for preset, baseline, depth in (("pkm_text8", "pkm_text8_deep_baseline", 24),
-                                    ("pkm_wt103", "pkm_wt103_deep_baseline", 32)):
+    for preset, baseline, depth in (
+        ("pkm_text8", "pkm_text8_deep_baseline", 24),
+        ("pkm_wt103", "pkm_wt103_deep_baseline", 32),
+    ):
         memory = OmegaConf.to_container(resolved(preset), resolve=True)
         deep = OmegaConf.to_container(resolved(baseline), resolve=True)
         assert deep["model"]["n_layers"] == depth == 2 * memory["model"]["n_layers"]

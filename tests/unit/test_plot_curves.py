@@ -36,5 +36,8 @@ def test_valid_curves_of_several_runs_with_references(tmp_path):
 def test_missing_log_is_one_line_exit_2(tmp_path):
     result = plot(str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'nothing' / 'train_log.jsonl'} is missing (not a tk-train run folder?)"
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'nothing' / 'train_log.jsonl'} is missing (not a tk-train run folder?)"
+    )
     assert not (tmp_path / "x.png").exists()

@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 from tests.conftest import only_error_line
 from toolkit.cli.train import main as train_main
 from toolkit.config.compose import compose_train_config, config_dir, preset_files, presets
-from toolkit.config.ranges import check_ranges
 from toolkit.config.preset_names import RENAMED, current_name, presets_by_folder
+from toolkit.config.ranges import check_ranges
 from toolkit.config.validate import check_task_and_model
 from toolkit.errors import ConfigError
 from toolkit.train.setup import parameter_summary
@@ -78,12 +78,18 @@ def test_shipped_presets_name_other_presets_by_their_full_path():
     for name, path in [*SHIPPED.items(), *(("_base", p) for p in config_dir().glob("config/*/_*.yaml"))]:
         for entry in yaml.safe_load(path.read_text()).get("defaults", []):
             if isinstance(entry, str) and entry != "_self_":
-                assert entry.startswith("/config/") and entry[len("/config/"):] in {*SHIPPED, "adaptive_span/_base",
-                                                                                    "all_attention/_base"}, (name, entry)
+                assert entry.startswith("/config/") and entry[len("/config/") :] in {
+                    *SHIPPED,
+                    "adaptive_span/_base",
+                    "all_attention/_base",
+                }, (name, entry)
 
 
 def test_presets_by_folder():
-    assert presets_by_folder(["t64/t12_text8", "mine", "t64/t64_text8"]) == {"": ["mine"], "t64": ["t12_text8", "t64_text8"]}
+    assert presets_by_folder(["t64/t12_text8", "mine", "t64/t64_text8"]) == {
+        "": ["mine"],
+        "t64": ["t12_text8", "t64_text8"],
+    }
 
 
 @pytest.fixture
@@ -92,14 +98,16 @@ def user_configs(tmp_path, monkeypatch):
     folder = tmp_path / "my_configs"
     (folder / "config" / "mine").mkdir(parents=True)
     for name, base in (("short", "/config/baselines/transformer_lm_text8_tiny"), ("old_base", "text8_char_tiny")):
-        (folder / "config" / "mine" / f"{name}.yaml").write_text(textwrap.dedent(f"""\
+        (folder / "config" / "mine" / f"{name}.yaml").write_text(
+            textwrap.dedent(f"""\
             # @package _global_
             defaults:
               - {base}
               - _self_
             run_dir: runs/mine
             max_update: 7
-            """))
+            """)
+        )
     monkeypatch.setenv("TOOLKIT_CONFIG_PATH", str(folder))
     return folder
 
@@ -119,7 +127,8 @@ def test_user_config_folder_errors(user_configs, tmp_path, monkeypatch, capsys):
     bad.write_text("# @package _global_\ndefaults:\n  - /config/t64/t12_txt8\n  - _self_\n")
     assert train_main(["config=mine/bad"]) == 2
     assert only_error_line(capsys.readouterr().err).startswith(
-        f"error: preset 'mine/bad': {bad} selects unknown config 't64/t12_txt8' (did you mean: t64/t12_text8, ")
+        f"error: preset 'mine/bad': {bad} selects unknown config 't64/t12_txt8' (did you mean: t64/t12_text8, "
+    )
     (user_configs / "config" / "t64").mkdir()
     (user_configs / "config" / "t64" / "t12_text8.yaml").write_text("# @package _global_\n")
     with pytest.raises(ConfigError, match=r"t64/t12_text8.yaml: config=t64/t12_text8 is a shipped preset's name"):
@@ -131,4 +140,5 @@ def test_user_config_folder_errors(user_configs, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TOOLKIT_CONFIG_PATH", str(tmp_path))
     assert train_main(["config=mine/short"]) == 2
     assert only_error_line(capsys.readouterr().err) == (
-        f"error: TOOLKIT_CONFIG_PATH={tmp_path}: no config/ folder in it (presets go in {tmp_path}/config/NAME.yaml)")
+        f"error: TOOLKIT_CONFIG_PATH={tmp_path}: no config/ folder in it (presets go in {tmp_path}/config/NAME.yaml)"
+    )

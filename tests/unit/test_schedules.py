@@ -7,10 +7,10 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
+from toolkit.aux_weights import AuxWeights
 from toolkit.errors import ConfigError
 from toolkit.registry import LR_SCHEDULERS
 from toolkit.train import lr_schedulers  # noqa: F401 - registers the schedules
-from toolkit.aux_weights import AuxWeights
 from toolkit.train.schedules import active_groups, validate_phases
 
 
@@ -44,14 +44,22 @@ def test_bad_schedule_kind_is_a_config_error():
 
 
 def test_phase_cycle_by_update_and_epoch():
-    phases = OmegaConf.create({"unit": "update", "cycle": [{"groups": ["gate"], "length": 2}, {"groups": ["main"], "length": 3}]})
-    assert [active_groups(phases, s, 1, ["gate", "main"]) for s in range(6)] == [["gate"]] * 2 + [["main"]] * 3 + [["gate"]]
-    by_epoch = OmegaConf.create({"unit": "epoch", "cycle": [{"groups": ["main"], "length": 4}, {"groups": ["gate"], "length": 1}]})
+    phases = OmegaConf.create(
+        {"unit": "update", "cycle": [{"groups": ["gate"], "length": 2}, {"groups": ["main"], "length": 3}]}
+    )
+    assert [active_groups(phases, s, 1, ["gate", "main"]) for s in range(6)] == [["gate"]] * 2 + [["main"]] * 3 + [
+        ["gate"]
+    ]
+    by_epoch = OmegaConf.create(
+        {"unit": "epoch", "cycle": [{"groups": ["main"], "length": 4}, {"groups": ["gate"], "length": 1}]}
+    )
     assert [active_groups(by_epoch, 0, e, ["gate", "main"])[0] for e in range(1, 7)] == ["main"] * 4 + ["gate", "main"]
     empty = OmegaConf.create({"unit": "update", "cycle": []})
     assert active_groups(empty, 7, 1, ["gate", "main"]) == ["gate", "main"]
     with pytest.raises(ConfigError, match="unknown parameter group 'gates'"):
-        validate_phases(OmegaConf.create({"unit": "update", "cycle": [{"groups": ["gates"], "length": 1}]}), ["gate", "main"])
+        validate_phases(
+            OmegaConf.create({"unit": "update", "cycle": [{"groups": ["gates"], "length": 1}]}), ["gate", "main"]
+        )
 
 
 @pytest.mark.parametrize(

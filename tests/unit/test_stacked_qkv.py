@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.modules.attention import MultiheadAttention, SEPARATE_PROJECTIONS, with_stacked_projections
+from toolkit.modules.attention import SEPARATE_PROJECTIONS, MultiheadAttention, with_stacked_projections
 from toolkit.modules.mae_attention import MAEAttention, MAEConfig
 from toolkit.modules.stacked_linear import StackedLinear
 from toolkit.train.stacked_optimizer_state import stack_separate_projection_states
@@ -48,8 +48,10 @@ def test_self_and_cross_attention_equal_separate_projections_bit_for_bit():
     (wq, wk, wv), (bq, bk, bv) = m.qkv_proj.weight.chunk(3), m.qkv_proj.bias.chunk(3)
 
     def reference(query, key, causal):
-        heads = [F.linear(t, w.clone(), b.clone()).view(3, -1, H, D // H).transpose(1, 2)
-                 for t, w, b in ((query, wq, bq), (key, wk, bk), (key, wv, bv))]
+        heads = [
+            F.linear(t, w.clone(), b.clone()).view(3, -1, H, D // H).transpose(1, 2)
+            for t, w, b in ((query, wq, bq), (key, wk, bk), (key, wv, bv))
+        ]
         out = F.scaled_dot_product_attention(*heads, is_causal=causal)
         return m.out_proj(out.transpose(1, 2).reshape(3, -1, D))
 
@@ -79,15 +81,25 @@ def test_per_tensor_optimizer_groups_are_stacked_in_block_order():
     model = MultiheadAttention(D, H)
     old_model = separate_form(model.state_dict())
     old_names = list(old_model)
-    saved = {"state": {i: {"step": torch.tensor(3.0), "sum": torch.full_like(old_model[n], float(i))}
-                       for i, n in enumerate(old_names)},
-             "param_groups": [{"lr": i / 10, "params": [i]} for i in range(len(old_names))]}
+    saved = {
+        "state": {
+            i: {"step": torch.tensor(3.0), "sum": torch.full_like(old_model[n], float(i))}
+            for i, n in enumerate(old_names)
+        },
+        "param_groups": [{"lr": i / 10, "params": [i]} for i in range(len(old_names))],
+    }
     names = [n for n, _ in model.named_parameters()]
     out = stack_separate_projection_states(model, old_model, {"main": names}, {"main": saved})["main"]
     assert [g["params"] for g in out["param_groups"]] == [[0], [1], [2], [3]]
     assert [g["lr"] for g in out["param_groups"]] == [0.0, 0.1, 0.6, 0.7]  # the q block's group, then out_proj's
-    assert old_names[:6] == ["q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
-                             "v_proj.bias"]
+    assert old_names[:6] == [
+        "q_proj.weight",
+        "q_proj.bias",
+        "k_proj.weight",
+        "k_proj.bias",
+        "v_proj.weight",
+        "v_proj.bias",
+    ]
     assert torch.equal(out["state"][0]["sum"], torch.cat([torch.full((D, D), float(i)) for i in (0, 2, 4)]))
     assert torch.equal(out["state"][1]["sum"], torch.cat([torch.full((D,), float(i)) for i in (1, 3, 5)]))
     assert torch.equal(out["state"][2]["sum"], torch.full((D, D), 6.0)) and out["state"][2]["step"] == 3

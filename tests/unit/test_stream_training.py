@@ -21,14 +21,25 @@ BLOCK = 16
 
 
 def char_task(data, rank: int = 0, world_size: int = 1, **overrides) -> CharLMTask:
-    cfg = OmegaConf.structured(CharLMConfig(**{"mode": "stream", "tokens_per_sample": BLOCK, "batch_size": 2, **overrides}))
+    cfg = OmegaConf.structured(
+        CharLMConfig(**{"mode": "stream", "tokens_per_sample": BLOCK, "batch_size": 2, **overrides})
+    )
     return CharLMTask(cfg, str(data), seed=3, rank=rank, world_size=world_size)
 
 
 def streaming_cfg(**overrides) -> OmegaConf:
     """The `model=streaming_lm` group config of a tiny model."""
-    base = dict(d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=40, adaptive_span=False, span_ramp=8,
-                cache_margin=0, dropout=0.0)
+    base = dict(
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=24,
+        attn_span=40,
+        adaptive_span=False,
+        span_ramp=8,
+        cache_margin=0,
+        dropout=0.0,
+    )
     return OmegaConf.structured(StreamingLMModelConfig(**{**base, **overrides}))
 
 
@@ -76,8 +87,11 @@ def test_random_window_mode_is_unchanged(text8_small) -> None:
 
 def test_model_carries_the_streams_cache_like_explicit_calls() -> None:
     torch.manual_seed(0)
-    model = StreamingLM(StreamingLMConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=40,
-                                          adaptive_span=False, dropout=0.0)).train()
+    model = StreamingLM(
+        StreamingLMConfig(
+            vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=40, adaptive_span=False, dropout=0.0
+        )
+    ).train()
     blocks = [torch.randint(0, 11, (3, BLOCK)) for _ in range(5)]
     resets = [True, False, False, True, False]
     cache = None
@@ -96,8 +110,11 @@ def test_training_through_the_carried_cache_learns_what_lies_before_the_block() 
     token's earlier occurrence is visible); through the carried cache a 1-layer model learns to copy."""
     torch.manual_seed(0)
     stream = torch.randint(0, 11, (8, 35, 1, 24)).repeat(1, 1, 4, 1).reshape(8, -1)
-    model = StreamingLM(StreamingLMConfig(vocab_size=11, d_model=32, n_layers=1, n_heads=2, d_ff=64, attn_span=64,
-                                          adaptive_span=False, dropout=0.0))
+    model = StreamingLM(
+        StreamingLMConfig(
+            vocab_size=11, d_model=32, n_layers=1, n_heads=2, d_ff=64, attn_span=64, adaptive_span=False, dropout=0.0
+        )
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for step in range(200):
@@ -155,7 +172,10 @@ def test_metrics_report_spans_per_layer_and_head_and_after_update_clamps() -> No
     model.after_update()
     metrics = model.metrics()
     assert {k: metrics[k] for k in metrics if "layer" in k} == {
-        "span/layer0_head0": 20.0, "span/layer0_head1": 100.0, "span/layer1_head0": 50.0, "span/layer1_head1": 200.0,
+        "span/layer0_head0": 20.0,
+        "span/layer0_head1": 100.0,
+        "span/layer1_head0": 50.0,
+        "span/layer1_head1": 200.0,
     }
     assert (metrics["span/mean"], metrics["span/max"], metrics["span/window_max"]) == (92.5, 200.0, 200.0)
     assert StreamingLM(StreamingLMConfig(vocab_size=11, d_model=16, n_heads=2, adaptive_span=False)).metrics() == {}
@@ -170,8 +190,12 @@ def test_a_bad_mode_is_refused_when_composing() -> None:
 @pytest.mark.parametrize(
     "overrides, model_overrides, message",
     [
-        ({}, {"block_size": 32}, "model.block_size=32 differs from task.tokens_per_sample=16 (the streamed block "
-                                 "length); set model.block_size=0 to take the task's"),
+        (
+            {},
+            {"block_size": 32},
+            "model.block_size=32 differs from task.tokens_per_sample=16 (the streamed block "
+            "length); set model.block_size=0 to take the task's",
+        ),
         ({"batch_size": 6000}, {}, None),
     ],
 )
@@ -187,8 +211,11 @@ def test_stream_configuration_errors(text8_small, overrides, model_overrides, me
 def test_cache_less_models_are_refused_in_stream_mode_and_protocol(text8_small) -> None:
     cfg = compose_train_config("text8_char_tiny", [])
     lm_cfg = OmegaConf.merge(cfg.model, {"n_layers": 1, "d_model": 8, "n_heads": 2, "d_ff": 8, "max_positions": 32})
-    with pytest.raises(ConfigError, match=r"^task.mode=stream needs a model that carries a cache across blocks "
-                                          r"\(streaming_lm\); model 'transformer_lm' has none$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task.mode=stream needs a model that carries a cache across blocks "
+        r"\(streaming_lm\); model 'transformer_lm' has none$",
+    ):
         char_task(text8_small).build_model(lm_cfg)
     task = char_task(text8_small, mode="random", eval_protocol="stream")
     with pytest.raises(ConfigError, match=r"^task.eval_protocol=stream needs a model that carries a cache"):
@@ -196,8 +223,12 @@ def test_cache_less_models_are_refused_in_stream_mode_and_protocol(text8_small) 
 
 
 PAPER_PARAMETERS = {  # millions (Sukhbaatar et al. 2019, both papers)
-    "adaptive_span_text8": 38, "adaptive_span_text8_large": 209, "adaptive_span_enwik8": 39,
-    "adaptive_span_enwik8_large": 209, "all_attention_text8": 38, "all_attention_enwik8": 39,
+    "adaptive_span_text8": 38,
+    "adaptive_span_text8_large": 209,
+    "adaptive_span_enwik8": 39,
+    "adaptive_span_enwik8_large": 209,
+    "all_attention_text8": 38,
+    "all_attention_enwik8": 39,
     "all_attention_enwik8_large": 114,
 }
 

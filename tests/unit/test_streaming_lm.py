@@ -14,8 +14,18 @@ V, D, H = 13, 16, 2
 
 
 def tiny(**overrides) -> StreamingLMConfig:
-    base = dict(vocab_size=V, d_model=D, n_layers=2, n_heads=H, d_ff=24, block_size=16, attn_span=200,
-                span_ramp=8, dropout=0.0, cache_margin=0)
+    base = dict(
+        vocab_size=V,
+        d_model=D,
+        n_layers=2,
+        n_heads=H,
+        d_ff=24,
+        block_size=16,
+        attn_span=200,
+        span_ramp=8,
+        dropout=0.0,
+        cache_margin=0,
+    )
     base.update(overrides)
     return StreamingLMConfig(**base)
 

@@ -74,7 +74,9 @@ def test_nonfinite_losses_skip_updates_then_stop(text8_small, tmp_path):
 def test_gradient_accumulation_equals_larger_batch(text8_small, tmp_path):
     """update_freq=2 with batch 4 == one batch of 8 (same windows): gradients are token means either way."""
     big = make_trainer(text8_small, tmp_path / "big", **{"task.batch_size": 8, "model.dropout": 0.0})
-    small = make_trainer(text8_small, tmp_path / "small", **{"task.batch_size": 4, "update_freq": 2, "model.dropout": 0.0})
+    small = make_trainer(
+        text8_small, tmp_path / "small", **{"task.batch_size": 4, "update_freq": 2, "model.dropout": 0.0}
+    )
     small.model.load_state_dict(big.model.state_dict())
     # the accumulated run reads windows (epoch 1, index 0) and (1, 1); give the big run those same 8 windows
     windows = [small.task.train_batch(1, i) for i in (0, 1)]
@@ -108,8 +110,10 @@ def test_checkpoint_sanity_factor_bounds_the_saved_weights_loss(text8_small, tmp
     ratio = after / before
     assert ratio > 1  # lr 20 on Adam: this batch got worse (finitely)
     trainer.cfg.checkpoint_sanity_factor = max(1.0, ratio * 0.99)
-    assert trainer.insane_reason() == (f"the loss of these weights on the last batch is {after:.4g} per token, over "
-                                       f"{trainer.cfg.checkpoint_sanity_factor:g}x its {before:.4g} before the update "
-                                       "(checkpoint_sanity_factor)")
+    assert trainer.insane_reason() == (
+        f"the loss of these weights on the last batch is {after:.4g} per token, over "
+        f"{trainer.cfg.checkpoint_sanity_factor:g}x its {before:.4g} before the update "
+        "(checkpoint_sanity_factor)"
+    )
     trainer.cfg.checkpoint_sanity_factor = ratio * 1.01
     assert trainer.insane_reason() is None

@@ -147,20 +147,39 @@ def test_source_padding_on_either_side_does_not_change_outputs():
 
 
 def test_config_errors_are_one_line():
-    with pytest.raises(ConfigError, match=r"^model.attention: unknown attention 'standrd' \(did you mean: "
-                       r"standard\?\); valid: mae, standard$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model.attention: unknown attention 'standrd' \(did you mean: "
+        r"standard\?\); valid: mae, standard$",
+    ):
         tiny_model(attention="standrd")
     with pytest.raises(ConfigError, match="needs a joint vocabulary, but the source has 10 and the target 12"):
-        TransformerModel.build(tiny_cfg(), SimpleNamespace(vocab_size=0, src_vocab_size=10, tgt_vocab_size=12,
-                                                           pad_idx=PAD, eos_idx=EOS, bos_idx=BOS))
+        TransformerModel.build(
+            tiny_cfg(),
+            SimpleNamespace(vocab_size=0, src_vocab_size=10, tgt_vocab_size=12, pad_idx=PAD, eos_idx=EOS, bos_idx=BOS),
+        )
     with pytest.raises(ValueError, match="target length 9 exceeds model.max_positions=8"):
         tiny_model(max_positions=8)(random_tokens(1, 3), random_tokens(1, 9))
 
 
 def test_config_is_a_plain_documented_dataclass():
     names = [f.name for f in dataclasses.fields(TransformerConfig)]
-    for key in ("encoder_layers", "decoder_layers", "d_model", "ffn_dim", "n_heads", "dropout", "attention_dropout",
-                "activation_dropout", "pre_ln", "positions", "max_positions", "share_all_embeddings",
-                "scale_embedding", "activation", "attention"):
+    for key in (
+        "encoder_layers",
+        "decoder_layers",
+        "d_model",
+        "ffn_dim",
+        "n_heads",
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "pre_ln",
+        "positions",
+        "max_positions",
+        "share_all_embeddings",
+        "scale_embedding",
+        "activation",
+        "attention",
+    ):
         assert key in names
     assert TransformerConfig().max_positions == 1024 and TransformerConfig().attention == "standard"

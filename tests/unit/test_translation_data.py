@@ -49,8 +49,10 @@ def xml(folder: Path, xml_set: str, lang: str) -> Path:
 def seg_texts(path: Path) -> list[str]:
     """An independent reading of the <seg> lines (regex over the raw file)."""
     text = path.read_text(encoding="utf-8")
-    return [s.strip().replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
-            for s in re.findall(r'<seg id="\d+">(.*)</seg>', text)]
+    return [
+        s.strip().replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+        for s in re.findall(r'<seg id="\d+">(.*)</seg>', text)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,9 @@ def test_segment_counts_of_the_shipped_xml(release: Path) -> None:
 def test_sample_split_counts_and_files(sample: Path) -> None:
     meta = json.loads((sample / "meta.json").read_text())
     assert {name: split["pairs"] for name, split in meta["splits"].items()} == {
-        "train": 1565 + 1433 + 1700, "valid": 1165, "test": 887
+        "train": 1565 + 1433 + 1700,
+        "valid": 1165,
+        "test": 887,
     }
     assert (meta["src_lang"], meta["tgt_lang"], meta["vocab_size"], meta["dtype"]) == ("de", "en", 4000, "uint16")
     assert meta["special_ids"] == {"bos": 0, "pad": 1, "eos": 2, "unk": 3}
@@ -95,7 +99,10 @@ def test_sample_split_counts_and_files(sample: Path) -> None:
             assert len(ds) == split["pairs"]
             assert ds.num_tokens == split["src_tokens" if lang == "de" else "tgt_tokens"]
     assert sorted(p.name for p in sample.iterdir() if p.suffix == ".txt") == [
-        "test.de.txt", "test.en.txt", "valid.de.txt", "valid.en.txt"
+        "test.de.txt",
+        "test.en.txt",
+        "valid.de.txt",
+        "valid.en.txt",
     ]
 
 
@@ -241,12 +248,19 @@ def test_wmt14_recipe_with_newstest2013_as_stand_in_train(tmp_path: Path) -> Non
     dest = tmp_path / "wmt"
     meta = preprocess_wmt14(wmt_config(dest))
     with tarfile.open(NEWSTEST2013) as archive:
-        en, de = (archive.extractfile(f"newstest2013-plain/newstest2013.{l}").read().decode().split("\n")[:-1]
-                  for l in ("en", "de"))
+        en, de = (
+            archive.extractfile(f"newstest2013-plain/newstest2013.{l}").read().decode().split("\n")[:-1]
+            for l in ("en", "de")
+        )
     en, de = [normalize_line(x, False) for x in en], [normalize_line(x, False) for x in de]
-    kept = [(a, b) for a, b in zip(en, de)
-            if 1 <= len(a.split()) <= 250 and 1 <= len(b.split()) <= 250
-            and len(a.split()) <= 1.5 * len(b.split()) and len(b.split()) <= 1.5 * len(a.split())]
+    kept = [
+        (a, b)
+        for a, b in zip(en, de)
+        if 1 <= len(a.split()) <= 250
+        and 1 <= len(b.split()) <= 250
+        and len(a.split()) <= 1.5 * len(b.split())
+        and len(b.split()) <= 1.5 * len(a.split())
+    ]
     assert {k: v["pairs"] for k, v in meta["splits"].items()} == {"train": len(kept), "valid": 3000, "test": 3003}
     assert (meta["src_lang"], meta["tgt_lang"]) == ("en", "de")
     vocab = SpmVocab(dest / "spm.model")

@@ -109,14 +109,24 @@ def test_folder_input_vocabulary_order_eos_and_oov(tmp_path):
     dictionary = load_dictionary(dest)
     # counts: a 3, b 3, = 2, c 2, <eos> 5, <unk> 1; equal counts in code-point order (a < b, = < c)
     assert list(zip(dictionary.symbols, dictionary.counts)) == [
-        ("<s>", 0), ("<pad>", 0), ("<eos>", 5), ("<unk>", 1), ("a", 3), ("b", 3), ("=", 2), ("c", 2)]
+        ("<s>", 0),
+        ("<pad>", 0),
+        ("<eos>", 5),
+        ("<unk>", 1),
+        ("a", 3),
+        ("b", 3),
+        ("=", 2),
+        ("c", 2),
+    ]
     assert load_word_split(dest, "train").tolist() == [5, 4, EOS, EOS, 6, 7, 6, EOS, 4, 5, UNK, 4, EOS, 7, 5, EOS]
     assert load_word_split(dest, "valid").tolist() == [4, UNK, EOS, 5, EOS, 7, EOS]
     assert load_word_split(dest, "test").tolist() == [EOS]
     meta = load_meta(dest)
     assert meta["splits"]["valid"]["oov"] == 1 and meta["splits"]["train"]["oov"] == 0
     assert meta["sources"]["train"] == {
-        "name": str(folder / "wiki.train.tokens"), "sha256": hashlib.sha256(TRAIN.encode()).hexdigest()}
+        "name": str(folder / "wiki.train.tokens"),
+        "sha256": hashlib.sha256(TRAIN.encode()).hexdigest(),
+    }
 
 
 def test_zip_and_file_url_inputs_give_the_same_dataset(tmp_path):
@@ -128,8 +138,11 @@ def test_zip_and_file_url_inputs_give_the_same_dataset(tmp_path):
             zf.write(folder / f"wiki.{split}.tokens", f"wikitext-2/wiki.{split}.tokens")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     wikitext2(WikiText2Config(input=str(archive), destdir=str(tmp_path / "from_zip"), sha256=digest))
-    wikitext2(WikiText2Config(input=archive.as_uri(), destdir=str(tmp_path / "from_url"),
-                              cache_dir=str(tmp_path / "cache"), sha256=digest))
+    wikitext2(
+        WikiText2Config(
+            input=archive.as_uri(), destdir=str(tmp_path / "from_url"), cache_dir=str(tmp_path / "cache"), sha256=digest
+        )
+    )
     reference = load_meta(tmp_path / "from_folder")["splits"]
     for name in ("from_zip", "from_url"):
         meta = load_meta(tmp_path / name)
@@ -167,8 +180,10 @@ def test_zip_without_tokens_and_folder_with_sha256_are_rejected(tmp_path):
         zf.writestr("wikitext-2-raw/wiki.train.raw", " a\n")
     with pytest.raises(DataError) as error:
         wikitext2(WikiText2Config(input=str(archive), destdir=str(tmp_path / "out")))
-    assert str(error.value) == (f"{archive} has no wiki.train.tokens (expected e.g. wikitext-103/wiki.train.tokens)"
-                                " (a -raw- zip holds wiki.*.raw; use the tokenized one)")
+    assert str(error.value) == (
+        f"{archive} has no wiki.train.tokens (expected e.g. wikitext-103/wiki.train.tokens)"
+        " (a -raw- zip holds wiki.*.raw; use the tokenized one)"
+    )
     with pytest.raises(ConfigError, match=r"^sha256 checks a zip or URL input, but input .* is a folder$"):
         wikitext2(WikiText2Config(input=str(tmp_path), destdir=str(tmp_path / "out"), sha256="0" * 64))
 

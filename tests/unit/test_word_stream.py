@@ -14,7 +14,12 @@ from toolkit.config.compose import compose_train_config
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
 from toolkit.data.word_corpus import EOS, load_word_split
 from toolkit.errors import ConfigError
-from toolkit.models.streaming_lm import AdaptiveSoftmaxStreamingLM, StreamingLM, StreamingLMConfig, StreamingLMModelConfig
+from toolkit.models.streaming_lm import (
+    AdaptiveSoftmaxStreamingLM,
+    StreamingLM,
+    StreamingLMConfig,
+    StreamingLMModelConfig,
+)
 from toolkit.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from toolkit.train.setup import build_run
 
@@ -28,9 +33,23 @@ def word_task(data, rank: int = 0, world_size: int = 1, **overrides) -> Language
 
 def adaptive_cfg(**overrides) -> OmegaConf:
     """A tiny streamed model with tied adaptive input/softmax (3 bands)."""
-    base = dict(d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=32, adaptive_span=False, cache_margin=0,
-                dropout=0.0, persistent_memory=4, adaptive_input=True, adaptive_softmax=True,
-                adaptive_cutoffs=[20, 200], adaptive_factor=2.0, tie_adaptive_weights=True, tie_adaptive_proj=True)
+    base = dict(
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=24,
+        attn_span=32,
+        adaptive_span=False,
+        cache_margin=0,
+        dropout=0.0,
+        persistent_memory=4,
+        adaptive_input=True,
+        adaptive_softmax=True,
+        adaptive_cutoffs=[20, 200],
+        adaptive_factor=2.0,
+        tie_adaptive_weights=True,
+        tie_adaptive_proj=True,
+    )
     return OmegaConf.structured(StreamingLMModelConfig(**{**base, **overrides}))
 
 
@@ -119,8 +138,11 @@ def test_bad_stream_settings_are_one_line_errors(overrides, message) -> None:
 
 def test_models_without_a_cache_are_refused_in_stream_mode(wikitext_small) -> None:
     lm_cfg = compose_train_config("wikitext2_tiny", []).model
-    with pytest.raises(ConfigError, match=r"^task.mode=stream needs a model that carries a cache across blocks "
-                                          r"\(streaming_lm\); model 'transformer_lm' has none$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task.mode=stream needs a model that carries a cache across blocks "
+        r"\(streaming_lm\); model 'transformer_lm' has none$",
+    ):
         word_task(wikitext_small).build_model(lm_cfg)
     task = word_task(wikitext_small, mode="blocks")
     with pytest.raises(ConfigError, match=r"^task.eval_protocol=stream needs a model that carries a cache"):
@@ -141,5 +163,10 @@ def test_all_attention_wt103_preset_has_the_papers_size() -> None:
     count = sum(p.numel() for p in model.parameters())
     assert abs(count / 133e6 - 1) < 0.05, count
     assert isinstance(model, AdaptiveSoftmaxStreamingLM) and model.cfg.vocab_size == 267744
-    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.persistent_memory, model.cfg.keep_ffn) == (36, 512, 2048, False)
+    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.persistent_memory, model.cfg.keep_ffn) == (
+        36,
+        512,
+        2048,
+        False,
+    )
     assert cfg.task.mode == "stream" and cfg.task.eval_protocol == "stream"

@@ -32,13 +32,17 @@ def usage() -> str:
 
 def _body(args: list[str]) -> int:
     if not args:
-        raise ConfigError(f"no analysis given: tk-analyze ANALYSIS key=value ... (valid: {', '.join(sorted(ANALYSES))})")
+        raise ConfigError(
+            f"no analysis given: tk-analyze ANALYSIS key=value ... (valid: {', '.join(sorted(ANALYSES))})"
+        )
     if args[0] in ("-h", "--help"):
         print(usage())
         return 0
     name, rest = args[0], args[1:]
     if name not in ANALYSES:
-        raise ConfigError(f"unknown analysis '{name}'{close_matches(name, ANALYSES)}; valid: {', '.join(sorted(ANALYSES))}")
+        raise ConfigError(
+            f"unknown analysis '{name}'{close_matches(name, ANALYSES)}; valid: {', '.join(sorted(ANALYSES))}"
+        )
     if any(a in ("-h", "--help") for a in rest):
         module = importlib.import_module(ANALYSES[name][0])
         print(module.__doc__)

@@ -32,7 +32,9 @@ class EvalConfig:
     data: Optional[str] = None  # dataset folder (default: the one the checkpoint was trained on)
     device: Device = Device.auto  # cpu, cuda or auto
     results: Optional[str] = None  # also write the JSON metrics to this file
-    save_nll: Optional[str] = None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
+    save_nll: Optional[str] = (
+        None  # LMs: write each scored target's NLL (nats) here (.npy), for tk-eval nll=A baseline_nll=B
+    )
     compile: bool = False  # torch.compile the model (toolkit/train/compile.py)
     compile_backend: CompileBackend = CompileBackend.inductor  # 'inductor', 'aot_eager' or 'eager'
 
@@ -46,8 +48,8 @@ def _body(args: list[str]) -> int:
     if wants_file_scoring(args):  # hypotheses= / nll=: score files, no checkpoint
         return score_files(args)
     from toolkit.cli.outputs import check_output_file
-    from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.data.atomic import atomic_write_bytes
+    from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.train.compile import compile_model
     from toolkit.train.trained_run import load_trained_run
 

@@ -96,7 +96,9 @@ def multirun(hydra_args: List[str], train_args: List[str], swept: List[str]) -> 
     sweeps = [f"++{SWEEP}.{arg_key(arg)}={arg.split('=', 1)[1]}" for arg in train_args if arg_key(arg) in swept]
     try:
         # the shipped configs on the search path: train.yaml for the jobs, hydra/launcher/*.yaml for the launcher
-        with initialize_config_dir(config_dir=str(Path(config_dir()).resolve()), version_base="1.3", job_name="tk-train"):
+        with initialize_config_dir(
+            config_dir=str(Path(config_dir()).resolve()), version_base="1.3", job_name="tk-train"
+        ):
             hydra = GlobalHydra.instance().hydra
             assert hydra is not None
             returns = hydra.multirun(config_name=APP_CONFIG, task_function=run_job, overrides=[*hydra_args, *sweeps])
@@ -120,9 +122,15 @@ def launch(args: List[str]) -> int:
     if slurm and not (shutil.which("sbatch") and shutil.which("srun")):  # what submitit's Slurm executor runs
         raise ConfigError(f"{slurm[0]}: Slurm's sbatch/srun are not on PATH (submit from a node of the cluster)")
     print(f"launching {len(jobs)} job(s) through Hydra", file=sys.stderr, flush=True)
-    failed = [(result, result.return_value) for result in multirun(hydra_args, train_args, swept) if result.return_value]
+    failed = [
+        (result, result.return_value) for result in multirun(hydra_args, train_args, swept) if result.return_value
+    ]
     for result, code in failed:
         name = " ".join(f"{key}={value_text(element)}" for key, element in job_elements(result.overrides).items())
-        print(f"error: job {name or 'of the command'} exited with code {code}; its logs are in "
-              f"{result.hydra_cfg.hydra.sweep.dir}", file=sys.stderr, flush=True)
+        print(
+            f"error: job {name or 'of the command'} exited with code {code}; its logs are in "
+            f"{result.hydra_cfg.hydra.sweep.dir}",
+            file=sys.stderr,
+            flush=True,
+        )
     return failed[0][1] if failed else 0

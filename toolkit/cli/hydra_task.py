@@ -55,8 +55,10 @@ def value_text(element: str) -> str:
 
 def job_args(train_args: Sequence[str], elements: Mapping[str, str]) -> List[str]:
     """One job's tk-train arguments: each swept argument gets this job's element, the others stay verbatim."""
-    return [f"{arg_key(arg)}={value_text(elements[arg_key(arg)])}" if arg_key(arg) in elements else arg
-            for arg in train_args]
+    return [
+        f"{arg_key(arg)}={value_text(elements[arg_key(arg)])}" if arg_key(arg) in elements else arg
+        for arg in train_args
+    ]
 
 
 def job_elements(task_overrides: Sequence[str]) -> Dict[str, str]:
@@ -93,8 +95,10 @@ def train_job(args: List[str], swept: Sequence[str]) -> int:
     tasks = submitit_env.submitit_task_count()
     if tasks > 1:
         if cfg.distributed.world_size not in (1, tasks):
-            raise ConfigError(f"distributed.world_size={cfg.distributed.world_size} but the launcher starts {tasks} "
-                              "tasks (nodes x tasks_per_node); leave distributed.world_size at 1")
+            raise ConfigError(
+                f"distributed.world_size={cfg.distributed.world_size} but the launcher starts {tasks} "
+                "tasks (nodes x tasks_per_node); leave distributed.world_size at 1"
+            )
         submitit_env.export_torch_env()
     if submitit_env.in_submitit_job():
         submitit_env.forward_preemption_to_sigterm()

@@ -68,8 +68,13 @@ def _score_bleu(cfg: Any) -> Dict[str, Any]:
     hyps, refs = read_lines(cfg.hypotheses), read_lines(cfg.references)
     _same_length(cfg.hypotheses, hyps, cfg.references, refs)
     result = corpus_bleu(hyps, refs, cfg.bleu_protocol, cfg.lang)
-    summary: Dict[str, Any] = {"bleu": result.score, "signature": result.signature, "details": result.details,
-                               "protocol": cfg.bleu_protocol, "sentences": len(hyps)}
+    summary: Dict[str, Any] = {
+        "bleu": result.score,
+        "signature": result.signature,
+        "details": result.details,
+        "protocol": cfg.bleu_protocol,
+        "sentences": len(hyps),
+    }
     if cfg.baseline is None:
         print(result.format())
         return summary
@@ -78,8 +83,16 @@ def _score_bleu(cfg: Any) -> Dict[str, Any]:
     paired = bleu_paired_test(hyps, base, refs, cfg.bleu_protocol, cfg.lang, cfg.test, cfg.n_samples, cfg.seed)
     _table("BLEU", cfg.baseline, cfg.hypotheses, paired, cfg.alpha, digits=2)
     print(f"[{result.signature}]")
-    summary.update({"baseline_bleu": paired.baseline_score, "p_value": paired.p_value, "test": paired.test,
-                    "n_samples": paired.n_samples, "significant": paired.significant(cfg.alpha), "alpha": cfg.alpha})
+    summary.update(
+        {
+            "baseline_bleu": paired.baseline_score,
+            "p_value": paired.p_value,
+            "test": paired.test,
+            "n_samples": paired.n_samples,
+            "significant": paired.significant(cfg.alpha),
+            "alpha": cfg.alpha,
+        }
+    )
     return summary
 
 
@@ -91,10 +104,19 @@ def _compare_lms(cfg: Any) -> Dict[str, Any]:
     nll, base = load_token_nll(cfg.nll), load_token_nll(cfg.baseline_nll)
     paired = lm_paired_bootstrap(nll, base, cfg.block_size, cfg.n_samples or 1000, cfg.seed)
     _table("NLL/token", cfg.baseline_nll, cfg.nll, paired, cfg.alpha, digits=4)
-    return {"nll": paired.score, "ppl": perplexity(paired.score), "baseline_nll": paired.baseline_score,
-            "baseline_ppl": perplexity(paired.baseline_score), "tokens": int(len(nll)), "block_size": cfg.block_size,
-            "p_value": paired.p_value, "test": "bs", "n_samples": paired.n_samples,
-            "significant": paired.significant(cfg.alpha), "alpha": cfg.alpha}
+    return {
+        "nll": paired.score,
+        "ppl": perplexity(paired.score),
+        "baseline_nll": paired.baseline_score,
+        "baseline_ppl": perplexity(paired.baseline_score),
+        "tokens": int(len(nll)),
+        "block_size": cfg.block_size,
+        "p_value": paired.p_value,
+        "test": "bs",
+        "n_samples": paired.n_samples,
+        "significant": paired.significant(cfg.alpha),
+        "alpha": cfg.alpha,
+    }
 
 
 def _same_length(name_a: str, a: list, name_b: str, b: list) -> None:
@@ -116,8 +138,9 @@ def _table(metric: str, baseline: str, system: str, paired: Any, alpha: float, d
 def check_token_nll(task: Any, path: Optional[str]) -> None:
     """save_nll= is for language models (per-token NLL); stop before scoring otherwise."""
     if path is not None and task.valid_metric not in ("ppl", "bpc"):
-        raise ConfigError(f"save_nll={path}: per-token NLLs are written for language-model tasks only "
-                          f"(task '{task.cfg.name}')")
+        raise ConfigError(
+            f"save_nll={path}: per-token NLLs are written for language-model tasks only (task '{task.cfg.name}')"
+        )
 
 
 def save_token_nll(task: Any, path: str) -> str:

@@ -46,7 +46,8 @@ def print_help() -> None:
 def _body(args: list[str]) -> int:
     from omegaconf import OmegaConf
 
-    from toolkit.cli.hydra_launch import launch as launch_with_hydra, wants_hydra
+    from toolkit.cli.hydra_launch import launch as launch_with_hydra
+    from toolkit.cli.hydra_launch import wants_hydra
     from toolkit.config.compose import compose_train_config
 
     if any(a in ("-h", "--help") for a in args):
@@ -71,7 +72,9 @@ def _body(args: list[str]) -> int:
     from toolkit.train.global_batch import check_global_batch
     from toolkit.train.run import dry_run, train
 
-    task, model = check_run(cfg, training=not cfg.dry_run)  # data, run folder, task and model: before anything is written
+    task, model = check_run(
+        cfg, training=not cfg.dry_run
+    )  # data, run folder, task and model: before anything is written
     check_averaging(cfg)
     check_global_batch(cfg, int(os.environ.get("WORLD_SIZE", cfg.distributed.world_size)))
     if cfg.distributed.world_size > 1 and not cfg.dry_run and not under_torchrun():

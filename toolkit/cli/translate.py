@@ -40,8 +40,9 @@ def _decoded(lines: Iterable[bytes], name: str) -> Iterator[str]:
         try:
             yield raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as error:
-            raise DataError(f"{name} line {number} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at column "
-                            f"{error.start + 1})") from None
+            raise DataError(
+                f"{name} line {number} is not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+            ) from None
 
 
 def _batches(lines: Iterable[str], size: int) -> Iterator[List[str]]:
@@ -83,8 +84,13 @@ def _body(args: list[str]) -> int:
     if cfg.output != "-":
         check_output_file(cfg.output, "output")
     lines = _read_input(cfg.input) if cfg.input != "-" else None
-    run = load_trained_run(cfg.checkpoint, [(k, v) for k, v in pairs if k.startswith("task.")], cfg.data, cfg.device,
-                           task_name="translation")
+    run = load_trained_run(
+        cfg.checkpoint,
+        [(k, v) for k, v in pairs if k.startswith("task.")],
+        cfg.data,
+        cfg.device,
+        task_name="translation",
+    )
     model, task, device = run.model, run.task, run.device
     lowercase = task.meta.get("normalization", {}).get("lowercase", False)
 

@@ -13,7 +13,6 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.nodes import EnumNode, StringNode
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -21,6 +20,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
     ValidationError,
 )
+from omegaconf.nodes import EnumNode, StringNode
 
 from toolkit.config.ranges import check_ranges
 from toolkit.errors import ConfigError, close_matches

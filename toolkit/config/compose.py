@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -56,8 +56,9 @@ def user_config_dirs() -> list[Path]:
         if not folder.is_dir():
             raise ConfigError(f"{USER_CONFIG_PATH}={entry}: no such folder")
         if not any((folder / sub).is_dir() for sub in ("config", *GROUPS)):
-            raise ConfigError(f"{USER_CONFIG_PATH}={entry}: no config/ folder in it (presets go in "
-                              f"{folder / 'config'}/NAME.yaml)")
+            raise ConfigError(
+                f"{USER_CONFIG_PATH}={entry}: no config/ folder in it (presets go in {folder / 'config'}/NAME.yaml)"
+            )
         if "'" in str(folder):
             raise ConfigError(f"{USER_CONFIG_PATH}={entry}: a folder name with a quote (') is not supported")
         folders.append(folder)
@@ -136,7 +137,9 @@ def describe_composition_error(text: str) -> str:
     """One line from Hydra's multi-line composition error: the problem and the key it names."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-    problem = next((line for line in lines[1:] if not line.startswith(("full_key:", "object_type"))), lines[0] if lines else text)
+    problem = next(
+        (line for line in lines[1:] if not line.startswith(("full_key:", "object_type"))), lines[0] if lines else text
+    )
     if key and "not in" in problem:
         return f"unknown key '{key}' ({problem}; did the preset set it for another {key.split('.')[0]} choice?)"
     return f"{problem} (key '{key}')" if key else problem

@@ -62,7 +62,9 @@ class TrainConfig:
     precision: Precision = Precision.fp32  # fp32, bf16 or fp16 (autocast; CUDA only, fp32 on CPU)
     threads: int = bounded(0, ge=0)  # torch intra-op threads on CPU (0 = torch's default)
     compile: bool = False  # torch.compile the model for training and evaluation (toolkit/train/compile.py)
-    compile_backend: CompileBackend = CompileBackend.inductor  # 'inductor' (generated kernels), 'aot_eager' or 'eager' (tracing checks)
+    compile_backend: CompileBackend = (
+        CompileBackend.inductor
+    )  # 'inductor' (generated kernels), 'aot_eager' or 'eager' (tracing checks)
     dry_run: bool = False  # build task and model, print a summary and exit
     update_freq: int = bounded(1, ge=1)  # gradient accumulation: micro-batches per update (derived when `batch` is set)
     batch: GlobalBatchConfig = field(default_factory=GlobalBatchConfig)  # batch per update over all processes
@@ -72,7 +74,9 @@ class TrainConfig:
     validate_interval: int = bounded(500, ge=0)  # updates between validations (0 = only at the end)
     save_interval: int = bounded(500, ge=0)  # updates between checkpoint_last saves
     keep_interval_checkpoints: int = bounded(0, ge=0)  # also keep checkpoint_<step>.pt, this many newest (0 = none)
-    average_last_n: int = bounded(0, ge=0)  # end by averaging the last N interval checkpoints into checkpoint_avg.pt, tested (0 = off)
+    average_last_n: int = bounded(
+        0, ge=0
+    )  # end by averaging the last N interval checkpoints into checkpoint_avg.pt, tested (0 = off)
     patience: int = bounded(0, ge=0)  # stop after this many validations without improvement (0 = never)
     final_subset: Optional[Subset] = Subset.test  # subset scored after training (null = none)
     progress: Progress = Progress.auto  # auto (bar on a terminal), bar or plain

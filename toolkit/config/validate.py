@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Ranges, schedules, parameter groups and phases of a composed config; a one-line ConfigError."""
-    from toolkit.train.param_groups import MAIN_GROUP
     from toolkit.aux_weights import AuxWeights
+    from toolkit.train.param_groups import MAIN_GROUP
     from toolkit.train.schedules import validate_phases
 
     check_ranges(cfg)
@@ -103,4 +103,6 @@ def check_aux_weights(cfg: DictConfig, terms: List[str]) -> None:
         has = f"its terms: {', '.join(terms)}" if terms else "it has none"
         if re.escape(key) == key:
             raise ConfigError(f"aux_weights.{key}: model {cfg.model.name} has no auxiliary term of that name ({has})")
-        log.warning("aux_weights.%s matches no auxiliary term of model %s (%s): it has no effect", key, cfg.model.name, has)
+        log.warning(
+            "aux_weights.%s matches no auxiliary term of model %s (%s): it has no effect", key, cfg.model.name, has
+        )

@@ -12,7 +12,9 @@ from toolkit.aux_weights import AuxWeights
 log = logging.getLogger(__name__)
 
 
-def weighted_aux(aux: Dict[str, Tensor], weights: AuxWeights | None, step: int) -> tuple[Tensor | float, Dict[str, float]]:
+def weighted_aux(
+    aux: Dict[str, Tensor], weights: AuxWeights | None, step: int
+) -> tuple[Tensor | float, Dict[str, float]]:
     """Sum of weight * term over the model's auxiliary terms, plus what to log (each term and its weight).
 
     A term with weight 0 is left out of the sum entirely, so it contributes no gradient. A term that no
@@ -35,4 +37,3 @@ def weighted_aux(aux: Dict[str, Tensor], weights: AuxWeights | None, step: int) 
 
 
 _warned: set[str] = set()
-

@@ -36,7 +36,10 @@ class CrossEntropyCriterion:
         if model.scores_own_output:
             return model.output_nll(output, target).sum()
         return F.cross_entropy(
-            output.reshape(-1, output.size(-1)).float(), target.reshape(-1), ignore_index=self.ignore_index, reduction="sum"
+            output.reshape(-1, output.size(-1)).float(),
+            target.reshape(-1),
+            ignore_index=self.ignore_index,
+            reduction="sum",
         )
 
     def __call__(self, model: nn.Module, batch: Dict[str, Any], step: int) -> tuple[Tensor, int, Dict[str, float]]:
@@ -56,4 +59,3 @@ class CrossEntropyCriterion:
         loss = nll + ntokens * aux_total
         logs.update({"loss": float(loss.detach()), "nll_loss": float(nll.detach()), "ntokens": ntokens})
         return loss, ntokens, logs
-

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.aux_weights import AuxWeights
-from toolkit.criterions.aux_terms import weighted_aux
 from toolkit.config.ranges import bounded
+from toolkit.criterions.aux_terms import weighted_aux
 from toolkit.registry import CRITERIONS
 
 

@@ -38,7 +38,12 @@ SPLIT_NAMES = ("train", "valid", "test")
 # What a damaged archive raises: bad CRC / no central directory, corrupt xz or gzip data, cut-off streams,
 # a zip compression method Python lacks.
 CONTAINER_ERRORS = (
-    zipfile.BadZipFile, lzma.LZMAError, gzip.BadGzipFile, zlib.error, EOFError, NotImplementedError,
+    zipfile.BadZipFile,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
 )
 INVALID = 255  # lookup-table marker for a byte outside the vocabulary (never a real id: vocabularies < 255)
 

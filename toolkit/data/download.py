@@ -86,11 +86,17 @@ def _cached_copy(url: str, dest: Path, sha256: Optional[str]) -> Optional[Path]:
     record = recorded_digest_path(dest)
     recorded = record.read_text().strip() if record.is_file() else None
     if recorded is None:
-        logger.warning("using cached %s for %s, UNVERIFIED: no sha256 given and none recorded at download "
-                       "(its sha256 is %s)", dest, url, actual)
+        logger.warning(
+            "using cached %s for %s, UNVERIFIED: no sha256 given and none recorded at download (its sha256 is %s)",
+            dest,
+            url,
+            actual,
+        )
     elif actual != recorded:
-        raise DataError(f"cached {dest} changed since it was downloaded from {url}: sha256 {actual}, recorded "
-                        f"{recorded} in {record}; delete both to download it again")
+        raise DataError(
+            f"cached {dest} changed since it was downloaded from {url}: sha256 {actual}, recorded "
+            f"{recorded} in {record}; delete both to download it again"
+        )
     else:
         logger.info("using cached %s for %s (sha256 as recorded at download)", dest, url)
     return dest
@@ -121,8 +127,12 @@ def download(url: str, dest: Path, sha256: Optional[str] = None) -> Path:
         raise
     logger.info("downloaded %s -> %s (%d bytes, sha256 %s)", url, dest, dest.stat().st_size, actual)
     if sha256 is None:
-        logger.warning("%s is UNVERIFIED: no sha256 was given to check the download against (pass sha256=%s "
-                       "if that is the published digest)", url, actual)
+        logger.warning(
+            "%s is UNVERIFIED: no sha256 was given to check the download against (pass sha256=%s "
+            "if that is the published digest)",
+            url,
+            actual,
+        )
     return dest
 
 

@@ -201,8 +201,10 @@ def _read_index(path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray]:
     expected = HEADER.size + 4 * count + 8 * (count + 1)
     if length != expected:
         raise DataError(f"{path}: index file has {length} bytes, expected {expected} for {count} items")
-    sizes = np.memmap(path, dtype="<i4", mode="r", offset=HEADER.size, shape=(count,)) if count else np.zeros(
-        0, dtype=np.int32
+    sizes = (
+        np.memmap(path, dtype="<i4", mode="r", offset=HEADER.size, shape=(count,))
+        if count
+        else np.zeros(0, dtype=np.int32)
     )
     offsets = np.memmap(path, dtype="<i8", mode="r", offset=HEADER.size + 4 * count, shape=(count + 1,))
     if offsets[0] != 0 or (count and (np.any(sizes < 0) or not np.array_equal(np.diff(offsets), sizes))):

@@ -30,7 +30,7 @@ from toolkit.data.download import resolve_input, sha256_file
 from toolkit.errors import ConfigError, DataError
 
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
-SEG = re.compile(r'^\s*<seg\b[^>]*>(.*)</seg>\s*$')
+SEG = re.compile(r"^\s*<seg\b[^>]*>(.*)</seg>\s*$")
 SET_TAGS = ("srcset", "refset", "tstset", "mteval")
 # fairseq's prepare-iwslt14.sh: drop lines holding these tags, strip these other tags but keep the text.
 TAGS_DROPPED = ("<url>", "<talkid>", "<keywords>")
@@ -260,9 +260,11 @@ def clean_stream(
     """
     stats = CleanStats()
     iterator = iter(pairs)
-    with open(out[0], "w", encoding="utf-8", newline="\n") as f_src, open(
-        out[1], "w", encoding="utf-8", newline="\n"
-    ) as f_tgt, tqdm(total=total, unit="pairs", desc="clean", disable=None, mininterval=1.0) as bar:
+    with (
+        open(out[0], "w", encoding="utf-8", newline="\n") as f_src,
+        open(out[1], "w", encoding="utf-8", newline="\n") as f_tgt,
+        tqdm(total=total, unit="pairs", desc="clean", disable=None, mininterval=1.0) as bar,
+    ):
         while True:
             block = list(itertools.islice(iterator, chunk))
             if not block:

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from toolkit.data.indexed_dataset import IndexedDatasetBuilder
 from toolkit.errors import ConfigError
 
-
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 SPECIAL_IDS = {"bos": BOS, "pad": PAD, "eos": EOS, "unk": UNK}
 MAX_SENTENCE_BYTES = 1 << 16  # sentencepiece skips longer training lines; 250-word WMT lines stay in
@@ -214,9 +213,12 @@ class Binarizer:
     ) -> BinarizeStats:
         """Write OUT_PREFIX.bin/.idx holding every line of text_file (one item per line, no bos/eos)."""
         stats = BinarizeStats(0, 0, 0)
-        with IndexedDatasetBuilder(out_prefix, self.dtype) as builder, tqdm(
-            total=total_lines, unit="lines", desc=desc or Path(out_prefix).name, disable=None, mininterval=1.0
-        ) as bar:
+        with (
+            IndexedDatasetBuilder(out_prefix, self.dtype) as builder,
+            tqdm(
+                total=total_lines, unit="lines", desc=desc or Path(out_prefix).name, disable=None, mininterval=1.0
+            ) as bar,
+        ):
             for flat, sizes in self._encoded(text_file):
                 builder.add_items(flat, sizes)
                 stats.sentences += len(sizes)

@@ -100,7 +100,11 @@ def batches_for_epoch(
             )
         logger.warning(
             "skipping %d of %d examples too long for %s (first: example %d, %s tokens)",
-            int(bad.sum()), len(src), " / ".join(limits), first, lengths,
+            int(bad.sum()),
+            len(src),
+            " / ".join(limits),
+            first,
+            lengths,
         )
 
     rng = np.random.default_rng([seed, epoch])

@@ -146,8 +146,14 @@ def binarize(source: SourceFile, dictionary: Dictionary, out_path: Path) -> Dict
             lines += int(np.count_nonzero(ids == EOS))
             unk += int(np.count_nonzero(ids == UNK))
             literal_unk += words.count("<unk>")
-    return {"file": out_path.name, "tokens": tokens, "lines": lines, "unk": unk, "oov": unk - literal_unk,
-            "sha256": digest.hexdigest()}
+    return {
+        "file": out_path.name,
+        "tokens": tokens,
+        "lines": lines,
+        "unk": unk,
+        "oov": unk - literal_unk,
+        "sha256": digest.hexdigest(),
+    }
 
 
 def write_word_dataset(
@@ -170,14 +176,21 @@ def write_word_dataset(
             "vocab_order": VOCAB_ORDER,
             "dictionary": {"file": "dict.txt", "sha256": hashlib.sha256(dict_bytes).hexdigest()},
             "splits": splits,
-            "sources": {split: {"name": sources[split].label, "sha256": sha256_source(sources[split])}
-                        for split in SPLITS},
+            "sources": {
+                split: {"name": sources[split].label, "sha256": sha256_source(sources[split])} for split in SPLITS
+            },
             **(extra_meta or {}),
         }
         atomic_write_bytes(tmp / "meta.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
         for split, stats in splits.items():
-            logger.info("%s: %d tokens, %d lines, %d <unk> (%d oov)", split, stats["tokens"], stats["lines"],
-                        stats["unk"], stats["oov"])
+            logger.info(
+                "%s: %d tokens, %d lines, %d <unk> (%d oov)",
+                split,
+                stats["tokens"],
+                stats["lines"],
+                stats["unk"],
+                stats["oov"],
+            )
     logger.info("wrote %s (vocabulary %d)", destdir, len(dictionary))
     return meta
 
@@ -230,7 +243,7 @@ def load_dictionary(directory: str | Path) -> Dictionary:
         counts.append(int(count))
     if tuple(symbols[: len(SPECIALS)]) != SPECIALS or len(symbols) != meta["vocab_size"]:
         raise DataError(
-            f"{path}: {len(symbols)} entries starting {symbols[:len(SPECIALS)]}, expected {meta['vocab_size']} "
+            f"{path}: {len(symbols)} entries starting {symbols[: len(SPECIALS)]}, expected {meta['vocab_size']} "
             f"starting {list(SPECIALS)} (per meta.json)"
         )
     return Dictionary(symbols, counts)

@@ -25,8 +25,16 @@ def launch_local(world_size: int, args: Sequence[str]) -> int:
     runs in its own session so that a Ctrl-C in the terminal reaches the ranks once (through this process),
     not twice. torchrun kills ranks that have not left 30 s after the signal: a save must fit in that time.
     """
-    command = [sys.executable, "-m", "toolkit.distributed.torchrun", "--standalone", f"--nproc_per_node={world_size}",
-               "-m", "toolkit.cli.train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "toolkit.distributed.torchrun",
+        "--standalone",
+        f"--nproc_per_node={world_size}",
+        "-m",
+        "toolkit.cli.train",
+        *args,
+    ]
     print(f"launching {world_size} processes: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     received: list[int] = []
     child: Optional[subprocess.Popen] = None
@@ -47,7 +55,10 @@ def launch_local(world_size: int, args: Sequence[str]) -> int:
             signal.signal(sig, handler)
     if received:
         name = signal.Signals(received[0]).name
-        print(f"stopped by {name}: forwarded to torchrun and its {world_size} ranks (torchrun exit code {code})",
-              file=sys.stderr, flush=True)
+        print(
+            f"stopped by {name}: forwarded to torchrun and its {world_size} ranks (torchrun exit code {code})",
+            file=sys.stderr,
+            flush=True,
+        )
         return INTERRUPTED_EXIT
     return code

@@ -9,7 +9,9 @@ from typing import Any, Dict, Optional
 from toolkit.data.atomic import atomic_output_dir
 
 
-def write_analysis(checkpoint: str, output: Optional[str], name: str, report: Dict[str, Any], png: bytes) -> Dict[str, Any]:
+def write_analysis(
+    checkpoint: str, output: Optional[str], name: str, report: Dict[str, Any], png: bytes
+) -> Dict[str, Any]:
     """Write OUTPUT/NAME.png and OUTPUT/NAME.json (default OUTPUT: beside the checkpoint, CHECKPOINT_NAME/).
 
     Returns the report with the paths of both files added.

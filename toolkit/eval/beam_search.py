@@ -128,8 +128,7 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
         logits = model.decode(tokens[:, -1:], None, state)[:, -1]
         lprobs = F.log_softmax(logits, dim=-1, dtype=score_dtype)
         n_active, vocab = cum.size(0), lprobs.size(-1)
-        lprobs = _apply_constraints(lprobs, tokens, t, row_max_lens if t >= first_forced else None,
-                                    cfg, pad, eos, bos)
+        lprobs = _apply_constraints(lprobs, tokens, t, row_max_lens if t >= first_forced else None, cfg, pad, eos, bos)
 
         cand = (cum[:, :, None] + lprobs.view(n_active, k, vocab)).view(n_active, k * vocab)
         cand_scores, cand_idx = cand.topk(min(2 * k, k * vocab), dim=1)
@@ -138,7 +137,7 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
         cand_lp = lprobs.view(n_active, k * vocab).gather(1, cand_idx)
 
         # finalize eos among the best k candidates, in score order, up to k per sentence
-        eos_top = (cand_tokens[:, :k].eq(eos) & cand_scores[:, :k].isfinite())
+        eos_top = cand_tokens[:, :k].eq(eos) & cand_scores[:, :k].isfinite()
         rank = eos_top.cumsum(1) - 1
         accept = eos_top & (rank < (k - fin_count[sent_ids])[:, None])
         if bool(accept.any()):
@@ -181,7 +180,13 @@ def _beam_search(model: Any, src_tokens: Tensor, cfg: GenerationConfig) -> List[
 
 
 def _apply_constraints(
-    lprobs: Tensor, tokens: Tensor, t: int, max_lens: Optional[Tensor], cfg: GenerationConfig, pad: int, eos: int,
+    lprobs: Tensor,
+    tokens: Tensor,
+    t: int,
+    max_lens: Optional[Tensor],
+    cfg: GenerationConfig,
+    pad: int,
+    eos: int,
     bos: int,
 ) -> Tensor:
     """Mask impossible tokens: pad and bos always, eos before min_len, n-gram repeats; force eos at max length.

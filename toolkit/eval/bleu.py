@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import List, Sequence
 
@@ -20,7 +19,6 @@ from sacrebleu.metrics import BLEU
 from sacremoses import MosesTokenizer
 
 from toolkit.errors import ConfigError, DataError
-
 
 
 class BleuProtocol(StrEnum):

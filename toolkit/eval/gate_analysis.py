@@ -22,8 +22,8 @@ from omegaconf import MISSING, OmegaConf
 
 from toolkit.config.choices import Device
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
-from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError
+from toolkit.eval.analysis_output import write_analysis
 
 
 @dataclass
@@ -46,8 +46,9 @@ def load_run(checkpoint: str, data: Optional[str], device: str) -> tuple[Any, An
 
     run = load_trained_run(checkpoint, data=data, device=device)
     if not isinstance(run.model, TransformerModel) or not run.model.mae_modules():
-        raise ConfigError(f"{checkpoint}: model '{run.checkpoint.config.model.name}' has no MAE attention "
-                          "(needs model.attention=mae)")
+        raise ConfigError(
+            f"{checkpoint}: model '{run.checkpoint.config.model.name}' has no MAE attention (needs model.attention=mae)"
+        )
     return run.task, run.model, run.checkpoint.step
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from sacrebleu.metrics import BLEU
@@ -71,8 +71,9 @@ def bleu_paired_test(
         return PairedResult(system_score, baseline_score, 1.0, test, n_samples)
     metric = BLEU(tokenize="13a" if protocol == "sacrebleu" else "none", force=protocol != "sacrebleu")
     systems = [("baseline", prepare(baseline, protocol, lang)), ("system", prepare(hypotheses, protocol, lang))]
-    paired = PairedTest(systems, {"BLEU": metric}, [prepare(references, protocol, lang)], test_type=test,
-                        n_samples=n_samples)
+    paired = PairedTest(
+        systems, {"BLEU": metric}, [prepare(references, protocol, lang)], test_type=test, n_samples=n_samples
+    )
     paired._seed = seed  # sacreBLEU reads its seed from SACREBLEU_SEED; set it here without touching the environment
     _, scores = paired()
     result = scores["BLEU"][1]

@@ -19,8 +19,8 @@ import torch
 from omegaconf import MISSING, OmegaConf
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
-from toolkit.eval.analysis_output import write_analysis
 from toolkit.errors import ConfigError, DataError
+from toolkit.eval.analysis_output import write_analysis
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.train.trained_run import RunCheckpoint, read_run_checkpoint
 
@@ -43,8 +43,9 @@ def load_model(checkpoint: RunCheckpoint) -> StreamingLM:
     Built from the checkpoint alone, without its task: static spans need no dataset folder."""
     model_cfg = checkpoint.config.model
     if model_cfg.get("name") != "streaming_lm":
-        raise ConfigError(f"{checkpoint.path}: model '{model_cfg.get('name')}' has no learned attention spans "
-                          "(needs streaming_lm)")
+        raise ConfigError(
+            f"{checkpoint.path}: model '{model_cfg.get('name')}' has no learned attention spans (needs streaming_lm)"
+        )
     values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
     values["vocab_size"] = int(checkpoint.weights["embed.weight"].shape[0])
     values["block_size"] = values.get("block_size") or int(checkpoint.config.task.get("tokens_per_sample", 1))
@@ -111,7 +112,9 @@ def render_png(report: Dict[str, Any]) -> bytes:
     heat.set_yticks(range(n_layers))
     if spans.size <= 256:
         for (layer, head), z in np.ndenumerate(spans):
-            heat.text(head, layer, f"{z:.0f}", ha="center", va="center", fontsize=7, color="white" if z < top / 2 else "black")
+            heat.text(
+                head, layer, f"{z:.0f}", ha="center", va="center", fontsize=7, color="white" if z < top / 2 else "black"
+            )
     fig.colorbar(image, ax=heat, label="span z (tokens)")
     heat.set_title(f"learned span ({report['kind']}), S = {report['max_span']}")
     # the paper's figure: for each layer, its heads' spans in increasing order

@@ -28,5 +28,3 @@ class Scalars:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-

@@ -254,9 +254,7 @@ class StreamingLM(ToolkitModel):
             self._stream_cache = new_cache
         return logits, aux
 
-    def forward_block(
-        self, tokens: Tensor, cache: Optional[Cache] = None
-    ) -> tuple[Tensor, Dict[str, Tensor], Cache]:
+    def forward_block(self, tokens: Tensor, cache: Optional[Cache] = None) -> tuple[Tensor, Dict[str, Tensor], Cache]:
         """tokens (B, M) -> logits (B, M, V) (hidden states with an adaptive softmax), aux terms, the caches
         for the next block of these streams."""
         if cache is None:

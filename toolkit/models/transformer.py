@@ -401,6 +401,4 @@ class TransformerModel(ToolkitModel):
 
     def _check_length(self, length: int, side: str) -> None:
         if length > self.cfg.max_positions:
-            raise ValueError(
-                f"{side} length {length} exceeds model.max_positions={self.cfg.max_positions}"
-            )
+            raise ValueError(f"{side} length {length} exceeds model.max_positions={self.cfg.max_positions}")

@@ -66,8 +66,10 @@ class TransformerLMConfig(AdaptiveIOConfig):
     activation: Activation = Activation.relu  # relu or gelu
     pre_ln: bool = True  # LayerNorm before each sublayer (True) or after (False, Vaswani et al.)
     final_norm: bool = True  # with pre_ln: a LayerNorm after the last layer (fairseq's wiki103 model has none)
-    attention: LMAttention = LMAttention.standard  # standard or mae (mixture of attentive experts, causal prefix-mean gate)
-    mae: MAEConfig = field(default_factory=MAEConfig)  # used when attention='mae' 
+    attention: LMAttention = (
+        LMAttention.standard
+    )  # standard or mae (mixture of attentive experts, causal prefix-mean gate)
+    mae: MAEConfig = field(default_factory=MAEConfig)  # used when attention='mae'
     positions: PositionKind = PositionKind.learned  # learned or sinusoidal
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
@@ -92,7 +94,9 @@ class TransformerLM(ToolkitModel):
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
-        self.embed, self.embed_scale = build_input_embedding(cfg, vocab_size, cfg.d_model, padding_idx, cfg.d_model**-0.5)
+        self.embed, self.embed_scale = build_input_embedding(
+            cfg, vocab_size, cfg.d_model, padding_idx, cfg.d_model**-0.5
+        )
         if not cfg.scale_embedding and not cfg.adaptive_input:
             self.embed_scale = 1.0
         self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)

@@ -58,9 +58,7 @@ def band_dims(dim: int, factor: float, n_bands: int) -> List[int]:
 class AdaptiveInput(nn.Module):
     """Token ids (any shape) -> embeddings (same shape + (dim,)), one embedding table per frequency band."""
 
-    def __init__(
-        self, vocab_size: int, dim: int, cfg: AdaptiveInputConfig, padding_idx: Optional[int] = None
-    ):
+    def __init__(self, vocab_size: int, dim: int, cfg: AdaptiveInputConfig, padding_idx: Optional[int] = None):
         super().__init__()
         self.vocab_size, self.dim = vocab_size, dim
         self.cutoffs = band_cutoffs(list(cfg.cutoffs), vocab_size)

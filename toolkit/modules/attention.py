@@ -94,9 +94,7 @@ class MultiheadAttention(nn.Module):
             cache["k"], cache["v"] = k, v
         return q, k, v
 
-    def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool
-    ) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool) -> Tensor:
         """Per-head outputs (B, H, T, Dh) before the output projection.
 
         Keys with fewer rows than the queries (beam search sharing a source among a sentence's beams): key row
@@ -106,16 +104,16 @@ class MultiheadAttention(nn.Module):
         if sources == rows:
             return self._attend(q, k, v, key_padding_mask, causal)
         if causal or rows % sources:
-            raise ValueError(f"attention: {rows} query rows cannot share {sources} key rows"
-                             f"{' in causal attention' if causal else ''}")
+            raise ValueError(
+                f"attention: {rows} query rows cannot share {sources} key rows"
+                f"{' in causal attention' if causal else ''}"
+            )
         _, h, t, dh = q.shape
         group = q.view(sources, rows // sources, h, t, dh).transpose(1, 2).reshape(sources, h, -1, dh)
         out = self._attend(group, k, v, key_padding_mask, False)
         return out.view(sources, h, rows // sources, t, dh).transpose(1, 2).reshape(rows, h, t, dh)
 
-    def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool
-    ) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], causal: bool) -> Tensor:
         t, s = q.size(2), k.size(2)
         dropout = self.dropout if self.training else 0.0
         if causal and key_padding_mask is None and t == s:

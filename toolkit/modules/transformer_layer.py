@@ -91,9 +91,7 @@ class TransformerLayer(nn.Module):
         x = self._residual(
             x,
             self.self_attn_norm,
-            lambda h: self.self_attn(
-                h, key_padding_mask=padding_mask, causal=causal, cache=self_cache, context=h
-            ),
+            lambda h: self.self_attn(h, key_padding_mask=padding_mask, causal=causal, cache=self_cache, context=h),
         )
         if self.cross_attn is not None and encoder_out is not None:
             x = self._residual(

@@ -48,7 +48,9 @@ class CharLMConfig:
     name: str = "char_lm"
     tokens_per_sample: int = bounded(256, ge=1)  # training window length
     batch_size: int = bounded(16, ge=1)  # windows per batch and process
-    vocab_size: int = bounded(27, ge=1)  # used only when no data folder is prepared yet (dry runs): 27 text8, 256 enwik8
+    vocab_size: int = bounded(
+        27, ge=1
+    )  # used only when no data folder is prepared yet (dry runs): 27 text8, 256 enwik8
     batches_per_epoch: int = bounded(0, ge=0)  # 0 = train tokens / (batch_size * world_size * tokens_per_sample)
     eval_window: int = bounded(0, ge=0)  # evaluation context window (0 = tokens_per_sample)
     eval_stride: int = bounded(0, ge=0)  # evaluation stride; 0 = eval_window (non-overlapping), 1 = exact protocol
@@ -57,9 +59,13 @@ class CharLMConfig:
     #                                                    when it differs, tk-eval and the final test also report it
     eval_batch_size: int = bounded(32, ge=1)  # windows per evaluation batch
     valid_max_tokens: int = bounded(0, ge=0)  # score at most this many tokens during training validation (0 = all)
-    eval_max_tokens: int = bounded(0, ge=0)  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
+    eval_max_tokens: int = bounded(
+        0, ge=0
+    )  # score only the first this many tokens in tk-eval / the final evaluation (0 = all)
     mode: CharLMMode = CharLMMode.random  # training batches: random windows or contiguous streams (see CharLMMode)
-    eval_streams: int = bounded(8, ge=1)  # eval_protocol=stream: contiguous sub-streams a split is cut into (cache carried)
+    eval_streams: int = bounded(
+        8, ge=1
+    )  # eval_protocol=stream: contiguous sub-streams a split is cut into (cache carried)
 
 
 @TASKS.register("char_lm", CharLMConfig)
@@ -139,9 +145,17 @@ class CharLMTask(StreamTraining, Task):
         )
         self.keep_token_nll(per_token)
         loss = nll / max(count, 1)
-        return {"subset": subset, "bpc": loss / math.log(2), "loss": loss, "tokens": count,
-                "protocol": protocol, "window": window, "stride": stride, "context": window - stride,
-                "seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "subset": subset,
+            "bpc": loss / math.log(2),
+            "loss": loss,
+            "tokens": count,
+            "protocol": protocol,
+            "window": window,
+            "stride": stride,
+            "context": window - stride,
+            "seconds": round(time.perf_counter() - start, 3),
+        }
 
     def reference_levels(self, subset: str) -> Dict[str, float]:
         """Unigram/bigram/trigram bpc (add-one count tables fitted on train) on the tokens the final

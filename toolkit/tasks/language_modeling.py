@@ -58,11 +58,17 @@ class LMEvalProtocol(StrEnum):
 @dataclass
 class LanguageModelingConfig:
     name: str = "language_modeling"
-    tokens_per_sample: int = bounded(512, ge=1)  # block length in tokens: training blocks and the longest evaluation window
+    tokens_per_sample: int = bounded(
+        512, ge=1
+    )  # block length in tokens: training blocks and the longest evaluation window
     batch_size: int = bounded(8, ge=1)  # blocks per batch and process
-    vocab_size: int = bounded(0, ge=0)  # used only when no data folder is prepared yet (dry runs): 267744 for WikiText-103
+    vocab_size: int = bounded(
+        0, ge=0
+    )  # used only when no data folder is prepared yet (dry runs): 267744 for WikiText-103
     batches_per_epoch: int = bounded(0, ge=0)  # 0 = train blocks // (batch_size * world_size)
-    context_window: int = bounded(0, ge=0)  # evaluation (tk-eval, final test): blocks of tokens_per_sample - context_window
+    context_window: int = bounded(
+        0, ge=0
+    )  # evaluation (tk-eval, final test): blocks of tokens_per_sample - context_window
     #                          new tokens, each after up to context_window tokens of history; 0 = no overlap
     valid_context_window: int = bounded(0, ge=0)  # the same for validation during training (0: cheap, non-overlapping)
     eval_batch_size: int = bounded(8, ge=1)  # windows per evaluation batch
@@ -101,8 +107,9 @@ class LanguageModelingTask(StreamTraining, Task):
         elif cfg.vocab_size > 0:
             self.vocab_size = cfg.vocab_size
         else:
-            raise ConfigError(f"data={data_dir}: no such folder; prepare it with tk-preprocess, or set "
-                              "task.vocab_size for a dry run")
+            raise ConfigError(
+                f"data={data_dir}: no such folder; prepare it with tk-preprocess, or set task.vocab_size for a dry run"
+            )
 
     @property
     def n_blocks(self) -> int:
@@ -154,24 +161,46 @@ class LanguageModelingTask(StreamTraining, Task):
             tokens = tokens[: self.cfg.valid_max_tokens]
         if self.cfg.eval_protocol == "stream":
             stream = np.concatenate([[EOS], tokens]).astype(np.int64)  # every token of the split is a target
-            metrics = self.evaluate_streams(model, stream, device, self.cfg.tokens_per_sample, max_tokens=0,
-                                            skip_target=None if self.cfg.eval_eos else EOS)
-            return {"subset": subset, "ppl": math.exp(min(metrics["loss"], 50.0)), **metrics,
-                    "eos_scored": self.cfg.eval_eos}
+            metrics = self.evaluate_streams(
+                model,
+                stream,
+                device,
+                self.cfg.tokens_per_sample,
+                max_tokens=0,
+                skip_target=None if self.cfg.eval_eos else EOS,
+            )
+            return {
+                "subset": subset,
+                "ppl": math.exp(min(metrics["loss"], 50.0)),
+                **metrics,
+                "eos_scored": self.cfg.eval_eos,
+            }
         context = self.cfg.valid_context_window if during_training else self.cfg.context_window
         key = "task.valid_context_window" if during_training else "task.context_window"
         if not 0 <= context < self.cfg.tokens_per_sample:
             raise ConfigError(f"{key}={context} must be >= 0 and < task.tokens_per_sample={self.cfg.tokens_per_sample}")
         per_token = self.token_nll_buffer(len(tokens))
         nll, count = score_with_context(
-            model, tokens, self.cfg.tokens_per_sample, context, self.cfg.eval_batch_size, device,
-            None if self.cfg.eval_eos else EOS, per_token,
+            model,
+            tokens,
+            self.cfg.tokens_per_sample,
+            context,
+            self.cfg.eval_batch_size,
+            device,
+            None if self.cfg.eval_eos else EOS,
+            per_token,
         )
         self.keep_token_nll(per_token)
         loss = nll / max(count, 1)
-        return {"subset": subset, "ppl": math.exp(min(loss, 50.0)), "loss": loss, "tokens": count,
-                "tokens_per_sample": self.cfg.tokens_per_sample, "context_window": context,
-                "eos_scored": self.cfg.eval_eos}
+        return {
+            "subset": subset,
+            "ppl": math.exp(min(loss, 50.0)),
+            "loss": loss,
+            "tokens": count,
+            "tokens_per_sample": self.cfg.tokens_per_sample,
+            "context_window": context,
+            "eos_scored": self.cfg.eval_eos,
+        }
 
     def summary(self) -> Dict[str, Any]:
         summary = {**super().summary(), "tokens_per_sample": self.cfg.tokens_per_sample}

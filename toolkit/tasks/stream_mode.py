@@ -73,20 +73,34 @@ class StreamTraining:
         return {"net_input": {"tokens": inputs, "reset": index == 0}, "target": targets, "ntokens": targets.numel()}
 
     def evaluate_streams(
-        self, model: ToolkitModel, stream: np.ndarray, device: torch.device, block: int, max_tokens: int,
+        self,
+        model: ToolkitModel,
+        stream: np.ndarray,
+        device: torch.device,
+        block: int,
+        max_tokens: int,
         skip_target: Optional[int] = None,
     ) -> Dict[str, Any]:
         """Mean NLL over every target of `stream` read as eval_streams sub-streams in blocks, cache carried:
         {"loss", "tokens", "protocol", "streams", "block", "seconds"}."""
         if not model.carries_stream_cache:
-            raise ConfigError("task.eval_protocol=stream needs a model that carries a cache across blocks (streaming_lm)")
+            raise ConfigError(
+                "task.eval_protocol=stream needs a model that carries a cache across blocks (streaming_lm)"
+            )
         if self.cfg.eval_streams <= 0:
             raise ConfigError(f"task.eval_streams must be positive, got {self.cfg.eval_streams}")
         start = time.perf_counter()
         n_targets = (min(len(stream), max_tokens + 1) if max_tokens else len(stream)) - 1
         per_token = self.token_nll_buffer(n_targets)  # type: ignore[attr-defined]
-        nll, count = score_substreams(model, stream, self.cfg.eval_streams, block, device, max_tokens, skip_target,
-                                      per_token)
+        nll, count = score_substreams(
+            model, stream, self.cfg.eval_streams, block, device, max_tokens, skip_target, per_token
+        )
         self.keep_token_nll(per_token)  # type: ignore[attr-defined]
-        return {"loss": nll / max(count, 1), "tokens": count, "protocol": "stream", "streams": self.cfg.eval_streams,
-                "block": block, "seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "loss": nll / max(count, 1),
+            "tokens": count,
+            "protocol": "stream",
+            "streams": self.cfg.eval_streams,
+            "block": block,
+            "seconds": round(time.perf_counter() - start, 3),
+        }

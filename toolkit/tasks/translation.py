@@ -41,11 +41,15 @@ class TranslationConfig:
     max_source_positions: int = bounded(1024, ge=2)  # longer examples are skipped or fail (see overlong)
     max_target_positions: int = bounded(1024, ge=2)
     overlong: Overlong = Overlong.skip  # skip (with a warning and a count) or fail (error naming the example)
-    vocab_size: int = bounded(10000, ge=5)  # joint vocabulary size, used only when no data folder is prepared (dry runs)
+    vocab_size: int = bounded(
+        10000, ge=5
+    )  # joint vocabulary size, used only when no data folder is prepared (dry runs)
     eval_max_tokens: int = bounded(6000, ge=1)  # tokens per batch when scoring and generating
     eval_bleu: bool = True  # BLEU in tk-eval and the final test (beam search over the subset)
     validate_bleu: bool = False  # also BLEU at each validation during training (slower)
-    bleu_protocol: BleuProtocol = BleuProtocol.sacrebleu  # sacrebleu (detokenized, 13a), tokenized_lower (IWSLT14), tokenized_compound (WMT14)
+    bleu_protocol: BleuProtocol = (
+        BleuProtocol.sacrebleu
+    )  # sacrebleu (detokenized, 13a), tokenized_lower (IWSLT14), tokenized_compound (WMT14)
     hypotheses: Optional[str] = None  # write the detokenized hypotheses here (one per line, in corpus order)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
@@ -93,10 +97,15 @@ class TranslationTask(Task):
 
         src, tgt = self.datasets[split]
         return batches_for_epoch(
-            src.sizes, tgt.sizes, self.cfg.max_tokens if split == "train" else self.cfg.eval_max_tokens,
-            shuffle_seed, epoch, max_sentences=self.cfg.max_sentences,
+            src.sizes,
+            tgt.sizes,
+            self.cfg.max_tokens if split == "train" else self.cfg.eval_max_tokens,
+            shuffle_seed,
+            epoch,
+            max_sentences=self.cfg.max_sentences,
             max_source_positions=self.cfg.max_source_positions - 1,  # the collater appends eos
-            max_target_positions=self.cfg.max_target_positions - 1, overlong=self.cfg.overlong,
+            max_target_positions=self.cfg.max_target_positions - 1,
+            overlong=self.cfg.overlong,
         )
 
     def _rank_batches(self, epoch: int) -> List[np.ndarray]:
@@ -109,7 +118,12 @@ class TranslationTask(Task):
             batches = self._batches("train", epoch, self.seed)
             usable = len(batches) - len(batches) % self.world_size
             if usable < len(batches):
-                log.info("epoch %d: %d batch(es) left over for %d ranks are skipped", epoch, len(batches) - usable, self.world_size)
+                log.info(
+                    "epoch %d: %d batch(es) left over for %d ranks are skipped",
+                    epoch,
+                    len(batches) - usable,
+                    self.world_size,
+                )
             self._epoch_batches = (epoch, batches[self.rank : usable : self.world_size])
         return self._epoch_batches[1]
 
@@ -121,8 +135,12 @@ class TranslationTask(Task):
 
         src, tgt = self.datasets[split]
         batch = collate(indices, src, tgt, self.pad_idx, self.eos_idx)
-        return {"net_input": {"src_tokens": batch["src_tokens"], "prev_output_tokens": batch["prev_output_tokens"]},
-                "target": batch["target"], "ntokens": batch["ntokens"], "id": batch["id"]}
+        return {
+            "net_input": {"src_tokens": batch["src_tokens"], "prev_output_tokens": batch["prev_output_tokens"]},
+            "target": batch["target"],
+            "ntokens": batch["ntokens"],
+            "id": batch["id"],
+        }
 
     def train_batch(self, epoch: int, index: int) -> Batch:
         return self._collate("train", self._rank_batches(epoch)[index])
@@ -138,7 +156,9 @@ class TranslationTask(Task):
         for indices in self._batches(subset, 0, 0):
             batch = to_device(self._collate(subset, indices), device)
             logits, _ = model(**batch["net_input"])
-            nll += F.cross_entropy(logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=self.pad_idx, reduction="sum").item()
+            nll += F.cross_entropy(
+                logits.flatten(0, 1).float(), batch["target"].flatten(), ignore_index=self.pad_idx, reduction="sum"
+            ).item()
             tokens += batch["ntokens"]
         return {"nll": nll / max(tokens, 1), "ppl": math.exp(min(nll / max(tokens, 1), 50)), "tokens": tokens}
 
@@ -163,8 +183,15 @@ class TranslationTask(Task):
             hypotheses = self.translate(model, subset, device)
             references = read_lines(Path(self.data_dir) / f"{subset}.{self.tgt}.txt")
             result = corpus_bleu(hypotheses, references, self.cfg.bleu_protocol, self.tgt)
-            metrics.update({"bleu": result.score, "bleu_signature": result.signature, "bleu_details": result.details,
-                            "beam": self.cfg.generation.beam, "sentences": len(hypotheses)})
+            metrics.update(
+                {
+                    "bleu": result.score,
+                    "bleu_signature": result.signature,
+                    "bleu_details": result.details,
+                    "beam": self.cfg.generation.beam,
+                    "sentences": len(hypotheses),
+                }
+            )
             if self.cfg.hypotheses:
                 atomic_write_bytes(self.cfg.hypotheses, ("\n".join(hypotheses) + "\n").encode("utf-8"))
                 metrics["hypotheses"] = self.cfg.hypotheses

@@ -34,8 +34,12 @@ def average_checkpoints(paths: Sequence[Path]) -> Dict[str, Any]:
             averaged[key] = torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
         else:
             averaged[key] = value
-    return {"model": averaged, "config": newest["config"], "position": newest.get("position", {}),
-            "averaged_from": [str(p) for p in paths]}
+    return {
+        "model": averaged,
+        "config": newest["config"],
+        "position": newest.get("position", {}),
+        "averaged_from": [str(p) for p in paths],
+    }
 
 
 def check_averaging(cfg: Any) -> None:
@@ -44,9 +48,11 @@ def check_averaging(cfg: Any) -> None:
     if n < 0:
         raise ConfigError(f"average_last_n={n} must be >= 0 (0 = no averaging)")
     if n and (cfg.keep_interval_checkpoints < n or cfg.save_interval <= 0):
-        raise ConfigError(f"average_last_n={n} needs keep_interval_checkpoints >= {n} and save_interval > 0 "
-                          f"(got keep_interval_checkpoints={cfg.keep_interval_checkpoints}, "
-                          f"save_interval={cfg.save_interval})")
+        raise ConfigError(
+            f"average_last_n={n} needs keep_interval_checkpoints >= {n} and save_interval > 0 "
+            f"(got keep_interval_checkpoints={cfg.keep_interval_checkpoints}, "
+            f"save_interval={cfg.save_interval})"
+        )
 
 
 def write_average(run_dir: Path, n: int) -> Path | None:

@@ -42,8 +42,13 @@ def rng_state() -> Dict[str, Any]:
     algorithm, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "algorithm": algorithm,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -88,8 +93,10 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
             reason = f"not a readable checkpoint ({detail.group(1)})" if detail else _first_line(error)
             raise DataError(f"cannot read checkpoint {path}: {reason}") from None
         what = refused.group(1) or refused.group(2)
-        raise DataError(f"refusing to load checkpoint {path}: it holds '{what}', which loading could run as code "
-                        "(a tk-train checkpoint holds only tensors and plain data)") from None
+        raise DataError(
+            f"refusing to load checkpoint {path}: it holds '{what}', which loading could run as code "
+            "(a tk-train checkpoint holds only tensors and plain data)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt files
         raise DataError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
 
@@ -101,7 +108,11 @@ def _first_line(error: BaseException) -> str:
 
 def interval_checkpoints(run_dir: Path) -> list[Path]:
     """checkpoint_<step>.pt files, oldest first."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint_*.pt") if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.glob("checkpoint_*.pt")
+        if (m := re.fullmatch(r"checkpoint_(\d+)\.pt", p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 

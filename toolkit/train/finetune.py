@@ -22,8 +22,13 @@ def init_from_checkpoint(model: nn.Module, path: str, min_fraction: float = 0.5)
     Refused (ConfigError, see `init_weights`) before any weight changes."""
     state = init_weights(model, path, min_fraction)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    log.info("initialised from %s (%d tensors; new, not in the checkpoint: %s; ignored: %s)", path,
-             len(state) - len(unexpected), ", ".join(missing) or "none", ", ".join(unexpected) or "none")
+    log.info(
+        "initialised from %s (%d tensors; new, not in the checkpoint: %s; ignored: %s)",
+        path,
+        len(state) - len(unexpected),
+        ", ".join(missing) or "none",
+        ", ".join(unexpected) or "none",
+    )
 
 
 def init_weights(model: nn.Module, path: str, min_fraction: float) -> Dict[str, torch.Tensor]:
@@ -40,15 +45,18 @@ def init_weights(model: nn.Module, path: str, min_fraction: float) -> Dict[str, 
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         k = mismatched[0]
-        raise ConfigError(f"init_from={path}: parameter '{k}' has shape {tuple(state[k].shape)}, "
-                          f"the model's is {tuple(own[k].shape)}")
+        raise ConfigError(
+            f"init_from={path}: parameter '{k}' has shape {tuple(state[k].shape)}, the model's is {tuple(own[k].shape)}"
+        )
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     covered = sum(p.numel() for name, p in params.items() if name in state)
     if covered < min_fraction * total:
-        raise ConfigError(f"init_from={path}: the checkpoint holds {covered:,} of the model's {total:,} parameter "
-                          f"values ({covered / max(total, 1):.0%}; at least {min_fraction:.0%} needed): a checkpoint of another "
-                          f"model or task (init_from_min_fraction={min_fraction:g})")
+        raise ConfigError(
+            f"init_from={path}: the checkpoint holds {covered:,} of the model's {total:,} parameter "
+            f"values ({covered / max(total, 1):.0%}; at least {min_fraction:.0%} needed): a checkpoint of another "
+            f"model or task (init_from_min_fraction={min_fraction:g})"
+        )
     return state
 
 

@@ -41,21 +41,25 @@ def _per_process_key(task_cfg: Any, by_tokens: bool) -> str:
     if key not in task_cfg:
         setting = "tokens_per_update" if by_tokens else "sequences_per_update"
         other = "sequences_per_update" if by_tokens else "tokens_per_update"
-        raise ConfigError(f"batch.{setting} does not apply to task '{task_cfg.name}' (it has no task.{key}); "
-                          f"use batch.{other}")
+        raise ConfigError(
+            f"batch.{setting} does not apply to task '{task_cfg.name}' (it has no task.{key}); use batch.{other}"
+        )
     return key
 
 
 def split(total: int, world_size: int, cap: int, streamed: bool, what: str, cap_key: str) -> tuple[int, int]:
     """(per_process, update_freq) with world_size * update_freq * per_process == total and per_process <= cap."""
     if total % world_size:
-        raise ConfigError(f"{what}={total} cannot be split exactly over {world_size} processes "
-                          f"(not a multiple of {world_size})")
+        raise ConfigError(
+            f"{what}={total} cannot be split exactly over {world_size} processes (not a multiple of {world_size})"
+        )
     share = total // world_size
     if streamed:
         if share > cap:
-            raise ConfigError(f"{what}={total} over {world_size} processes is {share} streams per process, more "
-                              f"than {cap_key}={cap}; streamed training cannot accumulate (use more processes)")
+            raise ConfigError(
+                f"{what}={total} over {world_size} processes is {share} streams per process, more "
+                f"than {cap_key}={cap}; streamed training cannot accumulate (use more processes)"
+            )
         return share, 1
     if cap < 1:
         raise ConfigError(f"{cap_key}={cap} must be positive")
@@ -63,9 +67,11 @@ def split(total: int, world_size: int, cap: int, streamed: bool, what: str, cap_
     for update_freq in range(fewest, 2 * fewest + 1):
         if share % update_freq == 0:
             return share // update_freq, update_freq
-    raise ConfigError(f"{what}={total} cannot be split exactly over {world_size} processes with at most "
-                      f"{cap_key}={cap} per micro-batch ({share} per process is not a multiple of "
-                      f"{fewest}..{2 * fewest} micro-batches); choose a multiple of {world_size * fewest}")
+    raise ConfigError(
+        f"{what}={total} cannot be split exactly over {world_size} processes with at most "
+        f"{cap_key}={cap} per micro-batch ({share} per process is not a multiple of "
+        f"{fewest}..{2 * fewest} micro-batches); choose a multiple of {world_size * fewest}"
+    )
 
 
 def apply_global_batch(cfg: Any, world_size: int) -> Dict[str, int]:
@@ -88,8 +94,10 @@ def apply_global_batch(cfg: Any, world_size: int) -> Dict[str, int]:
         if total < 0:
             raise ConfigError(f"{setting}={total} must be positive (0 = per-process task.{key} and update_freq)")
         if cfg.update_freq != 1:
-            raise ConfigError(f"update_freq={cfg.update_freq} and {setting}={total} are both set: update_freq is "
-                              f"derived from {setting}; set {setting}=0 to give task.{key} and update_freq per process")
+            raise ConfigError(
+                f"update_freq={cfg.update_freq} and {setting}={total} are both set: update_freq is "
+                f"derived from {setting}; set {setting}=0 to give task.{key} and update_freq per process"
+            )
         streamed = cfg.task.get("mode") == "stream"
         per_process, update_freq = split(total, world_size, cfg.task[key], streamed, setting, f"task.{key}")
         cfg.task[key], cfg.update_freq = per_process, update_freq
@@ -98,8 +106,13 @@ def apply_global_batch(cfg: Any, world_size: int) -> Dict[str, int]:
     if by_tokens:
         figures.update({"max_tokens_per_process": int(cfg.task.max_tokens), "tokens_per_update": per_update})
     else:
-        figures.update({"sequences_per_process": int(cfg.task.batch_size), "sequences_per_update": per_update,
-                        "tokens_per_update": per_update * int(cfg.task.tokens_per_sample)})
+        figures.update(
+            {
+                "sequences_per_process": int(cfg.task.batch_size),
+                "sequences_per_update": per_update,
+                "tokens_per_update": per_update * int(cfg.task.tokens_per_sample),
+            }
+        )
     return figures
 
 
@@ -108,12 +121,16 @@ def describe(figures: Dict[str, int]) -> str:
     if "tokens_per_update" not in figures:
         return f"batch: as the task batches, x update_freq {figures['update_freq']} x {figures['world_size']} processes"
     if "sequences_per_update" in figures:
-        return (f"batch: {figures['sequences_per_update']} sequences ({figures['tokens_per_update']:,} tokens) per "
-                f"update = {figures['world_size']} processes x update_freq {figures['update_freq']} x "
-                f"{figures['sequences_per_process']} per process (task.batch_size)")
-    return (f"batch: {figures['tokens_per_update']:,} tokens per update (at most) = {figures['world_size']} "
-            f"processes x update_freq {figures['update_freq']} x {figures['max_tokens_per_process']} per process "
-            f"(task.max_tokens)")
+        return (
+            f"batch: {figures['sequences_per_update']} sequences ({figures['tokens_per_update']:,} tokens) per "
+            f"update = {figures['world_size']} processes x update_freq {figures['update_freq']} x "
+            f"{figures['sequences_per_process']} per process (task.batch_size)"
+        )
+    return (
+        f"batch: {figures['tokens_per_update']:,} tokens per update (at most) = {figures['world_size']} "
+        f"processes x update_freq {figures['update_freq']} x {figures['max_tokens_per_process']} per process "
+        f"(task.max_tokens)"
+    )
 
 
 def check_global_batch(cfg: Any, world_size: int) -> None:

@@ -46,7 +46,9 @@ class AdagradConfig:
     lr: float = bounded(0.07, ge=0)
     eps: float = bounded(1e-10, ge=0)
     weight_decay: float = bounded(0.0, ge=0)
-    per_tensor_clip: float = bounded(0.0, ge=0)  # adaptive-span reference: lr * min(1, clip / ||grad_p||) per tensor (0 = off)
+    per_tensor_clip: float = bounded(
+        0.0, ge=0
+    )  # adaptive-span reference: lr * min(1, clip / ||grad_p||) per tensor (0 = off)
 
 
 Params = Iterable[nn.Parameter]

@@ -42,8 +42,11 @@ def model_config_changes(saved: Dict[str, Any], current: Any) -> List[str]:
     """'model.n_layers is 1 in the checkpoint, 2 now' for each model key set in both that differs."""
     before = _flat(_saved_model_config(saved), "model")
     after = _flat(OmegaConf.to_container(current.model, resolve=True, enum_to_str=True), "model")
-    return [f"{key} is {before[key]!r} in the checkpoint, {after[key]!r} now"
-            for key in sorted(before) if key in after and before[key] != after[key]]
+    return [
+        f"{key} is {before[key]!r} in the checkpoint, {after[key]!r} now"
+        for key in sorted(before)
+        if key in after and before[key] != after[key]
+    ]
 
 
 def check_resume_fits(state: Dict[str, Any], cfg: Any, model: nn.Module, task: Any, path: Path) -> None:
@@ -55,10 +58,16 @@ def check_resume_fits(state: Dict[str, Any], cfg: Any, model: nn.Module, task: A
     except DataError as error:
         changes = model_config_changes(state["config"], cfg)
         what = "; ".join(changes) if changes and not isinstance(error, VocabularyMismatch) else str(error)
-        raise DataError(f"cannot resume from {path}: {what} (resume with the run's settings, or choose "
-                        "another run_dir)") from None
-    changes = [c for c in model_config_changes(state["config"], cfg)
-               if c.split(" ", 1)[0].rsplit(".", 1)[-1] not in RESUMABLE_MODEL_KEYS]
+        raise DataError(
+            f"cannot resume from {path}: {what} (resume with the run's settings, or choose another run_dir)"
+        ) from None
+    changes = [
+        c
+        for c in model_config_changes(state["config"], cfg)
+        if c.split(" ", 1)[0].rsplit(".", 1)[-1] not in RESUMABLE_MODEL_KEYS
+    ]
     if changes:  # the weights fit, but would compute something else
-        raise DataError(f"cannot resume from {path}: {'; '.join(changes)} (resume with the run's settings, or "
-                        "choose another run_dir)")
+        raise DataError(
+            f"cannot resume from {path}: {'; '.join(changes)} (resume with the run's settings, or "
+            "choose another run_dir)"
+        )

@@ -16,14 +16,14 @@ from omegaconf import OmegaConf
 
 from toolkit.data.atomic import atomic_write_bytes
 from toolkit.distributed import comm
-from toolkit.errors import DISTRIBUTED_EXIT, DataError
 from toolkit.distributed.setup import distributed_context
+from toolkit.errors import DISTRIBUTED_EXIT, DataError
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.averaging import AVERAGE, check_averaging, write_average
-from toolkit.train.global_batch import apply_global_batch, describe
-from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
-from toolkit.train.param_groups import build_param_groups
 from toolkit.train.compile import compile_model
+from toolkit.train.finetune import freeze_all_but, init_from_checkpoint
+from toolkit.train.global_batch import apply_global_batch, describe
+from toolkit.train.param_groups import build_param_groups
 from toolkit.train.resume_check import check_resume_fits
 from toolkit.train.run_lock import RunFolderBusy, RunFolderLock
 from toolkit.train.setup import build_run, parameter_summary
@@ -78,8 +78,9 @@ def train(cfg: Any, preset: str, argv: List[str]) -> int:
             lock.release()
 
 
-def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device: torch.device, rank: int,
-                  world_size: int) -> int:
+def _train_locked(
+    cfg: Any, preset: str, argv: List[str], run_dir: Path, device: torch.device, rank: int, world_size: int
+) -> int:
     """Everything is checked (checkpoint readable, fits the new config and data) before the run folder changes."""
     started = time.perf_counter()
     batch = apply_global_batch(cfg, world_size)  # sets the per-process batch and update_freq the run builds with
@@ -98,7 +99,12 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
     freeze_all_but(model, cfg.train_only)
     groups = build_param_groups(model, cfg.optimizer, cfg.lr_scheduler, cfg.clip_norm, cfg.param_groups)
     for group in groups:
-        log.info("parameter group %s: %d tensors, optimizer %s", group.name, len(group.params), type(group.optimizer).__name__)
+        log.info(
+            "parameter group %s: %d tensors, optimizer %s",
+            group.name,
+            len(group.params),
+            type(group.optimizer).__name__,
+        )
     if cfg.compile:
         compile_model(model, cfg.compile_backend)
     wrap = (lambda m: comm.wrap_ddp(m, device, cfg.distributed)) if world_size > 1 else None
@@ -108,8 +114,9 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
             trainer.load_state_dict(state)
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DataError(f"cannot resume from {resume}: {first} (resume with the run's settings, or choose "
-                            "another run_dir)") from None
+            raise DataError(
+                f"cannot resume from {resume}: {first} (resume with the run's settings, or choose another run_dir)"
+            ) from None
         log.info("resumed from %s at step %d (epoch %d)", resume, trainer.step, trainer.epoch)
         del state
     if rank == 0:
@@ -122,8 +129,12 @@ def _train_locked(cfg: Any, preset: str, argv: List[str], run_dir: Path, device:
             raise
         # a collective failed: another rank died, or did not answer within distributed.timeout_s
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
-              f"after {cfg.distributed.timeout_s}s)", file=sys.stderr, flush=True)
+        print(
+            f"error: rank {rank}: distributed training stopped: {first} (another rank died or timed out "
+            f"after {cfg.distributed.timeout_s}s)",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.stdout.flush()
         # the process group is broken: tearing it down, or exiting while gloo's threads still wait on the
         # dead peer, can abort the process (SIGABRT) instead of giving the documented exit code

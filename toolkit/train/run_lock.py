@@ -57,10 +57,15 @@ class RunFolderLock:
                 os.close(fd)
                 if error.errno in (errno.EACCES, errno.EAGAIN):
                     self._remove_dir_if_created()
-                    raise RunFolderBusy(f"run_dir={self.run_dir} is in use by another tk-train ({holder}); "
-                                        "wait for it to finish or choose another run_dir") from None
-                log.warning("cannot lock %s (%s): two trainers on this run folder would not be kept apart",
-                            self.path, error.strerror)
+                    raise RunFolderBusy(
+                        f"run_dir={self.run_dir} is in use by another tk-train ({holder}); "
+                        "wait for it to finish or choose another run_dir"
+                    ) from None
+                log.warning(
+                    "cannot lock %s (%s): two trainers on this run folder would not be kept apart",
+                    self.path,
+                    error.strerror,
+                )
                 return
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino

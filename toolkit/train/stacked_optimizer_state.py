@@ -27,13 +27,16 @@ def _merge(states: Sequence[Dict[str, Any]], name: str) -> Dict[str, Any]:
         elif all(torch.equal(torch.as_tensor(v), torch.as_tensor(first)) for v in values):
             merged[key] = first
         else:
-            raise DataError(f"cannot stack the optimizer state '{key}' of {name}'s separate projections: "
-                            "their values differ")
+            raise DataError(
+                f"cannot stack the optimizer state '{key}' of {name}'s separate projections: their values differ"
+            )
     return merged
 
 
 def stack_separate_projection_states(
-    model: nn.Module, saved_model: Mapping[str, Any], group_names: Mapping[str, List[str]],
+    model: nn.Module,
+    saved_model: Mapping[str, Any],
+    group_names: Mapping[str, List[str]],
     saved_optimizers: Dict[str, Any],
 ) -> Dict[str, Any]:
     """`saved_optimizers` (group -> optimizer state dict) with the state of separate q/k/v projections stacked.
@@ -55,9 +58,11 @@ def stack_separate_projection_states(
         saved = saved_optimizers[group]
         old_ids = [i for g in saved["param_groups"] for i in g["params"]]
         if len(old_ids) != len(old_names):
-            raise DataError(f"cannot map the optimizer state of parameter group '{group}' onto the stacked q/k/v "
-                            f"projections: the checkpoint lists {len(old_ids)} parameters, the model "
-                            f"{len(old_names)} under their old names")
+            raise DataError(
+                f"cannot map the optimizer state of parameter group '{group}' onto the stacked q/k/v "
+                f"projections: the checkpoint lists {len(old_ids)} parameters, the model "
+                f"{len(old_names)} under their old names"
+            )
         old_index = dict(zip(old_names, old_ids))
         hyper = {i: g for g in saved["param_groups"] for i in g["params"]}
         state, param_groups, new_id = {}, [], 0
@@ -67,8 +72,9 @@ def stack_separate_projection_states(
                 parts = [old_index[p] for p in sources.get(name, (name,))]
                 present = [i for i in parts if i in saved["state"]]
                 if present and len(present) != len(parts):
-                    raise DataError(f"cannot stack the optimizer state of {name}: some of its separate "
-                                    "projections have none")
+                    raise DataError(
+                        f"cannot stack the optimizer state of {name}: some of its separate projections have none"
+                    )
                 if present:
                     state[new_id] = _merge([saved["state"][i] for i in parts], name)
                 ids.append(new_id)
@@ -85,5 +91,6 @@ def _param_groups_of(saved: Dict[str, Any], names: List[str], sources: Mapping[s
         return [list(names)]
     if all(len(g["params"]) == 1 for g in saved["param_groups"]):
         return [[name] for name in names]
-    raise DataError("cannot map an optimizer state with several multi-parameter groups onto the stacked q/k/v "
-                    "projections")
+    raise DataError(
+        "cannot map an optimizer state with several multi-parameter groups onto the stacked q/k/v projections"
+    )

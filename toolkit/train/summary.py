@@ -67,8 +67,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
     if final and metric in final:
         protocol = ", ".join(f"{k}={final[k]}" for k in ("protocol", "window", "stride", "tokens") if k in final)
         lines.append(f"  {final.get('subset', 'final')} {metric}: {final[metric]:.4f} ({protocol})")
-    lines.append(f"  steps: {summary['steps']}, tokens seen: {summary['tokens_seen']:,}, "
-                 f"wall-clock: {summary['wall_seconds']:.0f} s")
+    lines.append(
+        f"  steps: {summary['steps']}, tokens seen: {summary['tokens_seen']:,}, "
+        f"wall-clock: {summary['wall_seconds']:.0f} s"
+    )
     refs = summary.get("references")
     if refs:
         subset = final.get("subset", "test") if final else "test"

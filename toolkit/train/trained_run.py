@@ -42,7 +42,9 @@ class TrainedRun:
     device: torch.device
 
 
-def read_run_checkpoint(path: str, overrides: Iterable[Tuple[str, str]] = (), data: Optional[str] = None) -> RunCheckpoint:
+def read_run_checkpoint(
+    path: str, overrides: Iterable[Tuple[str, str]] = (), data: Optional[str] = None
+) -> RunCheckpoint:
     """The checkpoint's config and weights; `overrides` are dotted `key=value` pairs on its training config."""
     from toolkit.config.cli_overrides import apply_overrides
     from toolkit.config.compose import typed_train_config
@@ -63,7 +65,10 @@ def read_run_checkpoint(path: str, overrides: Iterable[Tuple[str, str]] = (), da
 
 
 def load_trained_run(
-    path: str, overrides: Iterable[Tuple[str, str]] = (), data: Optional[str] = None, device: str = "cpu",
+    path: str,
+    overrides: Iterable[Tuple[str, str]] = (),
+    data: Optional[str] = None,
+    device: str = "cpu",
     task_name: Optional[str] = None,
 ) -> TrainedRun:
     """Task, model (weights loaded, eval mode) and config of a checkpoint; `task_name` requires a task kind."""
@@ -91,15 +96,22 @@ def check_weights_fit(model: nn.Module, weights: Dict[str, torch.Tensor], source
             vocab = getattr(task, "vocab_size", 0)
             differing = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
             if len(mine) == len(theirs) and vocab and all(mine[i] == vocab for i in differing):
-                raise VocabularyMismatch(f"data={data}: the dataset holds a vocabulary of {vocab} symbols; {source} needs "
-                                f"{theirs[differing[0]]} (parameter '{key}' has shape {theirs})")
-            raise DataError(f"{source} does not fit the model built from its config and data={data}: parameter "
-                            f"'{key}' has shape {theirs} there, {mine} here")
+                raise VocabularyMismatch(
+                    f"data={data}: the dataset holds a vocabulary of {vocab} symbols; {source} needs "
+                    f"{theirs[differing[0]]} (parameter '{key}' has shape {theirs})"
+                )
+            raise DataError(
+                f"{source} does not fit the model built from its config and data={data}: parameter "
+                f"'{key}' has shape {theirs} there, {mine} here"
+            )
     missing = [key for key in own if key not in weights]
     if missing:
-        raise DataError(f"{source} lacks parameter '{missing[0]}' of the model built from its config "
-                        f"({len(missing)} missing)")
+        raise DataError(
+            f"{source} lacks parameter '{missing[0]}' of the model built from its config ({len(missing)} missing)"
+        )
     unexpected = [key for key in weights if key not in own]
     if unexpected:
-        raise DataError(f"{source} holds parameter '{unexpected[0]}', which the model built from its config "
-                        f"lacks ({len(unexpected)} such)")
+        raise DataError(
+            f"{source} holds parameter '{unexpected[0]}', which the model built from its config "
+            f"lacks ({len(unexpected)} such)"
+        )

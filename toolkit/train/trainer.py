@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from toolkit.aux_weights import active_aux_terms
+from toolkit.distributed import comm
 from toolkit.errors import DIVERGED_EXIT, INTERRUPTED_EXIT
 from toolkit.logging.progress import Progress, format_metrics
 from toolkit.logging.tensorboard import Scalars
@@ -33,7 +34,6 @@ from toolkit.train.precision import autocast, grad_scaler
 from toolkit.train.schedules import active_groups, validate_phases
 from toolkit.train.signals import StopRequest
 from toolkit.train.stacked_optimizer_state import stack_separate_projection_states
-from toolkit.distributed import comm
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,8 @@ class Trainer:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         optimizers = stack_separate_projection_states(
-            self.model, state["model"], {name: g.names for name, g in self.groups.items()}, state["optimizers"])
+            self.model, state["model"], {name: g.names for name, g in self.groups.items()}, state["optimizers"]
+        )
         for name, group in self.groups.items():
             if name in optimizers:
                 group.optimizer.load_state_dict(optimizers[name])
@@ -153,8 +154,9 @@ class Trainer:
             _, _, logs = self.criterion(self.model, self.last_batch, self.step)
         self.model.train()
         self.task.load_state_dict(stream)
-        summed = comm.all_reduce_sums({"before": self.last_batch_loss, "after": float(prediction_loss(logs)),
-                                       "ntokens": float(logs["ntokens"])})
+        summed = comm.all_reduce_sums(
+            {"before": self.last_batch_loss, "after": float(prediction_loss(logs)), "ntokens": float(logs["ntokens"])}
+        )
         tokens = max(summed["ntokens"], 1.0)
         return summed["before"] / tokens, summed["after"] / tokens
 
@@ -174,8 +176,10 @@ class Trainer:
             return f"the loss of these weights on the last batch is {after}"
         factor = float(self.cfg.get("checkpoint_sanity_factor", 2.0))
         if after > factor * before:
-            return (f"the loss of these weights on the last batch is {after:.4g} per token, over "
-                    f"{factor:g}x its {before:.4g} before the update (checkpoint_sanity_factor)")
+            return (
+                f"the loss of these weights on the last batch is {after:.4g} per token, over "
+                f"{factor:g}x its {before:.4g} before the update (checkpoint_sanity_factor)"
+            )
         return None
 
     def save_last(self, progress: Progress, interval: bool = False) -> bool:
@@ -212,7 +216,9 @@ class Trainer:
         """
         active = tuple(active_groups(self.cfg.phases, self.step, self.epoch, list(self.groups)))
         aux_names = self.model.aux_term_names()
-        aux_on = frozenset(active_aux_terms(aux_names, self.criterion.aux_weights, self.step)) if aux_names else frozenset()
+        aux_on = (
+            frozenset(active_aux_terms(aux_names, self.criterion.aux_weights, self.step)) if aux_names else frozenset()
+        )
         signature = (active, aux_on)
         if signature != self.graph_signature:
             for name, group in self.groups.items():
@@ -223,7 +229,12 @@ class Trainer:
                     for param in self.model.aux_term_parameters(term):
                         param.requires_grad_(False)
             if self.graph_signature is not None:
-                log.info("step %d: training groups %s; auxiliary terms on: %s", self.step, ", ".join(active), ", ".join(sorted(aux_on)) or "none")
+                log.info(
+                    "step %d: training groups %s; auxiliary terms on: %s",
+                    self.step,
+                    ", ".join(active),
+                    ", ".join(sorted(aux_on)) or "none",
+                )
             if self.wrap_ddp is not None:
                 self.forward_model = self.wrap_ddp(self.model)
             self.graph_signature = signature
@@ -319,7 +330,9 @@ class Trainer:
             while not self._done():
                 logs = self.train_step()
                 if logs is None:
-                    progress.write(f"step={self.step} non-finite loss, update skipped ({self.nonfinite_in_row} in a row)")
+                    progress.write(
+                        f"step={self.step} non-finite loss, update skipped ({self.nonfinite_in_row} in a row)"
+                    )
                     if self.nonfinite_in_row >= self.cfg.max_nonfinite:
                         if self.is_main:
                             progress.close()
@@ -333,13 +346,15 @@ class Trainer:
                     elapsed = time.perf_counter() - clock
                     metrics = summarize(window)
                     metrics.update({k: v for k, v in window.items() if k not in SUMMED_LOGS})
-                    metrics.update({
-                        "lr": self.groups["main"].optimizer.param_groups[0]["lr"] if "main" in self.groups else 0.0,
-                        "tokens_per_s": tokens_since / max(elapsed, 1e-9),
-                        "tokens": tokens_since,  # summed by the end-of-training summary
-                        "epoch": self.epoch,
-                        "nonfinite": self.nonfinite_total,
-                    })
+                    metrics.update(
+                        {
+                            "lr": self.groups["main"].optimizer.param_groups[0]["lr"] if "main" in self.groups else 0.0,
+                            "tokens_per_s": tokens_since / max(elapsed, 1e-9),
+                            "tokens": tokens_since,  # summed by the end-of-training summary
+                            "epoch": self.epoch,
+                            "nonfinite": self.nonfinite_total,
+                        }
+                    )
                     # model FLOPs (6N + attention, at the current spans) -> TFLOP/s, and MFU on a known GPU
                     flops = train_flops_per_token(self.model, self.seq_len)
                     metrics.update(throughput_metrics(flops, metrics["tokens_per_s"], comm.world_size(), self.device))
@@ -347,7 +362,10 @@ class Trainer:
                     if self.memory_monitor.trackers:
                         metrics.update(self.memory_monitor.report())  # product-key memory usage since last log
                     self._log("train", metrics)
-                    progress.update(self.step, {k: metrics[k] for k in ("loss", self.task.valid_metric, "lr", "tokens_per_s") if k in metrics})
+                    progress.update(
+                        self.step,
+                        {k: metrics[k] for k in ("loss", self.task.valid_metric, "lr", "tokens_per_s") if k in metrics},
+                    )
                     window, tokens_since, clock = {}, 0, time.perf_counter()
                 should_stop = self._after_update(progress)
                 if comm.any_rank(stop.requested):

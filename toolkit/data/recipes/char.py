@@ -1,7 +1,7 @@
 """tk-preprocess recipes for the character corpora: `config=text8` and `config=enwik8`.
 
-    tk-preprocess config=text8 input=data/text8/text8-prefix-5M.xz destdir=data-bin/text8
-    tk-preprocess config=enwik8 input=https://.../enwik8.zip sha256=... destdir=data-bin/enwik8
+tk-preprocess config=text8 input=data/text8/text8-prefix-5M.xz destdir=data-bin/text8
+tk-preprocess config=enwik8 input=https://.../enwik8.zip sha256=... destdir=data-bin/enwik8
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def _run(corpus: str, cfg: DictConfig) -> None:
     sizes = ", ".join(f"{name} {split['tokens']:,}" for name, split in meta["splits"].items())
     logger.info(
         "wrote %s: %s tokens (%s; vocabulary %d, uint8) + vocab.json, meta.json%s",
-        destdir, corpus, sizes, meta["vocab_size"], "" if meta["full_corpus"] else " [not the full corpus]",
+        destdir,
+        corpus,
+        sizes,
+        meta["vocab_size"],
+        "" if meta["full_corpus"] else " [not the full corpus]",
     )
 
 

@@ -38,8 +38,8 @@ from toolkit.data.indexed_dataset import best_dtype
 from toolkit.data.parallel_corpus import (
     CleanSettings,
     FileSource,
-    check_same_count,
     WordCounter,
+    check_same_count,
     clean_stream,
     count_lines,
     every_nth,
@@ -52,7 +52,7 @@ from toolkit.data.parallel_corpus import (
     sample_indices,
     write_lines,
 )
-from toolkit.data.spm import SPECIAL_IDS, SpmTrainSettings, SpmVocab, Binarizer, train_spm
+from toolkit.data.spm import SPECIAL_IDS, Binarizer, SpmTrainSettings, SpmVocab, train_spm
 from toolkit.errors import ConfigError, DataError
 from toolkit.registry import PREPROCESSORS
 
@@ -359,17 +359,31 @@ def preprocess_iwslt14(cfg: DictConfig) -> dict:
         clean_src, clean_tgt = (list(iter_lines(path)) for path in cleaned)
         keep, held = every_nth(len(clean_src), cfg.valid_every)
         splits = {
-            "train": _write_split(scratch, "train", langs, [clean_src[i] for i in keep], [clean_tgt[i] for i in keep],
-                                  "train.tags, cleaned, without every valid_every-th line"),
-            "valid": _write_split(scratch, "valid", langs, [clean_src[i] for i in held], [clean_tgt[i] for i in held],
-                                  f"every {cfg.valid_every}th line of the cleaned train.tags"),
+            "train": _write_split(
+                scratch,
+                "train",
+                langs,
+                [clean_src[i] for i in keep],
+                [clean_tgt[i] for i in keep],
+                "train.tags, cleaned, without every valid_every-th line",
+            ),
+            "valid": _write_split(
+                scratch,
+                "valid",
+                langs,
+                [clean_src[i] for i in held],
+                [clean_tgt[i] for i in held],
+                f"every {cfg.valid_every}th line of the cleaned train.tags",
+            ),
             "test": _write_split(scratch, "test", langs, test_src, test_tgt, " + ".join(IWSLT_SETS)),
         }
         extra = {
             "corpus": "IWSLT 2014 de-en (TED; CC BY-NC-ND 3.0)",
             "cleaning": {**vars(rule), "tokenizer": cfg.clean_tokenizer, "read": stats.read, "kept": stats.kept},
-            "sources": {"input": source.provenance(),
-                        "files": [file_record(tags[name], name) for name in tag_names] + xml_records},
+            "sources": {
+                "input": source.provenance(),
+                "files": [file_record(tags[name], name) for name in tag_names] + xml_records,
+            },
         }
         return splits, extra
 

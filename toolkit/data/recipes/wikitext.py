@@ -83,12 +83,20 @@ class WikiText2SampleConfig:
 
 
 def _folder_sources(folder: Path) -> Dict[str, SourceFile]:
-    base = next((d for d in (folder, folder / "wikitext-103", folder / "wikitext-2")
-                 if any((d / f"wiki.{s}.tokens").is_file() for s in SPLITS)), folder)
+    base = next(
+        (
+            d
+            for d in (folder, folder / "wikitext-103", folder / "wikitext-2")
+            if any((d / f"wiki.{s}.tokens").is_file() for s in SPLITS)
+        ),
+        folder,
+    )
     for split in SPLITS:
         if not (base / f"wiki.{split}.tokens").is_file():
-            raise DataError(f"{base / f'wiki.{split}.tokens'} not found (a WikiText folder needs "
-                            "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens)")
+            raise DataError(
+                f"{base / f'wiki.{split}.tokens'} not found (a WikiText folder needs "
+                "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens)"
+            )
     return {split: file_source(base / f"wiki.{split}.tokens") for split in SPLITS}
 
 
@@ -171,6 +179,9 @@ def sample_sources(sample_dir: Path) -> Dict[str, SourceFile]:
 def wikitext2_sample(cfg: WikiText2SampleConfig) -> None:
     """The shipped WikiText-2 sample: a real, small word-level dataset for the default run and the tests."""
     sample_dir = Path(cfg.sample_dir).expanduser()
-    write_word_dataset(sample_sources(sample_dir), cfg.destdir, overwrite=cfg.overwrite,
-                       extra_meta={"recipe": "wikitext2_sample", "split_scheme": SAMPLE_SCHEME,
-                                   "sample_dir": str(sample_dir)})
+    write_word_dataset(
+        sample_sources(sample_dir),
+        cfg.destdir,
+        overwrite=cfg.overwrite,
+        extra_meta={"recipe": "wikitext2_sample", "split_scheme": SAMPLE_SCHEME, "sample_dir": str(sample_dir)},
+    )
