@@ -23,6 +23,19 @@ CLOCKS: Dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time
 Times = Dict[str, List[float]]  # variant -> seconds per step of each round
 
 
+# The Quickstart char LM at the benchmarks' batch (16 x 256 characters, no dropout): the workload that the
+# trainer, PKM and DDP benchmarks share, so their figures describe the same model.
+CHAR_LM_WORKLOAD = [
+    "model.n_layers=2",
+    "model.d_model=256",
+    "model.n_heads=4",
+    "model.d_ff=1024",
+    "model.dropout=0.0",
+    "task.tokens_per_sample=256",
+    "task.batch_size=16",
+]
+
+
 def set_threads(threads: int) -> None:
     """Intra-op threads of this process (every benchmark states how many it used)."""
     torch.set_num_threads(threads)

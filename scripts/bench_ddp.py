@@ -17,14 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_common import CHAR_LM_WORKLOAD
+
 WORKLOAD = [
-    "model.n_layers=2",
-    "model.d_model=256",
-    "model.n_heads=4",
-    "model.d_ff=1024",
-    "model.dropout=0.0",
-    "task.tokens_per_sample=256",
-    "task.batch_size=16",
+    *CHAR_LM_WORKLOAD,
     "validate_interval=0",
     "save_interval=0",
     "final_subset=null",

@@ -12,19 +12,13 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench_common import alternate, median, print_result, set_threads
+from bench_common import CHAR_LM_WORKLOAD, alternate, median, print_result, set_threads
 
 from toolkit.config.compose import compose_train_config
 from toolkit.train.run import single_process_trainer
 
 COMMON = [
-    "model.n_layers=2",
-    "model.d_model=256",
-    "model.n_heads=4",
-    "model.d_ff=1024",
-    "model.dropout=0.0",
-    "task.tokens_per_sample=256",
-    "task.batch_size=16",
+    *CHAR_LM_WORKLOAD,
     "tensorboard=false",
     "lr_scheduler.warmup_updates=0",
 ]

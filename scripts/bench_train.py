@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_common import alternate, median, print_result, set_threads
+from bench_common import CHAR_LM_WORKLOAD, alternate, median, print_result, set_threads
 
 from toolkit.config.compose import compose_train_config
 from toolkit.config.preset_names import current_name
@@ -26,15 +26,7 @@ from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
     # the Quickstart model at the benchmark batch (16 x 256)
-    "baselines/transformer_lm_text8_tiny": [
-        "model.n_layers=2",
-        "model.d_model=256",
-        "model.n_heads=4",
-        "model.d_ff=1024",
-        "model.dropout=0.0",
-        "task.tokens_per_sample=256",
-        "task.batch_size=16",
-    ],
+    "baselines/transformer_lm_text8_tiny": CHAR_LM_WORKLOAD,
     # a 2+2-layer d256 translation model on the shipped IWSLT sample
     "baselines/transformer_iwslt14_tiny": [
         "model.encoder_layers=2",
