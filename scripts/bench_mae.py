@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from bench_common import alternate, device_sync, median, paired_ratio, print_result, set_threads
 from torch import Tensor, nn
 
-from toolkit.modules.attention import MultiheadAttention
-from toolkit.modules.mae_attention import MAEAttention, MAEConfig
+from toolkit.modules.attention.base import MultiheadAttention
+from toolkit.modules.attention.mae import MAEAttention, MAEConfig
 
 
 class Block(nn.Module):

@@ -15,7 +15,7 @@ from tests.conftest import read_log, tiny_mt_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.errors import ConfigError
-from toolkit.modules.mae_gate import GATE_PARAM_PATTERN
+from toolkit.modules.attention.mae_gate import GATE_PARAM_PATTERN
 from toolkit.train.checkpoint import load_checkpoint
 
 GATE = re.compile(GATE_PARAM_PATTERN)

@@ -18,7 +18,7 @@ from toolkit.models.char_transformer import CharTransformer, CharTransformerConf
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.models.transformer_lm import TransformerLM, TransformerLMConfig
-from toolkit.modules.attention import SEPARATE_PROJECTIONS
+from toolkit.modules.attention.base import SEPARATE_PROJECTIONS
 
 
 def _with_init(cfg, init: Optional[str]):

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask, window_length
-from toolkit.modules.relative_attention import RelativeAttention, skew, unskew
+from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask, window_length
+from toolkit.modules.attention.relative import RelativeAttention, skew, unskew
 
 D, H = 16, 2
 DH = D // H

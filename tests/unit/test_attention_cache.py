@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolkit.modules.attention import MultiheadAttention, reorder_cache
+from toolkit.modules.attention.base import MultiheadAttention, reorder_cache
 
 D, H = 16, 4
 

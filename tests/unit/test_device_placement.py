@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from tests.unit.device_guard import DeviceMixError, HostTensorGuard
 from tests.unit.golden_cases import CASES, CASES_BY_NAME, PKM_LAYER, Case, build_model, perturb, plain_config
 from toolkit.models.base import ToolkitModel
-from toolkit.modules.adaptive_span import DynamicSpanMask, window_distances
+from toolkit.modules.attention.adaptive_span import DynamicSpanMask, window_distances
 from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
 

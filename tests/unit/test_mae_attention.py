@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.errors import ConfigError
-from toolkit.modules.attention import MultiheadAttention, reorder_cache
-from toolkit.modules.mae_attention import MAEAttention, MAEConfig, set_mae_mode
-from toolkit.modules.mae_gate import GATE_PARAM_PATTERN, expert_membership, expert_usage, gate_entropy
+from toolkit.modules.attention.base import MultiheadAttention, reorder_cache
+from toolkit.modules.attention.mae import MAEAttention, MAEConfig, set_mae_mode
+from toolkit.modules.attention.mae_gate import GATE_PARAM_PATTERN, expert_membership, expert_usage, gate_entropy
 
 D = 32
 GATE_WEIGHTS = ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")

@@ -11,9 +11,9 @@ import torch
 from toolkit.errors import ConfigError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models.transformer import TransformerConfig, TransformerModel
-from toolkit.modules.attention import MultiheadAttention
-from toolkit.modules.mae_attention import MAEConfig, set_mae_mode
-from toolkit.modules.mae_gate import EXPERT_KEY, gate_entropy
+from toolkit.modules.attention.base import MultiheadAttention
+from toolkit.modules.attention.mae import MAEConfig, set_mae_mode
+from toolkit.modules.attention.mae_gate import EXPERT_KEY, gate_entropy
 from toolkit.registry import MODELS
 
 BOS, PAD, EOS, V = 0, 1, 2, 37

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.modules.attention import SEPARATE_PROJECTIONS, MultiheadAttention, with_stacked_projections
-from toolkit.modules.mae_attention import MAEAttention, MAEConfig
+from toolkit.modules.attention.base import SEPARATE_PROJECTIONS, MultiheadAttention, with_stacked_projections
+from toolkit.modules.attention.mae import MAEAttention, MAEConfig
 from toolkit.modules.stacked_linear import StackedLinear
 from toolkit.train.stacked_optimizer_state import stack_separate_projection_states
 

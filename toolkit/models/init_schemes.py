@@ -53,18 +53,18 @@ def _own_init_modules() -> tuple:
     """Module types whose initialisation belongs to their method (left alone by every scheme)."""
     from toolkit.modules.adaptive_input import AdaptiveInput
     from toolkit.modules.adaptive_softmax import AdaptiveSoftmax
-    from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
-    from toolkit.modules.mae_gate import MAEGate
+    from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
+    from toolkit.modules.attention.mae_gate import MAEGate
     from toolkit.modules.pkm import ProductKeyMemory
-    from toolkit.modules.relative_attention import PersistentMemory
+    from toolkit.modules.attention.relative import PersistentMemory
 
     return (AdaptiveInput, AdaptiveSoftmax, AdaptiveMask, DynamicSpanMask, MAEGate, ProductKeyMemory, PersistentMemory)
 
 
 def residual_projections(model: nn.Module) -> List[nn.Linear]:
     """The linear layers whose output is added to a residual stream: attention and FFN outputs."""
-    from toolkit.modules.attention import MultiheadAttention
-    from toolkit.modules.relative_attention import RelativeAttention
+    from toolkit.modules.attention.base import MultiheadAttention
+    from toolkit.modules.attention.relative import RelativeAttention
     from toolkit.modules.transformer_layer import FeedForward
 
     found: List[nn.Linear] = []

@@ -40,8 +40,8 @@ from toolkit.models.adaptive_io import (
 )
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
-from toolkit.modules.adaptive_span import AdaptiveMask, DynamicSpanMask
-from toolkit.modules.relative_attention import RelativeAttention
+from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
+from toolkit.modules.attention.relative import RelativeAttention
 from toolkit.modules.transformer_layer import FeedForward
 from toolkit.registry import MODELS
 

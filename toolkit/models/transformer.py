@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from toolkit.errors import ConfigError, close_matches
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
-from toolkit.modules.attention import Cache, MultiheadAttention, reorder_cache
-from toolkit.modules.mae_attention import MAEAttention, MAEConfig
-from toolkit.modules.mae_gate import (
+from toolkit.modules.attention.base import Cache, MultiheadAttention, reorder_cache
+from toolkit.modules.attention.mae import MAEAttention, MAEConfig
+from toolkit.modules.attention.mae_gate import (
     COUNT_KEY,
     EXPERT_KEY,
     GATE_PARAM_PATTERN,

@@ -27,8 +27,8 @@ from toolkit.models.adaptive_io import (
 )
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
-from toolkit.modules.attention import MultiheadAttention
-from toolkit.modules.mae_attention import MAEAttention, MAEConfig, validate_mae_config
+from toolkit.modules.attention.base import MultiheadAttention
+from toolkit.modules.attention.mae import MAEAttention, MAEConfig, validate_mae_config
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS

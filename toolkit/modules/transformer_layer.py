@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.modules.attention import Cache, MultiheadAttention
+from toolkit.modules.attention.base import Cache, MultiheadAttention
 
 AttentionFactory = Callable[[int, int, float], nn.Module]
 

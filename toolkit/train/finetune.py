@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ConfigError
-from toolkit.modules.attention import with_stacked_projections
+from toolkit.modules.attention.base import with_stacked_projections
 from toolkit.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

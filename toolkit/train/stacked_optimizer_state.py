@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import DataError
-from toolkit.modules.attention import separate_projection_sources
+from toolkit.modules.attention.base import separate_projection_sources
 
 
 def _merge(states: Sequence[Dict[str, Any]], name: str) -> Dict[str, Any]:

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.modules.attention import with_stacked_projections
+from toolkit.modules.attention.base import with_stacked_projections
 
 
 class VocabularyMismatch(DataError):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from toolkit.modules.adaptive_span import renormalise
+from toolkit.modules.attention.adaptive_span import renormalise
 
 
 def _band(x: Tensor, rows: int, length: int, width: int) -> Tensor:

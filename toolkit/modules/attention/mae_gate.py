@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from toolkit.modules.attention import Cache
+from toolkit.modules.attention.base import Cache
 
 # Every gate parameter lives under a submodule named `mae_gate`: the trainer's block coordinate descent
 # selects them with this regex (matched with re.search against names from model.named_parameters()).

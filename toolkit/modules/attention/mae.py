@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError, close_matches
-from toolkit.modules.attention import Cache, MultiheadAttention
-from toolkit.modules.mae_gate import (
+from toolkit.modules.attention.base import Cache, MultiheadAttention
+from toolkit.modules.attention.mae_gate import (
     EXPERT_KEY,
     GATE_PARAM_PATTERN,
     MAEGate,
