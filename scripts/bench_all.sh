@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 logs="${1:-runs/bench_all}"
 mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, whatever toolkit is installed
 
 run() {  # NAME COMMAND...
     local name="$1"; shift
