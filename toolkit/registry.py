@@ -27,12 +27,14 @@ class Registry(Generic[T]):
     """A name -> (builder, config dataclass) map for one kind of component.
 
     `base` (optional) returns the class every builder must derive from; it is a function so that this module
-    stays light to import (the models' base class brings torch).
+    stays light to import (the models' base class brings torch). `config_store=False` keeps the configs out of
+    Hydra's ConfigStore, for components chosen inside another component's config (attention variants).
     """
 
-    def __init__(self, group: str, base: Optional[Callable[[], type]] = None):
+    def __init__(self, group: str, base: Optional[Callable[[], type]] = None, config_store: bool = True):
         self.group = group
         self._base = base
+        self._config_store = config_store  # False: a registry no Hydra config group selects (e.g. attention)
         self._entries: Dict[str, Entry[T]] = {}
 
     def register(self, name: str, config_cls: Optional[type] = None) -> Callable[[T], T]:
@@ -51,7 +53,8 @@ class Registry(Generic[T]):
             if config_cls is not None:
                 if not dataclasses.is_dataclass(config_cls):
                     raise TypeError(f"config for {self.group} '{name}' must be a dataclass")
-                ConfigStore.instance().store(group=self.group, name=name, node=config_cls)
+                if self._config_store:
+                    ConfigStore.instance().store(group=self.group, name=name, node=config_cls)
             self._entries[name] = Entry(name, builder, config_cls)
             return builder
 

@@ -150,7 +150,7 @@ def test_config_errors_are_one_line():
     with pytest.raises(
         ConfigError,
         match=r"^model.attention: unknown attention 'standrd' \(did you mean: "
-        r"standard\?\); valid: mae, standard$",
+        r"standard\?\); valid: adaptive_span, mae, standard$",
     ):
         tiny_model(attention="standrd")
     with pytest.raises(ConfigError, match="needs a joint vocabulary, but the source has 10 and the target 12"):

@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from toolkit.errors import ConfigError
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
+from toolkit.modules.attention import Context, attention_factory
+from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
@@ -62,6 +64,8 @@ class CharTransformerConfig:
     attention_dropout: float = 0.0  # dropout on attention probabilities
     activation_dropout: float = 0.0  # dropout after the FFN activation
     activation: Activation = Activation.relu  # relu or gelu
+    attention: Any = "standard"  # a registered attention (docs/architecture.md): a name (standard, mae,
+    #                              adaptive_span) or {name: NAME, option: value, ...}
     max_positions: int = 512  # rows of each learned position table (>= the window length)
     positions: CharPositions = CharPositions.every_layer  # learned positions added at every layer or the first only
     intermediate_heads: IntermediateHeads = IntermediateHeads.separate  # heads after layers 1..n-1 (IntermediateHeads)
@@ -112,6 +116,9 @@ class CharTransformer(ToolkitModel):
         n_tables = n if cfg.positions == "every_layer" else 1
         self.positions = nn.Parameter(torch.randn(n_tables, cfg.max_positions, d) * d**-0.5)
         self.dropout = nn.Dropout(cfg.dropout)
+        attention = attention_factory(
+            cfg.attention, Context.causal, "model.attention", max_len=cfg.max_positions, n_heads=cfg.n_heads
+        )
         self.layers = nn.ModuleList(
             TransformerLayer(
                 d,
@@ -122,6 +129,7 @@ class CharTransformer(ToolkitModel):
                 activation_dropout=cfg.activation_dropout,
                 pre_ln=True,  # pre-LN: the residual stream of every layer can feed a prediction head
                 activation=cfg.activation,
+                self_attention_cls=attention,
             )
             for _ in range(n)
         )
@@ -138,6 +146,7 @@ class CharTransformer(ToolkitModel):
         # extra targets k = 2..m, each a projection of the final normalised states
         self.target_heads = nn.ModuleList(nn.Linear(d, vocab_size) for _ in range(cfg.n_targets - 1))
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], [self.positions]))
+        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
 
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "CharTransformer":
@@ -146,10 +155,12 @@ class CharTransformer(ToolkitModel):
     def aux_term_names(self) -> List[str]:
         """Every auxiliary term this model can return (the criterion says which are active)."""
         layers = [f"layer_{l}_nll" for l in range(1, self.n_intermediate + 1)]
-        return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)]
+        return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)] + span_term_names(self)
 
     def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
-        """The head that only term `name` uses (none for shared intermediate heads)."""
+        """The head that only term `name` uses (none for shared intermediate heads and the span cost)."""
+        if not name.startswith(("layer_", "target_")):
+            return []
         kind, number = name.split("_")[0], int(name.split("_")[1])
         if kind == "layer" and self.cfg.intermediate_heads == "separate":
             return list(self.layer_heads[number - 1].parameters())
@@ -191,7 +202,18 @@ class CharTransformer(ToolkitModel):
                 k_logits = torch.stack([self.target_heads[k - 2](hidden) for k in ks])
                 losses = mean_nll(k_logits, k_ahead_labels(target, ks))
                 aux.update({f"target_{k}_nll": losses[j] for j, k in enumerate(ks)})
+        if self.learns_spans:
+            aux.update(span_terms(self))  # a by-product of the forward, always returned
         return logits, aux
+
+    def after_update(self) -> None:
+        """Learned attention spans back into range."""
+        if self.learns_spans:
+            clamp_spans(self)
+
+    def metrics(self) -> Dict[str, float]:
+        """Learned attention spans (mean, max, largest window), if any."""
+        return span_metrics(self) if self.learns_spans else {}
 
     def _layer_head(self, x: Tensor, layer: int) -> Tensor:
         """Next-character logits from the output of layer `layer` (1-based)."""

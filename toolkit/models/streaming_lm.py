@@ -21,8 +21,9 @@ Two ways to call it:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+import re
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,8 +41,10 @@ from toolkit.models.adaptive_io import (
 )
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
-from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
-from toolkit.modules.attention.relative import RelativeAttention
+from toolkit.modules.attention import Context
+from toolkit.modules.attention.mae_gate import GATE_PARAM_PATTERN
+from toolkit.modules.attention.registry import AttentionFactory, OptionBlock, build_choice, choose_attention
+from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, SpanMode
 from toolkit.modules.transformer_layer import FeedForward
 from toolkit.registry import MODELS
 
@@ -82,6 +85,10 @@ class StreamingLMConfig(AdaptiveIOConfig):
     the cache sees only the cached keys."""
     persistent_memory: int = 0
     """N persistent key/value vectors per layer and head (all-attention); 0 = off."""
+    attention: Any = "adaptive_span"
+    """The layers' attention: 'adaptive_span' (relative attention as the span fields here say; a mapping
+    {name: adaptive_span, span_ramp: 16, ...} overrides them) or 'mae' ({name: mae, drop: 1, ...}: MAE's gate
+    reweighting the heads of that relative attention). Plain attention cannot use the streamed cache."""
     keep_ffn: bool = False
     """Keep the FFN sublayer in all-attention layers (ablation); layers without persistent memory always
     have one."""
@@ -127,23 +134,42 @@ def validate_config(cfg: StreamingLMConfig) -> None:
     check_scheme(cfg.init)
 
 
-def build_span(cfg: StreamingLMConfig) -> Optional[nn.Module]:
-    """The span mask of one layer (None for a fixed window)."""
-    if not cfg.adaptive_span:
-        return None
-    if cfg.dynamic_span:
-        return DynamicSpanMask(cfg.d_model, cfg.n_heads, cfg.attn_span, cfg.span_ramp, cfg.span_init)
-    return AdaptiveMask(cfg.n_heads, cfg.attn_span, cfg.span_ramp, cfg.span_init)
+def relative_settings(cfg: StreamingLMConfig) -> AdaptiveSpanConfig:
+    """The relative attention the span fields of the model config describe."""
+    mode = SpanMode.fixed if not cfg.adaptive_span else SpanMode.dynamic if cfg.dynamic_span else SpanMode.adaptive
+    return AdaptiveSpanConfig(cfg.attn_span, mode, cfg.span_ramp, cfg.span_init, cfg.persistent_memory)
+
+
+def layer_attention(cfg: StreamingLMConfig) -> Tuple[AttentionFactory, StreamingLMConfig]:
+    """The layers' attention factory (from `model.attention`), and the config with its span fields updated
+    to the relative attention it builds (a mapping may override them)."""
+    blocks = {"adaptive_span": OptionBlock(relative_settings(cfg), "model")}
+    choice = choose_attention(cfg.attention, "model.attention", blocks)
+    relative = choice.options if choice.name == "adaptive_span" else relative_settings(cfg)
+    if relative.max_span <= 0:
+        raise ConfigError(f"model.attention.max_span must be positive, got {relative.max_span}")
+    attention = build_choice(
+        choice, Context.streamed, "model.attention", max_len=relative.max_span, n_heads=cfg.n_heads, relative=relative
+    )
+    cfg = replace(
+        cfg,
+        attn_span=relative.max_span,
+        adaptive_span=relative.span != SpanMode.fixed,
+        dynamic_span=relative.span == SpanMode.dynamic,
+        span_ramp=relative.span_ramp,
+        span_init=relative.span_init,
+        persistent_memory=relative.persistent_memory,
+    )
+    return attention, cfg
 
 
 class StreamingLayer(nn.Module):
     """Cached relative attention then (optionally) a ReLU FFN, each as LayerNorm(x + sublayer(x))."""
 
-    def __init__(self, cfg: StreamingLMConfig, use_ffn: bool):
+    def __init__(self, cfg: StreamingLMConfig, use_ffn: bool, attention: Optional[AttentionFactory] = None):
         super().__init__()
-        self.attn = RelativeAttention(
-            cfg.d_model, cfg.n_heads, cfg.attn_span, cfg.dropout, build_span(cfg), cfg.persistent_memory
-        )
+        attention = attention if attention is not None else layer_attention(cfg)[0]
+        self.attn = attention(cfg.d_model, cfg.n_heads, cfg.dropout)
         self.attn_norm = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout) if use_ffn else None
         self.ffn_norm = nn.LayerNorm(cfg.d_model) if use_ffn else None
@@ -174,6 +200,7 @@ class StreamingLM(ToolkitModel):
     def __init__(self, cfg: StreamingLMConfig, padding_idx: Optional[int] = None):
         super().__init__()
         validate_config(cfg)
+        attention, cfg = layer_attention(cfg)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxStreamingLM):
             raise TypeError("model.adaptive_softmax=true: build with StreamingLM.create(cfg)")
         self.cfg, self.padding_idx = cfg, padding_idx
@@ -184,7 +211,7 @@ class StreamingLM(ToolkitModel):
         # one table for all layers and heads, column S-1-x for distance x (the reference's N(0, 1) init)
         self.key_pe = nn.Parameter(torch.randn(head_dim, cfg.attn_span))
         use_ffn = cfg.persistent_memory == 0 or cfg.keep_ffn
-        self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn, attention) for _ in range(cfg.n_layers))
         self.output: nn.Module = self._build_output()
         apply_init(self, cfg.init, InitTargets([(self.embed, 1.0)]))
 
@@ -316,13 +343,17 @@ class StreamingLM(ToolkitModel):
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
         persistent = sum(count(layer.attn.persistent) for layer in self.layers if layer.attn.persistent is not None)
         embed = {id(p) for p in self.embed.parameters()}
-        return {
+        parts = {
             "embedding_parameters": count(self.embed),
             "position_key_parameters": self.key_pe.numel(),
             "layer_parameters": count(self.layers),
             "persistent_memory_parameters": persistent,
             "output_parameters_untied": sum(p.numel() for p in self.output.parameters() if id(p) not in embed),
         }
+        gate = sum(p.numel() for n, p in self.named_parameters() if re.search(GATE_PARAM_PATTERN, n))
+        if gate:  # MAE attention
+            parts["gate_parameters"] = gate
+        return parts
 
     # ---- the training streams' cache -----------------------------------------------------------------
     def stream_state(self) -> Optional[List[Tensor]]:

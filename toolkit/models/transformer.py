@@ -7,8 +7,12 @@ task sets `decoder_start_idx` (e.g. to bos, when it collates with bos); generati
 For generation, `init_decoder_state` creates per-layer key/value caches: each `decode` call then takes only the
 newest token(s), appends their self-attention keys/values, and computes the encoder-decoder keys once.
 
-`attention: mae` (with `mae_slots`, `mae`) makes attention slots mixtures of attentive experts (Peng et al.
+Each of the three attention slots (encoder self-attention, decoder self-attention, encoder-decoder attention)
+takes a registered attention (toolkit.modules.attention): `attention` chooses for all of them, `slot_attention.SLOT`
+for one. `attention: mae` (with `mae_slots`, `mae`) makes slots mixtures of attentive experts (Peng et al.
 2020, docs/mae.md); `metrics()` then reports per-module gate entropy and expert usage for the trainer's logs.
+`slot_attention.decoder_self: adaptive_span` gives the decoder relative attention with a learned span (its
+`span_l1` cost is an auxiliary term; incremental decoding keeps the earlier positions' inputs in the cache).
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +29,8 @@ from torch import Tensor, nn
 from toolkit.errors import ConfigError, close_matches
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
-from toolkit.modules.attention.base import Cache, MultiheadAttention, reorder_cache
+from toolkit.modules.attention import Context
+from toolkit.modules.attention.base import Cache, reorder_cache
 from toolkit.modules.attention.mae import MAEAttention, MAEConfig
 from toolkit.modules.attention.mae_gate import (
     COUNT_KEY,
@@ -36,18 +40,42 @@ from toolkit.modules.attention.mae_gate import (
     expert_usage,
     gate_entropy,
 )
+from toolkit.modules.attention.registry import (
+    AttentionChoice,
+    AttentionFactory,
+    OptionBlock,
+    attention_name,
+    build_choice,
+    choose_attention,
+)
+from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
 from toolkit.modules.positional import PositionKind, build_positions
-from toolkit.modules.transformer_layer import Activation, AttentionFactory, TransformerLayer
+from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
-# Attention variants by config name: factory(d_model, n_heads, attention_dropout) -> module.
-ATTENTIONS: Dict[str, AttentionFactory] = {"standard": MultiheadAttention, "mae": MAEAttention}
-
-# Attention slots of the encoder-decoder model that `mae_slots` may name.
-MAE_SLOTS = ("encoder_self", "decoder_self", "encoder_decoder")
+# The attention slots of the encoder-decoder model (what `mae_slots` and `slot_attention` name) and what each
+# asks of its attention.
+SLOT_CONTEXTS = {
+    "encoder_self": Context.bidirectional,
+    "decoder_self": Context.decoder,
+    "encoder_decoder": Context.cross,
+}
+MAE_SLOTS = tuple(SLOT_CONTEXTS)
 # Per-row decoding state MAE keeps in a cross-attention cache (its gate reads the decoder state, not the
 # source): beam reordering must select these rows even when the static keys/values are left alone.
 MAE_CACHE_KEYS = (SUM_KEY, COUNT_KEY, EXPERT_KEY)
+
+
+@dataclass
+class SlotAttentionConfig:
+    """One slot's attention instead of `model.attention`'s (null = `model.attention`, and `mae_slots`)."""
+
+    encoder_self: Any = None
+    """Encoder self-attention: a registered attention name or {name: NAME, option: value} (bidirectional)."""
+    decoder_self: Any = None
+    """Decoder self-attention (causal; also run step by step with a cache while decoding)."""
+    encoder_decoder: Any = None
+    """Encoder-decoder attention (queries from the decoder, keys and values from the source)."""
 
 
 @dataclass
@@ -85,10 +113,14 @@ class TransformerConfig:
     """Multiply token embeddings by sqrt(d_model) before adding positions."""
     activation: Activation = Activation.relu
     """FFN activation: 'relu' or 'gelu'."""
-    attention: str = "standard"
-    """Attention module by name (see ATTENTIONS): 'standard', or 'mae' in the slots listed in mae_slots."""
+    attention: Any = "standard"
+    """Attention of every slot: a registered name (standard, mae, adaptive_span; docs/architecture.md) or
+    {name: NAME, option: value, ...}. With 'mae', only the slots listed in mae_slots use it."""
+    slot_attention: SlotAttentionConfig = field(default_factory=SlotAttentionConfig)
+    """Per-slot choices that replace `attention` (and mae_slots) for that slot."""
     mae: MAEConfig = field(default_factory=MAEConfig)
-    """MAE options (experts = heads minus `drop`, gate size, inference mode, UNI-MAE); used when attention='mae'."""
+    """MAE options (experts = heads minus `drop`, gate size, inference mode, UNI-MAE) wherever a slot uses MAE; a
+    mapping value ({name: mae, drop: 2}) overrides them."""
     mae_slots: List[str] = field(default_factory=lambda: list(MAE_SLOTS))
     """With attention='mae': the slots that use MAE (encoder_self, decoder_self, encoder_decoder); the
     others keep standard attention."""
@@ -123,33 +155,42 @@ class DecoderState:
     beams: int = 1
 
 
-def resolve_attention(name: str) -> AttentionFactory:
-    if name not in ATTENTIONS:
-        raise ConfigError(
-            f"model.attention: unknown attention '{name}'{close_matches(name, ATTENTIONS)}; "
-            f"valid: {', '.join(sorted(ATTENTIONS))}"
-        )
-    return ATTENTIONS[name]
+def slot_choices(cfg: TransformerConfig) -> Dict[str, tuple[AttentionChoice, str]]:
+    """Each slot's resolved attention and the config key it came from: `slot_attention.SLOT` when set, else
+    `attention` (plain attention in the slots `mae_slots` leaves out when that is MAE)."""
+    blocks = {"mae": OptionBlock(cfg.mae, "mae")}
+    default = choose_attention(cfg.attention, "model.attention", blocks)
+    standard = choose_attention("standard", "model.attention")
+    if default.name == "mae":
+        unknown = [s for s in cfg.mae_slots if s not in MAE_SLOTS]
+        if unknown:
+            raise ConfigError(
+                f"model.mae_slots: unknown slot '{unknown[0]}'{close_matches(unknown[0], MAE_SLOTS)}; "
+                f"valid: {', '.join(MAE_SLOTS)}"
+            )
+    chosen: Dict[str, tuple[AttentionChoice, str]] = {}
+    per_slot = getattr(cfg, "slot_attention", None)  # absent from configs written before it existed
+    for slot in SLOT_CONTEXTS:
+        value = per_slot.get(slot) if isinstance(per_slot, Mapping) else getattr(per_slot, slot, None)
+        if value is not None:
+            where = f"model.slot_attention.{slot}"
+            chosen[slot] = (choose_attention(value, where, blocks), where)
+        elif default.name == "mae" and slot not in cfg.mae_slots:
+            chosen[slot] = (standard, "model.attention")
+        else:
+            chosen[slot] = (default, "model.attention")
+    return chosen
 
 
 def slot_factories(cfg: TransformerConfig) -> Dict[str, AttentionFactory]:
-    """The attention factory of each slot. MAE's gate is per sequence in the encoder and causal (running
-    prefix mean, one gate per position) in the decoder, where its input is the decoder state: cross-attention
-    too, so that incremental decoding sees exactly what full recomputation sees."""
-    attention = resolve_attention(cfg.attention)
-    if attention is not MAEAttention:
-        return {slot: attention for slot in MAE_SLOTS}
-    unknown = [s for s in cfg.mae_slots if s not in MAE_SLOTS]
-    if unknown:
-        raise ConfigError(
-            f"model.mae_slots: unknown slot '{unknown[0]}'{close_matches(unknown[0], MAE_SLOTS)}; "
-            f"valid: {', '.join(MAE_SLOTS)}"
-        )
-    causal = {"encoder_self": False, "decoder_self": True, "encoder_decoder": True}
-    factories: Dict[str, AttentionFactory] = {slot: MultiheadAttention for slot in MAE_SLOTS}
-    for slot in cfg.mae_slots:
-        factories[slot] = partial(MAEAttention, cfg=cfg.mae, causal_gate=causal[slot])
-    return factories
+    """The attention factory of each slot, checked against what the slot asks (one ConfigError line when a
+    variant cannot serve it). MAE's gate is per sequence in the encoder and causal (running prefix mean, one
+    gate per position) in the decoder, where its input is the decoder state: cross-attention too, so that
+    incremental decoding sees exactly what full recomputation sees."""
+    return {
+        slot: build_choice(choice, SLOT_CONTEXTS[slot], where, max_len=cfg.max_positions, n_heads=cfg.n_heads)
+        for slot, (choice, where) in slot_choices(cfg).items()
+    }
 
 
 def mae_metrics(modules: Dict[str, MAEAttention], target_padding: Optional[Tensor]) -> Dict[str, float]:
@@ -242,6 +283,7 @@ class TransformerModel(ToolkitModel):
         embeds = {id(e): e for e in (self.encoder_embed, self.decoder_embed)}.values()
         positions = [p.weight for p in (self.encoder_positions, self.decoder_positions) if isinstance(p, nn.Embedding)]
         apply_init(self, cfg.init, InitTargets([(e, self.embed_scale) for e in embeds], positions))
+        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
 
     @classmethod
     def build(cls, cfg: TransformerConfig, task: Any) -> "TransformerModel":
@@ -369,9 +411,18 @@ class TransformerModel(ToolkitModel):
     def forward(
         self, src_tokens: Tensor, prev_output_tokens: Tensor, src_lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Teacher-forced logits (B, T, V) and named auxiliary terms (none for this model).
+        """Teacher-forced logits (B, T, V) and named auxiliary terms (span_l1 with a learned attention span).
         `src_lengths` is accepted for fairseq-style batches and unused: padding is read from pad_idx."""
-        return self.decode(prev_output_tokens, self.encode(src_tokens)), {}
+        logits = self.decode(prev_output_tokens, self.encode(src_tokens))
+        return logits, (span_terms(self) if self.learns_spans else {})
+
+    def aux_term_names(self) -> List[str]:
+        return span_term_names(self)
+
+    def after_update(self) -> None:
+        """Learned attention spans back into range."""
+        if self.learns_spans:
+            clamp_spans(self)
 
     def mae_modules(self) -> Dict[str, MAEAttention]:
         """MAE attention modules by slot name, e.g. 'encoder_self.0', 'encoder_decoder.5'."""
@@ -386,14 +437,16 @@ class TransformerModel(ToolkitModel):
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Gate parameters (MAE), reported by dry runs beside the total."""
-        if self.cfg.attention != "mae":
+        if attention_name(self.cfg.attention) != "mae" and not self.mae_modules():
             return {}
         pattern = re.compile(GATE_PARAM_PATTERN)
         return {"gate_parameters": sum(p.numel() for n, p in self.named_parameters() if pattern.search(n))}
 
     def metrics(self) -> Dict[str, float]:
-        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward."""
-        return mae_metrics(self.mae_modules(), self._target_padding)
+        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward; learned
+        attention spans."""
+        spans = span_metrics(self) if self.learns_spans else {}
+        return {**mae_metrics(self.mae_modules(), self._target_padding), **spans}
 
     def max_decoder_positions(self) -> int:
         """Longest decoder input (start symbol + generated tokens) the position table covers."""

@@ -10,10 +10,8 @@ provides `output_nll(output, target)` (per-token NLL; the criterion and the eval
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -27,28 +25,25 @@ from toolkit.models.adaptive_io import (
 )
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
-from toolkit.modules.attention.base import MultiheadAttention
-from toolkit.modules.attention.mae import MAEAttention, MAEConfig, validate_mae_config
+from toolkit.modules.attention import Context, attention_factory
+from toolkit.modules.attention.mae import MAEConfig
+from toolkit.modules.attention.registry import AttentionFactory, OptionBlock
+from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
 
-class LMAttention(StrEnum):
-    """The self-attention of every layer."""
-
-    standard = "standard"  # multi-head attention
-    mae = "mae"  # mixture of attentive experts, causal prefix-mean gate
-
-
-def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
-    """The attention module of every layer: plain multi-head attention or MAE."""
-    if cfg.attention == "standard":
-        return MultiheadAttention
-    if cfg.attention == "mae":
-        validate_mae_config(cfg.mae, cfg.n_heads)
-        return functools.partial(MAEAttention, cfg=cfg.mae)
-    raise AssertionError(f"unreachable: model.attention is an Enum, got {cfg.attention!r}")
+def self_attention(cfg: Any) -> AttentionFactory:
+    """The attention of every layer, from `model.attention` (MAE's options default to the `mae:` block)."""
+    return attention_factory(
+        cfg.attention,
+        Context.causal,
+        "model.attention",
+        max_len=cfg.max_positions,
+        n_heads=cfg.n_heads,
+        blocks={"mae": OptionBlock(cfg.mae, "mae")},
+    )
 
 
 @dataclass
@@ -66,10 +61,9 @@ class TransformerLMConfig(AdaptiveIOConfig):
     activation: Activation = Activation.relu  # relu or gelu
     pre_ln: bool = True  # LayerNorm before each sublayer (True) or after (False, Vaswani et al.)
     final_norm: bool = True  # with pre_ln: a LayerNorm after the last layer (fairseq's wiki103 model has none)
-    attention: LMAttention = (
-        LMAttention.standard
-    )  # standard or mae (mixture of attentive experts, causal prefix-mean gate)
-    mae: MAEConfig = field(default_factory=MAEConfig)  # used when attention='mae'
+    attention: Any = "standard"  # a registered attention (docs/architecture.md): a name (standard, mae,
+    #                              adaptive_span) or {name: NAME, option: value, ...}
+    mae: MAEConfig = field(default_factory=MAEConfig)  # MAE's options when attention is mae (a mapping overrides them)
     positions: PositionKind = PositionKind.learned  # learned or sinusoidal
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
@@ -101,6 +95,7 @@ class TransformerLM(ToolkitModel):
             self.embed_scale = 1.0
         self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+        attention = self_attention(cfg)
         self.layers = nn.ModuleList(
             TransformerLayer(
                 cfg.d_model,
@@ -111,7 +106,7 @@ class TransformerLM(ToolkitModel):
                 activation_dropout=cfg.activation_dropout,
                 pre_ln=cfg.pre_ln,
                 activation=cfg.activation,
-                self_attention_cls=self_attention_class(cfg),
+                self_attention_cls=attention,
             )
             for _ in range(cfg.n_layers)
         )
@@ -119,6 +114,7 @@ class TransformerLM(ToolkitModel):
         self.output: nn.Module = self._build_output(cfg, vocab_size)
         positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
+        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
 
     def _build_output(self, cfg: TransformerLMConfig, vocab_size: int) -> nn.Module:
         output = nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -150,8 +146,24 @@ class TransformerLM(ToolkitModel):
         return self.final_norm(x)
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Logits (B, T, V) and named auxiliary terms (none for this model)."""
-        return self.output(self.hidden(tokens)), {}
+        """Logits (B, T, V) and named auxiliary terms (span_l1 with a learned attention span)."""
+        return self.output(self.hidden(tokens)), self.attention_terms()
+
+    def attention_terms(self) -> Dict[str, Tensor]:
+        """The auxiliary terms of the last forward's attention (a learned span's cost), or none."""
+        return span_terms(self) if self.learns_spans else {}
+
+    def aux_term_names(self) -> List[str]:
+        return span_term_names(self)
+
+    def after_update(self) -> None:
+        """Learned attention spans back into range."""
+        if self.learns_spans:
+            clamp_spans(self)
+
+    def metrics(self) -> Dict[str, float]:
+        """Learned attention spans (mean, max, largest window), if any."""
+        return span_metrics(self) if self.learns_spans else {}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the input embedding, the layers and what the output layer adds (tied ones counted once)."""
@@ -172,5 +184,5 @@ class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):
         return build_adaptive_softmax(cfg, vocab_size, cfg.d_model, self.embed)
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Final hidden states (B, T, D) and named auxiliary terms (none)."""
-        return self.hidden(tokens), {}
+        """Final hidden states (B, T, D) and named auxiliary terms (as TransformerLM's)."""
+        return self.hidden(tokens), self.attention_terms()

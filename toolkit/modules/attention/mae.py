@@ -10,11 +10,17 @@ Gate input is the layer input (`context`, else `query`). A non-causal gate (enco
 whole sequence: one gate per sequence. A causal gate (decoder self-attention, encoder-decoder attention,
 whose layer input is the decoder state, and the LM) pools each prefix: one gate per position, and with a cache
 the running sum/count live in the cache dict, so incremental decoding equals full recomputation.
+
+The gate and the reweighting (`ExpertMixture`) mix into any attention whose heads are computed before one
+output projection: `MAEAttention` on MultiheadAttention, `RelativeMAEAttention` on the streamed LM's relative
+attention. Registered as the attention variant `mae` (every slot: encoder, decoder, cross, windowed LM,
+streamed LM).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -32,8 +38,20 @@ from toolkit.modules.attention.mae_gate import (
     masked_mean,
     prefix_mean,
 )
+from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
+from toolkit.modules.attention.relative import RelativeAttention
+from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, build_span
 
-__all__ = ["MAEConfig", "MAEAttention", "GATE_PARAM_PATTERN", "gate_entropy", "expert_usage", "set_mae_mode"]
+__all__ = [
+    "MAEConfig",
+    "MAEAttention",
+    "RelativeMAEAttention",
+    "ExpertMixture",
+    "GATE_PARAM_PATTERN",
+    "gate_entropy",
+    "expert_usage",
+    "set_mae_mode",
+]
 
 MODES = ("mixture", "random_expert", "argmax_expert")
 
@@ -63,56 +81,43 @@ class MAEConfig:
     sample_expert_from_gate: bool = False
 
 
-def validate_mode(mode: str, uniform: bool) -> None:
+def validate_mode(mode: str, uniform: bool, prefix: str = "mae.") -> None:
     """Raise ConfigError for an unknown mode or one that needs a gate UNI-MAE does not have."""
     if mode not in MODES:
-        raise ConfigError(f"mae.mode={mode!r} is not one of {', '.join(MODES)}{close_matches(mode, MODES)}")
+        raise ConfigError(f"{prefix}mode={mode!r} is not one of {', '.join(MODES)}{close_matches(mode, MODES)}")
     if uniform and mode == "argmax_expert":
-        raise ConfigError("mae.mode='argmax_expert' needs a gate but mae.uniform=true has none")
+        raise ConfigError(f"{prefix}mode='argmax_expert' needs a gate but {prefix}uniform=true has none")
 
 
-def validate_mae_config(cfg: MAEConfig, n_heads: int) -> None:
-    """Raise ConfigError (one line naming the key) for values MAEAttention cannot build."""
-    if not 1 <= cfg.drop < n_heads:
-        raise ConfigError(f"mae.drop={cfg.drop} must be between 1 and n_heads-1={n_heads - 1}")
-    validate_mode(cfg.mode, cfg.uniform)
+def validate_mae_config(cfg: MAEConfig, n_heads: Optional[int], prefix: str = "mae.") -> None:
+    """Raise ConfigError (one line naming the key, `prefix` + field) for values MAEAttention cannot build."""
+    if n_heads is not None and not 1 <= cfg.drop < n_heads:
+        raise ConfigError(f"{prefix}drop={cfg.drop} must be between 1 and n_heads-1={n_heads - 1}")
+    validate_mode(cfg.mode, cfg.uniform, prefix)
     if cfg.gate_hidden is not None and cfg.gate_hidden < 1:
-        raise ConfigError(f"mae.gate_hidden={cfg.gate_hidden} must be positive (or null for d_model)")
+        raise ConfigError(f"{prefix}gate_hidden={cfg.gate_hidden} must be positive (or null for d_model)")
     if cfg.uniform and cfg.sample_expert_from_gate:
-        raise ConfigError("mae.sample_expert_from_gate=true needs a gate but mae.uniform=true has none")
+        raise ConfigError(f"{prefix}sample_expert_from_gate=true needs a gate but {prefix}uniform=true has none")
 
 
-class MAEAttention(MultiheadAttention):
-    """Multi-head attention as a gated mixture of (h-k)-head experts.
+class ExpertMixture:
+    """The gate and per-head weights of MAE, mixed into an attention class whose heads it reweights.
 
-    Same constructor and forward as MultiheadAttention, plus:
-    - cfg: MAEConfig (default MAE-7 style, drop=1).
-    - causal_gate: True = running-mean (per-position) gate, False = one gate per sequence, None = causal
-      when the call is `causal` or `static_kv` (static_kv marks encoder-decoder attention in a decoder).
-    - forward(query_padding_mask=...): (B, T) padding of the gate input; defaults to key_padding_mask for
-      self-attention (key None or the query itself), else None (cross-attention: with right padding a
-      causal gate needs none, padded positions only affect themselves).
-    After each forward, `last_gate` holds the detached gate probabilities ((B, E) or (B, T, E); None for
-    UNI-MAE), `last_gate_padding` the padding mask aligned with them, and `last_expert` the indices of the
-    single experts used ((B,), (B, T) or a 0-dim tensor for a whole batch; None for a mixture).
+    `_init_experts` (called after the attention's own __init__, so parameter order is the attention's, then
+    the gate's) adds the `membership` buffer and the `mae_gate`; `head_weights` turns the gate into per-head
+    weights w = (g @ M) * h/(h-k), and `reweight` multiplies the (B, H, T, d_h) heads by them.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        cfg: Optional[MAEConfig] = None,
-        causal_gate: Optional[bool] = None,
-    ):
-        super().__init__(d_model, n_heads, dropout, bias)
+    membership: Tensor
+    mae_gate: Optional[MAEGate]
+
+    def _init_experts(self, d_model: int, n_heads: int, cfg: Optional[MAEConfig], causal_gate: Optional[bool]) -> None:
         self.cfg = cfg if cfg is not None else MAEConfig()
         validate_mae_config(self.cfg, n_heads)
         self.causal_gate = causal_gate
         self.mode = self.cfg.mode  # per module, so set_mae_mode never mutates a shared config
         # not persistent: derived from the config, so plain-MHA checkpoints load into MAE and back
-        self.register_buffer("membership", expert_membership(n_heads, self.cfg.drop), persistent=False)
+        self.register_buffer("membership", expert_membership(n_heads, self.cfg.drop), persistent=False)  # type: ignore[attr-defined]
         self.n_experts = self.membership.size(0)
         self.scale = n_heads / (n_heads - self.cfg.drop)
         hidden = self.cfg.gate_hidden or d_model
@@ -121,33 +126,14 @@ class MAEAttention(MultiheadAttention):
         self.last_gate_padding: Optional[Tensor] = None
         self.last_expert: Optional[Tensor] = None
 
-    def forward(
-        self,
-        query: Tensor,
-        key: Optional[Tensor] = None,
-        *,
-        key_padding_mask: Optional[Tensor] = None,
-        causal: bool = False,
-        cache: Optional[Cache] = None,
-        static_kv: bool = False,
-        context: Optional[Tensor] = None,
-        query_padding_mask: Optional[Tensor] = None,
-    ) -> Tensor:
-        """(B, T, D) -> (B, T, D); see MultiheadAttention.forward and the class docstring."""
-        is_self = key is None or key is query
-        key = query if key is None else key
-        q, k, v = self.project_heads(query, key, cache, static_kv)
-        heads = self.attend(q, k, v, key_padding_mask, causal)
-        if query_padding_mask is None and is_self and key_padding_mask is not None:
-            query_padding_mask = key_padding_mask[:, -query.size(1) :]  # queries are the last T keys
-        gate_causal = self.causal_gate if self.causal_gate is not None else (causal or static_kv)
-        x = context if context is not None else query
-        weights = self.head_weights(x, query_padding_mask, gate_causal, cache)
-        if weights is not None:
-            # (B, H) -> (B, H, 1, 1); (B, T, H) -> (B, H, T, 1)
-            weights = weights[:, :, None, None] if weights.dim() == 2 else weights.transpose(1, 2)[..., None]
-            heads = heads * weights.to(heads.dtype)
-        return self.combine_heads(heads)
+    @staticmethod
+    def reweight(heads: Tensor, weights: Optional[Tensor]) -> Tensor:
+        """Heads (B, H, T, d_h) times per-head weights (B, H) or (B, T, H); None leaves them as they are."""
+        if weights is None:
+            return heads
+        # (B, H) -> (B, H, 1, 1); (B, T, H) -> (B, H, T, 1)
+        weights = weights[:, :, None, None] if weights.dim() == 2 else weights.transpose(1, 2)[..., None]
+        return heads * weights.to(heads.dtype)
 
     def head_weights(
         self, x: Tensor, padding_mask: Optional[Tensor], gate_causal: bool, cache: Optional[Cache]
@@ -166,14 +152,14 @@ class MAEAttention(MultiheadAttention):
             return self._expert_weights(g.argmax(dim=-1))
         if mode == "random_expert":
             return self._expert_weights(self._random_experts(x.size(0), x.device, cache))
-        if self.training and self.cfg.sample_expert_from_gate and not self.gate_trainable():
+        if self.training and self.cfg.sample_expert_from_gate and not self.gate_trainable():  # type: ignore[attr-defined]
             rows = g.detach().float().reshape(-1, self.n_experts)
             return self._expert_weights(torch.multinomial(rows, 1).view(g.shape[:-1]))
         return (g @ self.membership.to(g.dtype)) * self.scale
 
     def _uniform_weights(self, batch: int, cache: Optional[Cache]) -> Optional[Tensor]:
         self.last_gate = self.last_gate_padding = None
-        if self.training:  # UNI-MAE training: one expert for the whole batch
+        if self.training:  # type: ignore[attr-defined]  # UNI-MAE training: one expert for the whole batch
             expert = torch.randint(self.n_experts, (), device=self.membership.device)
             return self._expert_weights(expert).expand(batch, -1)
         if self.mode == "random_expert":
@@ -202,9 +188,110 @@ class MAEAttention(MultiheadAttention):
         return f"experts={self.n_experts}, drop={self.cfg.drop}, mode={self.mode}, uniform={self.cfg.uniform}"
 
 
+class MAEAttention(ExpertMixture, MultiheadAttention):
+    """Multi-head attention as a gated mixture of (h-k)-head experts.
+
+    Same constructor and forward as MultiheadAttention, plus:
+    - cfg: MAEConfig (default MAE-7 style, drop=1).
+    - causal_gate: True = running-mean (per-position) gate, False = one gate per sequence, None = causal
+      when the call is `causal` or `static_kv` (static_kv marks encoder-decoder attention in a decoder).
+    - forward(query_padding_mask=...): (B, T) padding of the gate input; defaults to key_padding_mask for
+      self-attention (key None or the query itself), else None (cross-attention: with right padding a
+      causal gate needs none, padded positions only affect themselves).
+    After each forward, `last_gate` holds the detached gate probabilities ((B, E) or (B, T, E); None for
+    UNI-MAE), `last_gate_padding` the padding mask aligned with them, and `last_expert` the indices of the
+    single experts used ((B,), (B, T) or a 0-dim tensor for a whole batch; None for a mixture).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        cfg: Optional[MAEConfig] = None,
+        causal_gate: Optional[bool] = None,
+    ):
+        super().__init__(d_model, n_heads, dropout, bias)
+        self._init_experts(d_model, n_heads, cfg, causal_gate)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        causal: bool = False,
+        cache: Optional[Cache] = None,
+        static_kv: bool = False,
+        context: Optional[Tensor] = None,
+        query_padding_mask: Optional[Tensor] = None,
+    ) -> Tensor:
+        """(B, T, D) -> (B, T, D); see MultiheadAttention.forward and the class docstring."""
+        is_self = key is None or key is query
+        key = query if key is None else key
+        q, k, v = self.project_heads(query, key, cache, static_kv)
+        heads = self.attend(q, k, v, key_padding_mask, causal)
+        if query_padding_mask is None and is_self and key_padding_mask is not None:
+            query_padding_mask = key_padding_mask[:, -query.size(1) :]  # queries are the last T keys
+        gate_causal = self.causal_gate if self.causal_gate is not None else (causal or static_kv)
+        x = context if context is not None else query
+        heads = self.reweight(heads, self.head_weights(x, query_padding_mask, gate_causal, cache))
+        return self.combine_heads(heads)
+
+
+class RelativeMAEAttention(ExpertMixture, RelativeAttention):
+    """MAE on the streamed LM's relative attention: the gate reweights the relative attention's heads
+    (context and persistent-memory reads together) before the one output projection.
+
+    The gate is causal: at each position it pools the block's inputs up to that position (the same per-window
+    prefix mean as MAE in a windowed LM; the carried cache is not pooled, so the gate of a position does not
+    depend on how far back the span reaches)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        max_span: int,
+        dropout: float = 0.0,
+        span: Optional[nn.Module] = None,
+        n_persistent: int = 0,
+        cfg: Optional[MAEConfig] = None,
+    ):
+        super().__init__(d_model, n_heads, max_span, dropout, span, n_persistent)
+        self._init_experts(d_model, n_heads, cfg, causal_gate=True)
+
+    def combine_heads(self, heads: Tensor, h: Tensor) -> Tensor:
+        return super().combine_heads(self.reweight(heads, self.head_weights(h, None, True, None)), h)
+
+
+def streamed_mae_attention(
+    d_model: int, n_heads: int, dropout: float, cfg: MAEConfig, relative: AdaptiveSpanConfig
+) -> RelativeMAEAttention:
+    """The streamed LM's layer attention with MAE: the model's relative-attention settings plus the gate."""
+    span = build_span(relative, d_model, n_heads)  # first, as for plain relative attention (same RNG order)
+    return RelativeMAEAttention(d_model, n_heads, relative.max_span, dropout, span, relative.persistent_memory, cfg)
+
+
+# the gate per slot: one per sequence in an encoder, per position (running prefix mean) wherever attention
+# is causal (a decoder's cross-attention too: its gate input is the decoder state); None = from the call
+GATE_CAUSAL = {Context.causal: None, Context.bidirectional: False, Context.decoder: True, Context.cross: True}
+
+
+def build_mae(cfg: MAEConfig, spec: BuildSpec) -> AttentionFactory:
+    if spec.context == Context.streamed:
+        if spec.relative is None:
+            raise ValueError("MAE in a streamed model needs the model's relative attention settings")
+        return partial(streamed_mae_attention, cfg=cfg, relative=spec.relative)
+    return partial(MAEAttention, cfg=cfg, causal_gate=GATE_CAUSAL[spec.context])
+
+
+ATTENTIONS.register("mae", MAEConfig)(AttentionVariant(build_mae, validate=validate_mae_config))
+
+
 def set_mae_mode(model: nn.Module, mode: str) -> int:
-    """Switch every MAEAttention in `model` to `mode` (e.g. an inference ablation); returns how many."""
-    modules = [m for m in model.modules() if isinstance(m, MAEAttention)]
+    """Switch every MAE attention module in `model` to `mode` (e.g. an inference ablation); returns how many."""
+    modules = [m for m in model.modules() if isinstance(m, ExpertMixture)]
     for m in modules:
         validate_mode(mode, m.cfg.uniform)
         m.mode = mode

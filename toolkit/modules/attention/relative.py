@@ -162,6 +162,11 @@ class RelativeAttention(nn.Module):
         heads = skew(ctx_w) @ v
         if pers_w is not None:
             heads = heads + self.persistent.read(F.dropout(pers_w, self.dropout, self.training))
-        out = self.out_proj(heads.transpose(1, 2).reshape(h.size(0), m, self.d_model))
+        out = self.combine_heads(heads, h)
         span_cost = self.span.span_loss(z) if self.span is not None else None
         return AttentionOutput(out, span_cost, window)
+
+    def combine_heads(self, heads: Tensor, h: Tensor) -> Tensor:
+        """(B, H, M, d_h) -> (B, M, D) through the output projection. `h` is the block input, for variants
+        that reweight the heads from it (MAE)."""
+        return self.out_proj(heads.transpose(1, 2).reshape(h.size(0), h.size(1), self.d_model))

@@ -1,0 +1,183 @@
+"""`adaptive_span`: relative-position attention (relative.py) with a fixed, adaptive or dynamic span and
+optional persistent memory (Sukhbaatar et al. 2019), as a registered attention variant.
+
+In the streamed LM it is the layer's RelativeAttention over [carried cache ; block], sharing the model's
+position-key table. In a windowed causal model (decoder-only LMs) and in an encoder-decoder's decoder
+self-attention it is the same computation with the cache holding only what came before the window:
+nothing for a window (earlier slots are masked, not zeros), the earlier target positions' layer inputs while
+decoding step by step (kept in the decoder's cache dict, so incremental decoding equals full recomputation).
+There each layer owns its position-key table (head_dim x max_span, N(0, 1) as the reference's).
+
+Relative positions and spans measure distance back within one sequence: the variant is causal only, so it
+cannot be an encoder's (bidirectional) self-attention or encoder-decoder attention.
+
+A learned span adds the auxiliary term `span_l1` (sum over layers of the mean span z, as in the streamed LM;
+weight it with `aux_weights.span_l1`) and needs its parameters clamped after each update: `span_terms`,
+`span_term_names`, `clamp_spans` and `span_metrics` do that for a model's windowed modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from functools import partial
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from toolkit.errors import ConfigError
+from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
+from toolkit.modules.attention.base import Cache
+from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
+from toolkit.modules.attention.relative import RelativeAttention
+
+INPUTS_KEY = "relative_inputs"  # cache entry: earlier layer inputs (B, T, D), batch-first for reorder_cache
+SPAN_TERM = "span_l1"
+
+
+class SpanMode(StrEnum):
+    """How far back each head looks."""
+
+    fixed = "fixed"  # a hard window of max_span keys (no span parameters)
+    adaptive = "adaptive"  # a learned span per head (soft ramp mask; the window is trimmed to it)
+    dynamic = "dynamic"  # a span predicted per position and head from the layer input
+
+
+@dataclass
+class AdaptiveSpanConfig:
+    """Options of relative-position attention with a span."""
+
+    max_span: int = 0
+    """Maximum span S (keys a query can see; the size of the position-key table). 0 = the model's longest
+    input (model.max_positions); the streamed LM's comes from model.attn_span."""
+    span: SpanMode = SpanMode.adaptive
+    """fixed (hard window of S keys), adaptive (learned per head) or dynamic (predicted per position)."""
+    span_ramp: int = 32
+    """Ramp R of the soft span mask."""
+    span_init: float = 0.0
+    """Initial span parameter r in [0, 1] (z = r * S)."""
+    persistent_memory: int = 0
+    """N persistent key/value vectors per head (all-attention); 0 = off."""
+
+
+def validate_span_config(cfg: AdaptiveSpanConfig, n_heads: Optional[int], prefix: str) -> None:
+    """One-line ConfigError naming the first bad option."""
+    for key in ("max_span", "span_ramp", "persistent_memory"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{prefix}{key} must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.span_init <= 1.0:
+        raise ConfigError(f"{prefix}span_init must be in [0, 1], got {cfg.span_init}")
+
+
+def build_span(cfg: AdaptiveSpanConfig, d_model: int, n_heads: int) -> Optional[nn.Module]:
+    """The span mask of one layer (None for a fixed window)."""
+    if cfg.span == SpanMode.fixed:
+        return None
+    if cfg.span == SpanMode.dynamic:
+        return DynamicSpanMask(d_model, n_heads, cfg.max_span, cfg.span_ramp, cfg.span_init)
+    return AdaptiveMask(n_heads, cfg.max_span, cfg.span_ramp, cfg.span_init)
+
+
+def streamed_relative_attention(
+    d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig
+) -> RelativeAttention:
+    """The streamed LM's layer attention (the model passes its shared position keys at each call)."""
+    span = build_span(cfg, d_model, n_heads)  # first: a dynamic span's predictor draws from the RNG before q/k/v
+    return RelativeAttention(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
+
+
+class CausalRelativeAttention(RelativeAttention):
+    """Relative attention behind TransformerLayer's interface: causal self-attention over a window or, with
+    a cache dict, step by step (see the module docstring). Owns its position keys."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig):
+        span = build_span(cfg, d_model, n_heads)
+        super().__init__(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
+        self.key_pe = nn.Parameter(torch.randn(self.head_dim, cfg.max_span))
+        self.last_span_cost: Optional[Tensor] = None  # span L1 term of the last forward (None: fixed span)
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Optional[Tensor] = None,
+        *,
+        key_padding_mask: Optional[Tensor] = None,
+        causal: bool = False,
+        cache: Optional[Cache] = None,
+        static_kv: bool = False,
+        context: Optional[Tensor] = None,
+    ) -> Tensor:
+        """(B, T, D) -> (B, T, D); with `cache`, T new positions after those cached."""
+        if not causal or static_kv or (key is not None and key is not query):
+            raise ValueError("adaptive_span attention is causal self-attention only")
+        if key_padding_mask is not None:
+            raise ValueError("adaptive_span attention takes no key padding mask (causality keeps right padding out)")
+        past = cache.get(INPUTS_KEY) if cache is not None else None
+        if past is None:
+            past = query.new_zeros(query.size(0), 0, self.d_model)
+        result = RelativeAttention.forward(self, query, past, self.key_pe)
+        if cache is not None:  # keep what the farthest window can reach: max_span - 1 positions back
+            cache[INPUTS_KEY] = torch.cat([past, query], dim=1)[:, -(self.max_span - 1) or None :]
+        self.last_span_cost = result.span_cost
+        return result.out
+
+
+def build_adaptive_span(cfg: AdaptiveSpanConfig, spec: BuildSpec) -> AttentionFactory:
+    if spec.context == Context.streamed:
+        return partial(streamed_relative_attention, cfg=cfg)
+    cfg = replace(cfg, max_span=cfg.max_span or spec.max_len)
+    if cfg.max_span <= 0:
+        raise ConfigError("attention 'adaptive_span' needs max_span > 0 (the model has no longest input to take)")
+    return partial(CausalRelativeAttention, cfg=cfg)
+
+
+CAUSAL_ONLY = "relative positions and spans measure distance back within one sequence"
+ATTENTIONS.register("adaptive_span", AdaptiveSpanConfig)(
+    AttentionVariant(
+        build_adaptive_span,
+        unsupported={
+            Context.bidirectional: f"it is causal ({CAUSAL_ONLY}); an encoder attends in both directions",
+            Context.cross: f"{CAUSAL_ONLY}, not between source and target",
+        },
+        validate=validate_span_config,
+    )
+)
+
+
+# ---- what a model with windowed span attention reports and maintains -----------------------------------
+def learned_span_modules(model: nn.Module) -> List[CausalRelativeAttention]:
+    """The windowed relative attention modules of `model` that learn their span."""
+    return [m for m in model.modules() if isinstance(m, CausalRelativeAttention) and m.span is not None]
+
+
+def span_term_names(model: nn.Module) -> List[str]:
+    """['span_l1'] when some attention of `model` learns its span, else []."""
+    return [SPAN_TERM] if learned_span_modules(model) else []
+
+
+def span_terms(model: nn.Module) -> Dict[str, Tensor]:
+    """{'span_l1': sum over modules of the mean span of their last forward}, or {} (no learned span)."""
+    costs = [m.last_span_cost for m in learned_span_modules(model) if m.last_span_cost is not None]
+    return {SPAN_TERM: torch.stack(costs).sum()} if costs else {}
+
+
+@torch.no_grad()
+def clamp_spans(model: nn.Module) -> None:
+    """Keep every learned span parameter in range; call after each optimizer step."""
+    for module in learned_span_modules(model):
+        module.span.clamp_()
+
+
+@torch.no_grad()
+def span_metrics(model: nn.Module) -> Dict[str, float]:
+    """Mean and largest span over the learned-span modules' heads, and the largest window (log lines)."""
+    modules = learned_span_modules(model)
+    if not modules:
+        return {}
+    spans = torch.cat([m.span.stats() for m in modules])
+    windows = [m.span.window_length() for m in modules if isinstance(m.span, AdaptiveMask)]
+    out = {"span/mean": float(spans.mean()), "span/max": float(spans.max())}
+    if windows:
+        out["span/window_max"] = float(max(windows))
+    return out
