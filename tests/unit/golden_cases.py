@@ -70,7 +70,8 @@ def plain_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
         base = OmegaConf.structured(PKMConfig)
     else:
         base = OmegaConf.structured(MODELS.get(model).config_cls)
-    return OmegaConf.to_container(OmegaConf.merge(base, overrides))
+    # Enum values as their names: a fixture holds only plain containers (it loads with weights_only=True)
+    return OmegaConf.to_container(OmegaConf.merge(base, overrides), enum_to_str=True)
 
 
 def build_model(
@@ -272,6 +273,19 @@ def set_spans(values: List[float]) -> Callable[[nn.Module], None]:
     return prepare
 
 
+def set_self_attention_spans(values: List[float], layers: str = "layers") -> Callable[[nn.Module], None]:
+    """Span parameters r per head of windowed adaptive_span attention (`layers`: the model's layer list)."""
+
+    @torch.no_grad()
+    def prepare(model: nn.Module) -> None:
+        for i, layer in enumerate(getattr(model, layers)):
+            layer.self_attn.span.span_param.copy_(torch.tensor(values) + 0.1 * i)
+
+    return prepare
+
+
+SPAN = {"name": "adaptive_span", "max_span": 8, "span_ramp": 2}
+
 MT_V = 17
 MT_TASK = {"vocab_size": MT_V, "pad_idx": 1, "eos_idx": 2, "bos_idx": 0}
 MT_BASE = dict(encoder_layers=2, decoder_layers=2, d_model=16, ffn_dim=32, n_heads=4, dropout=0.0, max_positions=32)
@@ -356,6 +370,15 @@ CASES: List[Case] = [
         run_char,
     ),
     Case(
+        "char_t64_adaptive_span",
+        "char_transformer",
+        {**CHAR_BASE, "n_targets": 2, "attention": SPAN},
+        {"vocab_size": CHAR_V},
+        char_inputs,
+        run_char,
+        prepare=set_self_attention_spans([0.3, 0.6]),
+    ),
+    Case(
         "stream_adaptive_span",
         "streaming_lm",
         ST_BASE,
@@ -404,7 +427,25 @@ CASES: List[Case] = [
         run_stream,
         prepare=set_spans([0.15, 0.3]),
     ),
+    Case(
+        "stream_mae",
+        "streaming_lm",
+        {**ST_BASE, "attention": {"name": "mae", "gate_hidden": 8}},
+        ST_TASK,
+        stream_inputs,
+        run_stream,
+        prepare=set_spans([0.1, 0.4]),
+    ),
     Case("mt_base", "transformer", MT_BASE, MT_TASK, mt_inputs, run_mt),
+    Case(
+        "mt_decoder_span",
+        "transformer",
+        {**MT_BASE, "slot_attention": {"decoder_self": {**SPAN, "persistent_memory": 2}}},
+        MT_TASK,
+        mt_inputs,
+        run_mt,
+        prepare=set_self_attention_spans([0.2, 0.5, 0.4, 0.7], "decoder_layers"),
+    ),
     Case("mt_mae_all_slots", "transformer", {**MT_BASE, **MAE}, MT_TASK, mt_inputs, run_mt),
     Case(
         "mt_mae_decoder_self_argmax",
