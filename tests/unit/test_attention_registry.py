@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from toolkit.config.compose import compose_train_config
 from toolkit.errors import ConfigError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig
@@ -225,3 +227,34 @@ def test_beam_search_with_a_span_scores_equal_teacher_forced_rescoring(shared):
 def test_relative_modules_are_counted_as_relative_attention():
     model = decoder_span_model()
     assert all(isinstance(layer.self_attn, RelativeAttention) for layer in model.decoder_layers)
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, expected",
+    [
+        (
+            "baselines/transformer_lm_text8_tiny",
+            ["model.attention=mae", "model.attention.drop=2"],
+            {"name": "mae", "drop": 2},
+        ),
+        (
+            "combinations/t64_adaptive_span_text8_tiny",
+            ["model.attention={span_ramp: 4, persistent_memory: 2}"],
+            {
+                "name": "adaptive_span",
+                "span": "adaptive",
+                "max_span": 0,
+                "span_ramp": 4,
+                "span_init": 0.0,
+                "persistent_memory": 2,
+            },
+        ),
+        ("combinations/t64_adaptive_span_text8_tiny", ["model.attention={name: mae}"], {"name": "mae"}),
+        ("combinations/t64_adaptive_span_text8_tiny", ["model.attention=standard"], "standard"),
+    ],
+)
+def test_command_line_overrides_choose_and_tune_attention(preset, overrides, expected):
+    """A name replaces the choice, a mapping naming another variant replaces it, options merge and may be new."""
+    cfg = compose_train_config(preset, overrides)
+    value = cfg.model.attention
+    assert (OmegaConf.to_container(value) if isinstance(value, DictConfig) else value) == expected

@@ -20,7 +20,7 @@ from omegaconf.errors import (
     OmegaConfBaseException,
     ValidationError,
 )
-from omegaconf.nodes import EnumNode, StringNode
+from omegaconf.nodes import AnyNode, EnumNode, StringNode
 
 from toolkit.config.ranges import check_ranges
 from toolkit.errors import ConfigError, close_matches
@@ -75,12 +75,54 @@ def apply_overrides(cfg: DictConfig, pairs: Iterable[tuple[str, str]]) -> DictCo
     for key, value in pairs:
         parsed = parse_value(key, value, text_field=_is_text_field(cfg, key))
         try:
-            OmegaConf.update(cfg, key, parsed, merge=True, force_add=False)
+            target, parsed, merge, add = component_override(cfg, key, parsed)
+            OmegaConf.update(cfg, target, parsed, merge=merge, force_add=add)
         except OmegaConfBaseException as error:
             if getattr(error, "full_key", None) in (None, ""):
                 error.full_key = key  # type: ignore[attr-defined]
             raise explain(error, cfg) from None
     return cfg
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key) if key else cfg
+    except OmegaConfBaseException:
+        return None
+
+
+def _is_component_mapping(node: Any) -> bool:
+    """An untyped mapping with a `name`: a component chosen by name with its options (e.g. model.attention)."""
+    return isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict and "name" in node
+
+
+def component_override(cfg: DictConfig, key: str, value: Any) -> tuple[str, Any, bool, bool]:
+    """(key, value, merge, force_add) for OmegaConf.update. A field typed Any that holds a component by name
+    or as {name: NAME, option: value} (e.g. model.attention) takes overrides as a choice does:
+    - a mapping that names another component replaces the one there (its options would not fit); one without
+      a name, or with the same, updates its options;
+    - `FIELD.OPTION=value` on a field holding a bare name makes it {name: NAME, OPTION: value};
+    - an option the mapping does not list yet is added (the component checks its options when it is built).
+    Any other key is merged as usual."""
+    current = _select(cfg, key)
+    if isinstance(value, (dict, DictConfig)) and _is_component_mapping(current):
+        value = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+        if value.get("name", current.name) != current.name:
+            return key, value, False, False
+        return key, {**OmegaConf.to_container(current), **value}, False, False  # options merged, new ones added
+    parent_key, _, option = key.rpartition(".")
+    if not parent_key:
+        return key, value, True, False
+    holder = _select(cfg, parent_key)
+    if isinstance(holder, str):
+        grand_key, _, field_name = parent_key.rpartition(".")
+        grand = _select(cfg, grand_key)
+        node = grand._get_node(field_name) if isinstance(grand, DictConfig) and field_name in grand else None
+        if isinstance(node, AnyNode):
+            return parent_key, {"name": holder, option: value}, False, False
+    if _is_component_mapping(holder) and option not in holder:
+        return key, value, True, True
+    return key, value, True, False
 
 
 def _is_text_field(cfg: DictConfig, key: str) -> bool:
