@@ -7,9 +7,11 @@ shared by all layers, post-LayerNorm, ReLU FFN (dropped in all-attention layers)
 weights and the FFN hidden units, optional dropout on the input embeddings and the final hidden states.
 
 The model returns logits and a dict of auxiliary terms ('span_l1': sum over layers of the mean span, when
-the span is adaptive); weighting them is the criterion's job. Word-level models take adaptive input and an
-adaptive softmax (toolkit.models.adaptive_io); with the latter, `StreamingLM.create` builds an
-`AdaptiveSoftmaxStreamingLM`, which returns the last hidden states instead of logits and scores them itself.
+the span is adaptive); weighting them is the criterion's job. The layers' attention is `model.attention`:
+`adaptive_span` (the relative attention the span fields describe) or `mae` (MAE's gate reweighting its heads).
+Word-level models take adaptive input and an adaptive softmax (toolkit.models.adaptive_io); with the latter,
+`StreamingLM.create` builds an `AdaptiveSoftmaxStreamingLM`, which returns the last hidden states instead of
+logits and scores them itself.
 
 Two ways to call it:
 - `model(tokens, cache)` -> (logits, aux, new_cache): the caller carries the cache (evaluation, tests).

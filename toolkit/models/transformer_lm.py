@@ -6,6 +6,9 @@ softmax over the same bands (toolkit.modules.adaptive_softmax), optionally tied 
 adaptive softmax the model's `forward` returns the final hidden states instead of logits, and the model
 provides `output_nll(output, target)` (per-token NLL; the criterion and the evaluation use it) and
 `output_log_prob(output)` (the full distribution). Without it, everything is as for the plain LM.
+
+The layers' attention is `model.attention`, a registered variant (toolkit.modules.attention): standard, mae, or
+adaptive_span (relative attention with a learned span, whose cost is the auxiliary term `span_l1`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One Transformer layer (self-attention, optional encoder-decoder attention, FFN), pre- or post-LN.
 
-Used by the encoder, the decoder and the decoder-only LM. The attention class is injected
-(`attention_cls`), so variants such as MAE drop in without touching the layer.
+Used by the encoder, the decoder and the decoder-only LMs. The attention is injected (a factory from the
+ATTENTIONS registry, toolkit.modules.attention), so variants drop in without touching the layer.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.modules.attention.base import Cache, MultiheadAttention
-
-AttentionFactory = Callable[[int, int, float], nn.Module]
+from toolkit.modules.attention.registry import AttentionFactory
 
 
 class Activation(StrEnum):
