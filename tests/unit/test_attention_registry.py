@@ -258,3 +258,20 @@ def test_command_line_overrides_choose_and_tune_attention(preset, overrides, exp
     cfg = compose_train_config(preset, overrides)
     value = cfg.model.attention
     assert (OmegaConf.to_container(value) if isinstance(value, DictConfig) else value) == expected
+
+
+def test_char_transformer_takes_mae_with_a_causal_gate():
+    torch.manual_seed(6)
+    cfg = CharTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_ff=32, max_positions=16, dropout=0.0)
+    cfg.attention = {"name": "mae", "gate_hidden": 8}
+    model = CharTransformer(cfg, V).double().eval()
+    assert all(type(layer.self_attn) is MAEAttention for layer in model.layers)
+    for layer in model.layers:  # a decisive gate, so that a gate reading later positions would show
+        torch.nn.init.normal_(layer.self_attn.mae_gate.fc2.weight, std=3.0)
+    x = tokens(2, 10)
+    changed = x.clone()
+    changed[:, 6] = (changed[:, 6] - 2) % (V - 3) + 3
+    a, b = model(x)[0], model(changed)[0]
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=1e-12)
+    assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-6
+    assert model.layers[0].self_attn.last_gate.shape == (2, 10, 4)  # one gate per position
