@@ -206,7 +206,7 @@ def test_incremental_decoding_with_a_span_equals_full_recomputation(span):
     first = model.decode(prev[:, :2], None, state)  # several tokens at once, then one at a time
     steps = [first] + [model.decode(prev[:, i : i + 1], None, state) for i in range(2, prev.size(1))]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-10)
-    assert state.self_caches[0]["relative_inputs"].size(1) == 7  # max_span - 1 earlier inputs kept
+    assert state.self_caches[0]["relative_k"].shape == (3, 4, 7, 4)  # max_span - 1 earlier positions kept
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -134,13 +134,33 @@ class RelativeAttention(nn.Module):
         """h: (B, M, D) current block; cache: (B, C, D) earlier inputs of this layer (detached, any C >= 0,
         only the last window - 1 are read);
         key_pe: (d_h, S) shared position keys, column S-1-x for distance x."""
-        m = h.size(1)
-        z = self.span.spans(h) if self.span is not None else None
-        window = self.span.window_length(z) if (self.span is not None and self.trim) else self.max_span
+        z, window = self.span_window(h)
         inputs, missing = self.window_inputs(h, cache, window)
 
         q = self._split(self.q_proj(h)) / math.sqrt(self.head_dim)  # scale the small tensor, not the logits
         k, v = self._split(self.k_proj(inputs)), self._split(self.v_proj(inputs))
+        return self.attend_window(h, q, k, v, key_pe, window, missing, z)
+
+    def span_window(self, h: Tensor) -> tuple[Optional[Tensor], int]:
+        """The spans z of block `h` (None without a span) and the window L of keys each query looks at."""
+        z = self.span.spans(h) if self.span is not None else None
+        window = self.span.window_length(z) if (self.span is not None and self.trim) else self.max_span
+        return z, window
+
+    def attend_window(
+        self,
+        h: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_pe: Tensor,
+        window: int,
+        missing: int,
+        z: Optional[Tensor],
+    ) -> AttentionOutput:
+        """Attention of the block's scaled queries q (B, H, M, d_h) over keys and values (B, H, window - 1 + M,
+        d_h) of [the window's earlier positions ; the block], whose first `missing` are padding."""
+        m = h.size(1)
         logits = unskew(q @ k.transpose(-1, -2), window) + q @ key_pe[:, self.max_span - window :]
         if missing:
             # slot j of query i reads input i+j; inputs before `missing` are padding

@@ -4,9 +4,9 @@ optional persistent memory (Sukhbaatar et al. 2019), as a registered attention v
 In the streamed LM it is the layer's RelativeAttention over [carried cache ; block], sharing the model's
 position-key table. In a windowed causal model (decoder-only LMs) and in an encoder-decoder's decoder
 self-attention it is the same computation with the cache holding only what came before the window:
-nothing for a window (earlier slots are masked, not zeros), the earlier target positions' layer inputs while
-decoding step by step (kept in the decoder's cache dict, so incremental decoding equals full recomputation).
-There each layer owns its position-key table (head_dim x max_span, N(0, 1) as the reference's).
+nothing for a window (earlier slots are masked, not zeros); while decoding step by step, the keys and values
+of the last max_span - 1 target positions, projected once (in the decoder's cache dict, so incremental
+decoding equals full recomputation). There each layer owns its position-key table (head_dim x max_span, N(0, 1) as the reference's).
 
 Relative positions and spans measure distance back within one sequence: the variant is causal only, so it
 cannot be an encoder's (bidirectional) self-attention or encoder-decoder attention.
@@ -18,6 +18,7 @@ weight it with `aux_weights.span_l1`) and needs its parameters clamped after eac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
@@ -30,9 +31,10 @@ from toolkit.errors import ConfigError
 from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.attention.base import Cache
 from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
-from toolkit.modules.attention.relative import RelativeAttention
+from toolkit.modules.attention.relative import AttentionOutput, RelativeAttention
 
-INPUTS_KEY = "relative_inputs"  # cache entry: earlier layer inputs (B, T, D), batch-first for reorder_cache
+# cache entries: keys and values (B, H, T, d_h) of the earlier positions, batch-first for reorder_cache
+KEYS_KEY, VALUES_KEY = "relative_k", "relative_v"
 SPAN_TERM = "span_l1"
 
 
@@ -113,14 +115,38 @@ class CausalRelativeAttention(RelativeAttention):
             raise ValueError("adaptive_span attention is causal self-attention only")
         if key_padding_mask is not None:
             raise ValueError("adaptive_span attention takes no key padding mask (causality keeps right padding out)")
-        past = cache.get(INPUTS_KEY) if cache is not None else None
-        if past is None:
-            past = query.new_zeros(query.size(0), 0, self.d_model)
-        result = RelativeAttention.forward(self, query, past, self.key_pe)
-        if cache is not None:  # keep what the farthest window can reach: max_span - 1 positions back
-            cache[INPUTS_KEY] = torch.cat([past, query], dim=1)[:, -(self.max_span - 1) or None :]
+        if cache is None:
+            result = RelativeAttention.forward(
+                self, query, query.new_zeros(query.size(0), 0, self.d_model), self.key_pe
+            )
+        else:
+            result = self.step(query, cache)
         self.last_span_cost = result.span_cost
         return result.out
+
+    def step(self, h: Tensor, cache: Cache) -> AttentionOutput:
+        """Incremental decoding: the block `h` (B, M, D) after the positions whose keys and values the cache
+        holds (projected once, as the window path would project them from the cached inputs; a padded slot
+        is a zero key and value there too, the projections having no bias)."""
+        z, window = self.span_window(h)
+        q = self._split(self.q_proj(h)) / math.sqrt(self.head_dim)
+        k, v = self._split(self.k_proj(h)), self._split(self.v_proj(h))
+        if KEYS_KEY in cache:
+            k, v = torch.cat([cache[KEYS_KEY], k], dim=2), torch.cat([cache[VALUES_KEY], v], dim=2)
+        # keep what the farthest window can reach: max_span - 1 positions back
+        cache[KEYS_KEY], cache[VALUES_KEY] = last_positions(k, self.max_span - 1), last_positions(v, self.max_span - 1)
+        needed = window - 1 + h.size(1)
+        missing = max(0, needed - k.size(2))
+        k, v = last_positions(k, needed), last_positions(v, needed)
+        if missing:
+            pad = k.new_zeros(k.size(0), k.size(1), missing, k.size(3))
+            k, v = torch.cat([pad, k], dim=2), torch.cat([pad, v], dim=2)
+        return self.attend_window(h, q, k, v, self.key_pe, window, missing, z)
+
+
+def last_positions(x: Tensor, n: int) -> Tensor:
+    """The last n time steps of (B, H, T, d_h) (all of them when T <= n; none for n = 0)."""
+    return x[:, :, max(0, x.size(2) - n) :]
 
 
 def build_adaptive_span(cfg: AdaptiveSpanConfig, spec: BuildSpec) -> AttentionFactory:
