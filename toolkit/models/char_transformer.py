@@ -31,7 +31,12 @@ from toolkit.errors import ConfigError
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Context, attention_factory
-from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
+from toolkit.modules.attention.terms import (
+    attention_after_update,
+    attention_metrics,
+    attention_term_names,
+    attention_terms,
+)
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
@@ -146,7 +151,7 @@ class CharTransformer(ToolkitModel):
         # extra targets k = 2..m, each a projection of the final normalised states
         self.target_heads = nn.ModuleList(nn.Linear(d, vocab_size) for _ in range(cfg.n_targets - 1))
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], [self.positions]))
-        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
+        self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
 
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "CharTransformer":
@@ -155,7 +160,7 @@ class CharTransformer(ToolkitModel):
     def aux_term_names(self) -> List[str]:
         """Every auxiliary term this model can return (the criterion says which are active)."""
         layers = [f"layer_{l}_nll" for l in range(1, self.n_intermediate + 1)]
-        return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)] + span_term_names(self)
+        return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)] + attention_term_names(self)
 
     def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
         """The head that only term `name` uses (none for shared intermediate heads and the span cost)."""
@@ -202,18 +207,18 @@ class CharTransformer(ToolkitModel):
                 k_logits = torch.stack([self.target_heads[k - 2](hidden) for k in ks])
                 losses = mean_nll(k_logits, k_ahead_labels(target, ks))
                 aux.update({f"target_{k}_nll": losses[j] for j, k in enumerate(ks)})
-        if self.learns_spans:
-            aux.update(span_terms(self))  # a by-product of the forward, always returned
+        if self.attention_has_terms:
+            aux.update(attention_terms(self))  # a by-product of the forward, always returned
         return logits, aux
 
     def after_update(self) -> None:
-        """Learned attention spans back into range."""
-        if self.learns_spans:
-            clamp_spans(self)
+        """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        if self.attention_has_terms:
+            attention_after_update(self)
 
     def metrics(self) -> Dict[str, float]:
-        """Learned attention spans (mean, max, largest window), if any."""
-        return span_metrics(self) if self.learns_spans else {}
+        """The attention's log metrics (e.g. learned spans: mean, max, largest window), if any."""
+        return attention_metrics(self) if self.attention_has_terms else {}
 
     def _layer_head(self, x: Tensor, layer: int) -> Tensor:
         """Next-character logits from the output of layer `layer` (1-based)."""

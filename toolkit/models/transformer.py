@@ -12,7 +12,8 @@ takes a registered attention (toolkit.modules.attention): `attention` chooses fo
 for one. `attention: mae` (with `mae_slots`, `mae`) makes slots mixtures of attentive experts (Peng et al.
 2020, docs/mae.md); `metrics()` then reports per-module gate entropy and expert usage for the trainer's logs.
 `slot_attention.decoder_self: adaptive_span` gives the decoder relative attention with a learned span (its
-`span_l1` cost is an auxiliary term; incremental decoding keeps the earlier positions' inputs in the cache).
+`span_l1` cost is an auxiliary term; incremental decoding keeps the earlier positions' keys and values in the
+cache).
 """
 
 from __future__ import annotations
@@ -48,7 +49,12 @@ from toolkit.modules.attention.registry import (
     build_choice,
     choose_attention,
 )
-from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
+from toolkit.modules.attention.terms import (
+    attention_after_update,
+    attention_metrics,
+    attention_term_names,
+    attention_terms,
+)
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -283,7 +289,7 @@ class TransformerModel(ToolkitModel):
         embeds = {id(e): e for e in (self.encoder_embed, self.decoder_embed)}.values()
         positions = [p.weight for p in (self.encoder_positions, self.decoder_positions) if isinstance(p, nn.Embedding)]
         apply_init(self, cfg.init, InitTargets([(e, self.embed_scale) for e in embeds], positions))
-        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
+        self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
 
     @classmethod
     def build(cls, cfg: TransformerConfig, task: Any) -> "TransformerModel":
@@ -411,18 +417,18 @@ class TransformerModel(ToolkitModel):
     def forward(
         self, src_tokens: Tensor, prev_output_tokens: Tensor, src_lengths: Optional[Tensor] = None
     ) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Teacher-forced logits (B, T, V) and named auxiliary terms (span_l1 with a learned attention span).
+        """Teacher-forced logits (B, T, V) and named auxiliary terms (the attention's, e.g. span_l1 of a learned span).
         `src_lengths` is accepted for fairseq-style batches and unused: padding is read from pad_idx."""
         logits = self.decode(prev_output_tokens, self.encode(src_tokens))
-        return logits, (span_terms(self) if self.learns_spans else {})
+        return logits, (attention_terms(self) if self.attention_has_terms else {})
 
     def aux_term_names(self) -> List[str]:
-        return span_term_names(self)
+        return attention_term_names(self)
 
     def after_update(self) -> None:
-        """Learned attention spans back into range."""
-        if self.learns_spans:
-            clamp_spans(self)
+        """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        if self.attention_has_terms:
+            attention_after_update(self)
 
     def mae_modules(self) -> Dict[str, MAEAttention]:
         """MAE attention modules by slot name, e.g. 'encoder_self.0', 'encoder_decoder.5'."""
@@ -443,10 +449,10 @@ class TransformerModel(ToolkitModel):
         return {"gate_parameters": sum(p.numel() for n, p in self.named_parameters() if pattern.search(n))}
 
     def metrics(self) -> Dict[str, float]:
-        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward; learned
-        attention spans."""
-        spans = span_metrics(self) if self.learns_spans else {}
-        return {**mae_metrics(self.mae_modules(), self._target_padding), **spans}
+        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward; other
+        attention metrics (e.g. learned spans)."""
+        extra = attention_metrics(self) if self.attention_has_terms else {}
+        return {**mae_metrics(self.mae_modules(), self._target_padding), **extra}
 
     def max_decoder_positions(self) -> int:
         """Longest decoder input (start symbol + generated tokens) the position table covers."""

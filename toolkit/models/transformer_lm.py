@@ -31,7 +31,12 @@ from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init,
 from toolkit.modules.attention import Context, attention_factory
 from toolkit.modules.attention.mae import MAEConfig
 from toolkit.modules.attention.registry import AttentionFactory, OptionBlock
-from toolkit.modules.attention.span_attention import clamp_spans, span_metrics, span_term_names, span_terms
+from toolkit.modules.attention.terms import (
+    attention_after_update,
+    attention_metrics,
+    attention_term_names,
+    attention_terms,
+)
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -117,7 +122,7 @@ class TransformerLM(ToolkitModel):
         self.output: nn.Module = self._build_output(cfg, vocab_size)
         positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
-        self.learns_spans = bool(span_term_names(self))  # adaptive_span attention: a span_l1 term
+        self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
 
     def _build_output(self, cfg: TransformerLMConfig, vocab_size: int) -> nn.Module:
         output = nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -149,24 +154,24 @@ class TransformerLM(ToolkitModel):
         return self.final_norm(x)
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Logits (B, T, V) and named auxiliary terms (span_l1 with a learned attention span)."""
-        return self.output(self.hidden(tokens)), self.attention_terms()
+        """Logits (B, T, V) and named auxiliary terms (the attention's, e.g. span_l1 of a learned span)."""
+        return self.output(self.hidden(tokens)), self._attention_aux()
 
-    def attention_terms(self) -> Dict[str, Tensor]:
-        """The auxiliary terms of the last forward's attention (a learned span's cost), or none."""
-        return span_terms(self) if self.learns_spans else {}
+    def _attention_aux(self) -> Dict[str, Tensor]:
+        """The auxiliary terms of the last forward's attention (e.g. a learned span's cost), or none."""
+        return attention_terms(self) if self.attention_has_terms else {}
 
     def aux_term_names(self) -> List[str]:
-        return span_term_names(self)
+        return attention_term_names(self)
 
     def after_update(self) -> None:
-        """Learned attention spans back into range."""
-        if self.learns_spans:
-            clamp_spans(self)
+        """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        if self.attention_has_terms:
+            attention_after_update(self)
 
     def metrics(self) -> Dict[str, float]:
-        """Learned attention spans (mean, max, largest window), if any."""
-        return span_metrics(self) if self.learns_spans else {}
+        """The attention's log metrics (e.g. learned spans: mean, max, largest window), if any."""
+        return attention_metrics(self) if self.attention_has_terms else {}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the input embedding, the layers and what the output layer adds (tied ones counted once)."""
@@ -188,4 +193,4 @@ class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
         """Final hidden states (B, T, D) and named auxiliary terms (as TransformerLM's)."""
-        return self.hidden(tokens), self.attention_terms()
+        return self.hidden(tokens), self._attention_aux()

@@ -12,8 +12,8 @@ Relative positions and spans measure distance back within one sequence: the vari
 cannot be an encoder's (bidirectional) self-attention or encoder-decoder attention.
 
 A learned span adds the auxiliary term `span_l1` (sum over layers of the mean span z, as in the streamed LM;
-weight it with `aux_weights.span_l1`) and needs its parameters clamped after each update: `span_terms`,
-`span_term_names`, `clamp_spans` and `span_metrics` do that for a model's windowed modules.
+weight it with `aux_weights.span_l1`), is clamped after each update and logged (span/mean, span/max,
+span/window_max): through toolkit.modules.attention.terms, which every model calls.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,7 @@ from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMas
 from toolkit.modules.attention.base import Cache
 from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
 from toolkit.modules.attention.relative import AttentionOutput, RelativeAttention
+from toolkit.modules.attention.terms import AttentionTerms
 
 # cache entries: keys and values (B, H, T, d_h) of the earlier positions, batch-first for reorder_cache
 KEYS_KEY, VALUES_KEY = "relative_k", "relative_v"
@@ -89,7 +90,7 @@ def streamed_relative_attention(
     return RelativeAttention(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
 
 
-class CausalRelativeAttention(RelativeAttention):
+class CausalRelativeAttention(AttentionTerms, RelativeAttention):
     """Relative attention behind TransformerLayer's interface: causal self-attention over a window or, with
     a cache dict, step by step (see the module docstring). Owns its position keys."""
 
@@ -143,6 +144,32 @@ class CausalRelativeAttention(RelativeAttention):
             k, v = torch.cat([pad, k], dim=2), torch.cat([pad, v], dim=2)
         return self.attend_window(h, q, k, v, self.key_pe, window, missing, z)
 
+    # ---- what the model gets from it (toolkit.modules.attention.terms) ----------------------------------------
+    def aux_term_names(self) -> List[str]:
+        """A learned span's cost `span_l1` (mean z; summed over layers by the model)."""
+        return [SPAN_TERM] if self.span is not None else []
+
+    def aux_terms(self) -> Dict[str, Tensor]:
+        return {SPAN_TERM: self.last_span_cost} if self.last_span_cost is not None else {}
+
+    def after_update(self) -> None:
+        """Keep the span parameters in range."""
+        if self.span is not None:
+            self.span.clamp_()
+
+    @classmethod
+    def summary_metrics(cls, modules: Sequence[AttentionTerms]) -> Dict[str, float]:
+        """Mean and largest span over the heads of the learned-span modules, and the largest window."""
+        spans = [m.span for m in modules if isinstance(m, CausalRelativeAttention) and m.span is not None]
+        if not spans:
+            return {}
+        z = torch.cat([span.stats() for span in spans])
+        out = {"span/mean": float(z.mean()), "span/max": float(z.max())}
+        windows = [span.window_length() for span in spans if isinstance(span, AdaptiveMask)]
+        if windows:
+            out["span/window_max"] = float(max(windows))
+        return out
+
 
 def last_positions(x: Tensor, n: int) -> Tensor:
     """The last n time steps of (B, H, T, d_h) (all of them when T <= n; none for n = 0)."""
@@ -169,41 +196,3 @@ ATTENTIONS.register("adaptive_span", AdaptiveSpanConfig)(
         validate=validate_span_config,
     )
 )
-
-
-# ---- what a model with windowed span attention reports and maintains -----------------------------------
-def learned_span_modules(model: nn.Module) -> List[CausalRelativeAttention]:
-    """The windowed relative attention modules of `model` that learn their span."""
-    return [m for m in model.modules() if isinstance(m, CausalRelativeAttention) and m.span is not None]
-
-
-def span_term_names(model: nn.Module) -> List[str]:
-    """['span_l1'] when some attention of `model` learns its span, else []."""
-    return [SPAN_TERM] if learned_span_modules(model) else []
-
-
-def span_terms(model: nn.Module) -> Dict[str, Tensor]:
-    """{'span_l1': sum over modules of the mean span of their last forward}, or {} (no learned span)."""
-    costs = [m.last_span_cost for m in learned_span_modules(model) if m.last_span_cost is not None]
-    return {SPAN_TERM: torch.stack(costs).sum()} if costs else {}
-
-
-@torch.no_grad()
-def clamp_spans(model: nn.Module) -> None:
-    """Keep every learned span parameter in range; call after each optimizer step."""
-    for module in learned_span_modules(model):
-        module.span.clamp_()
-
-
-@torch.no_grad()
-def span_metrics(model: nn.Module) -> Dict[str, float]:
-    """Mean and largest span over the learned-span modules' heads, and the largest window (log lines)."""
-    modules = learned_span_modules(model)
-    if not modules:
-        return {}
-    spans = torch.cat([m.span.stats() for m in modules])
-    windows = [m.span.window_length() for m in modules if isinstance(m.span, AdaptiveMask)]
-    out = {"span/mean": float(spans.mean()), "span/max": float(spans.max())}
-    if windows:
-        out["span/window_max"] = float(max(windows))
-    return out
