@@ -92,9 +92,9 @@ def span_stats(run_dir: Path) -> Dict[str, float]:
     config = (run_dir / "config.yaml").read_text()
     ramp = int(re.search(r"span_ramp: (\d+)", config).group(1))
     max_span = int(re.search(r"attn_span: (\d+)", config).group(1))
-    windows = [window_length(max(v), ramp, max_span) for _, v in sorted(layers.items())]
+    n_layers = int(re.search(r"\n  n_layers: (\d+)", config).group(1))
+    windows = [window_length(max(v), ramp, max_span) for _, v in sorted(layers.items())] or [max_span] * n_layers
     out["attended keys per query, all layers"] = float(sum(windows))
-    out["same for the fixed span"] = float(max_span * len(windows))
     out.update({f"span layer{l}_head{h}": value for (l, h), value in head_spans(last).items()})
     return out
 
