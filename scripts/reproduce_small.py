@@ -159,7 +159,7 @@ COMPARISONS = {
             "adaptive_span", "learned spans give the bpc of a fixed span (spans shrink in lower layers, grow in "
             "some upper heads) at lower cost", TEXT8, "bpc", False,
             [Arm("adaptive span", "adaptive_span_tiny_text8"),
-             Arm("fixed span 1024", "adaptive_span_tiny_text8", ["model.adaptive_span=false", "aux_weights={}"])],
+             Arm("fixed span 1024", "adaptive_span_tiny_text8_fixed")],
             "matches", 0.03, 300, "bpc", span_stats, common=CHAR_TEST,
             budget_reason="300 updates of 8 streams x 128 characters (307k characters), set by the CPU time "
             "available for the whole suite on a shared 2-core machine (about a third of a core per run), not by "
@@ -280,7 +280,7 @@ def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]],
     ax.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return buffer.getvalue()
 
