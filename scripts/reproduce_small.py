@@ -42,7 +42,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from toolkit.data.atomic import atomic_write_bytes  # noqa: E402
-from toolkit.modules.adaptive_span import window_length  # noqa: E402
+from toolkit.modules.attention.adaptive_span import window_length  # noqa: E402
 
 TEXT8 = "data-bin/text8_sample"
 IWSLT = "data-bin/iwslt14_sample"
