@@ -135,7 +135,7 @@ def composed(preset: str, overrides: tuple) -> Any:
 def build(preset: str, overrides: List[str], device: torch.device) -> tuple[Any, nn.Module, Any]:
     cfg = composed(preset, tuple(overrides))
     task = fake_task(cfg)
-    model = MODELS.get(cfg.model.name).builder.build(cfg.model, task).to(device)
+    model = MODELS.get(cfg.model.name).builder.from_config(cfg.model, task).to(device)
     criterion = CRITERIONS.get(cfg.criterion.name).builder(
         cfg.criterion, task, AuxWeights(cfg.aux_weights, cfg.max_update)
     )

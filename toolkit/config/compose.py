@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
+from toolkit.config.moved_keys import check_override_key, moved_to, upgrade_saved_config
 from toolkit.config.preset_names import RENAMED, register_old_names
 from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
@@ -140,6 +141,8 @@ def describe_composition_error(text: str) -> str:
     problem = next(
         (line for line in lines[1:] if not line.startswith(("full_key:", "object_type"))), lines[0] if lines else text
     )
+    if key and "not in" in problem and moved_to(key):
+        return f"the top-level key '{key}' is now {moved_to(key)} (move it there)"
     if key and "not in" in problem:
         return f"unknown key '{key}' ({problem}; did the preset set it for another {key.split('.')[0]} choice?)"
     return f"{problem} (key '{key}')" if key else problem
@@ -215,6 +218,7 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
                 raise ConfigError(f"unknown {key} '{value}'{close_matches(value, valid)}; valid: {', '.join(valid)}")
             group_choices.append(f"{key}={value}")
         else:
+            check_override_key(key)
             plain.append((key, value))
     try:
         cfg = _compose_defaults([f"config={preset}", *group_choices])
@@ -241,6 +245,7 @@ def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
     from toolkit.config.schema import TrainConfig
 
     load_registries()
+    raw = upgrade_saved_config(raw)  # keys that moved since the checkpoint was written
     cfg = OmegaConf.structured(TrainConfig)
     for group, registry in GROUPS.items():
         name = (raw.get(group) or {}).get("name")

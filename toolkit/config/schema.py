@@ -10,7 +10,6 @@ from omegaconf import MISSING
 
 from toolkit.config.choices import Backend, CompileBackend, Device, PhaseBudget, PhaseUnit, Precision, Progress, Subset
 from toolkit.config.ranges import bounded
-from toolkit.modules.memory_placement import MemoryPlacementConfig
 from toolkit.train.global_batch import GlobalBatchConfig
 
 
@@ -89,7 +88,6 @@ class TrainConfig:
     # times that batch's loss before the update (.inf: no such check; see docs/safety.md)
     checkpoint_sanity_factor: float = bounded(2.0, ge=1)
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
-    memory: MemoryPlacementConfig = field(default_factory=MemoryPlacementConfig)  # product-key memory layers
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
     aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see toolkit/aux_weights.py)
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)

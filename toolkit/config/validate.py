@@ -75,12 +75,9 @@ def check_task_and_model(cfg: DictConfig) -> Tuple[Any, ToolkitModel]:
     """Build the task on its data and the model on the meta device; check the auxiliary weights' names.
 
     Returns both (the model's tensors have shapes but no storage), for checks against a checkpoint."""
-    from toolkit.modules.memory_placement import place_memories
-
     task = TASKS.get(cfg.task.name).builder(cfg.task, cfg.data, cfg.seed, 0, cfg.distributed.world_size)
     with torch.device("meta"):
         model = task.build_model(cfg.model)
-        place_memories(model, cfg.get("memory"))
     check_aux_weights(cfg, aux_term_names(model))
     return task, model
 

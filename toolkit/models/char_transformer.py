@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from toolkit.errors import ConfigError
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
@@ -52,7 +53,7 @@ class IntermediateHeads(StrEnum):
 
 
 @dataclass
-class CharTransformerConfig:
+class CharTransformerConfig(MemoryConfigMixin):
     name: str = "char_transformer"
     n_layers: int = 12  # number of Transformer layers (n)
     d_model: int = 512  # model width

@@ -42,6 +42,7 @@ from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import InitTargets, apply_init, check_scheme
 from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.attention.relative import RelativeAttention
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.transformer_layer import FeedForward
 from toolkit.registry import MODELS
 
@@ -49,7 +50,7 @@ Cache = List[Tensor]  # one (B, C_l, D) tensor of layer inputs per layer
 
 
 @dataclass
-class StreamingLMConfig(AdaptiveIOConfig):
+class StreamingLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     """Architecture of the streamed LM; defaults are the 12-layer text8 model of the adaptive-span paper.
     Word-level models add adaptive input/softmax (AdaptiveIOConfig's fields)."""
 
@@ -302,14 +303,15 @@ class StreamingLM(ToolkitModel):
         self.clamp_spans()
 
     def metrics(self) -> Dict[str, float]:
-        """Learned spans for the training log: per layer and head, their mean and max, the largest window."""
+        """Learned spans for the training log: per layer and head, their mean and max, the largest window;
+        then the base class's (product-key memory usage)."""
         if not self.cfg.adaptive_span:
-            return {}
+            return super().metrics()
         spans = self.span_stats()
         named = {f"span/layer{layer}_head{head}": float(z) for (layer, head), z in np.ndenumerate(spans.numpy())}
         named.update({"span/mean": float(spans.mean()), "span/max": float(spans.max())})
         named["span/window_max"] = float(max(self.current_windows()))
-        return named
+        return {**named, **super().metrics()}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameter counts by part (for dry runs)."""

@@ -36,6 +36,7 @@ from toolkit.modules.attention.mae_gate import (
     expert_usage,
     gate_entropy,
 )
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, AttentionFactory, TransformerLayer
 from toolkit.registry import MODELS
@@ -51,7 +52,7 @@ MAE_CACHE_KEYS = (SUM_KEY, COUNT_KEY, EXPERT_KEY)
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(MemoryConfigMixin):
     """Sizes and options of the encoder-decoder Transformer (defaults: transformer_base)."""
 
     name: str = "transformer"
@@ -392,8 +393,9 @@ class TransformerModel(ToolkitModel):
         return {"gate_parameters": sum(p.numel() for n, p in self.named_parameters() if pattern.search(n))}
 
     def metrics(self) -> Dict[str, float]:
-        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward."""
-        return mae_metrics(self.mae_modules(), self._target_padding)
+        """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward; then
+        the base class's (product-key memory usage)."""
+        return {**mae_metrics(self.mae_modules(), self._target_padding), **super().metrics()}
 
     def max_decoder_positions(self) -> int:
         """Longest decoder input (start symbol + generated tokens) the position table covers."""

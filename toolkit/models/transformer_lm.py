@@ -29,6 +29,7 @@ from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.attention.mae import MAEAttention, MAEConfig, validate_mae_config
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -52,7 +53,7 @@ def self_attention_class(cfg: Any) -> Callable[..., nn.Module]:
 
 
 @dataclass
-class TransformerLMConfig(AdaptiveIOConfig):
+class TransformerLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     """Decoder-only Transformer LM; the adaptive input/softmax fields come from AdaptiveIOConfig."""
 
     name: str = "transformer_lm"
