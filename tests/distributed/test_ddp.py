@@ -123,7 +123,6 @@ def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
         "optimizer.eps": 1e-3,
         "task.tokens_per_sample": 32,
         "task.batch_size": batch_size,
-        "aux_weights.layer_\\d+_nll.n_layers": 3,
         "lr_scheduler.warmup_updates": 0,
     }
     return ["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]
