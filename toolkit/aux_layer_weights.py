@@ -101,8 +101,9 @@ def upgrade_per_layer_entries(cfg: DictConfig) -> None:
             _check_layers(cfg, where, n_old)
             del raw[key]
             cfg[KEY] = typed_schedule(old, where)
-        else:
+        else:  # the rule never applied to this entry: the plain schedule it computed
             raw[key] = old
+            log.warning("%s: per_layer_fraction/n_layers are deprecated and had no effect here: dropped", where)
             continue
         log.warning(
             "%s: per_layer_fraction/n_layers are deprecated; read as %s=%s (layer l of model.n_layers ends at "
