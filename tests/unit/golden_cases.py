@@ -42,9 +42,13 @@ PKM_LAYER = "pkm_layer"  # the stand-alone ProductKeyMemory (not a registered mo
 # (new = None: the field was removed and its stored value is dropped). Empty today; add an entry (never edit
 # the fixtures) when a config field is renamed or removed.
 CONFIG_RENAMES: Dict[str, Dict[str, Optional[str]]] = {}
-# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. Empty today. A
-# change of layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
-STATE_RENAMES: List[Tuple[str, str]] = []
+# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. A change of
+# layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
+STATE_RENAMES: List[Tuple[str, str]] = [
+    # char_transformer's heads became one module, `aux_heads` (checkpoints: char_transformer.nest_aux_head_keys)
+    (r"^layer_heads\.", "aux_heads.layer_heads."),
+    (r"^target_heads\.", "aux_heads.target_heads."),
+]
 
 Outputs = Dict[str, Any]
 Runner = Callable[[nn.Module, Dict[str, Any]], Outputs]

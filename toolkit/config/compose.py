@@ -20,6 +20,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolkit.aux_layer_weights import upgrade_per_layer_entries
 from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
 from toolkit.config.moved_keys import check_override_key, moved_to, upgrade_saved_config
 from toolkit.config.preset_names import RENAMED, register_old_names
@@ -234,6 +235,7 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     for open_mapping in OPEN_MAPPINGS:  # user-named entries: param_groups.NAME=..., aux_weights.TERM=...
         OmegaConf.set_struct(cfg[open_mapping], False)
     apply_overrides(cfg, plain)
+    upgrade_per_layer_entries(cfg)  # the old per-layer fields of aux_weights, in a user's file or override
     check_complete(cfg)
     validate_train_config(cfg)
     return cfg
@@ -258,4 +260,5 @@ def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     for open_mapping in OPEN_MAPPINGS:
         OmegaConf.set_struct(cfg[open_mapping], False)
+    upgrade_per_layer_entries(cfg)  # a checkpoint's config written with the old per-layer fields
     return cfg

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from toolkit.aux_weights import WeightScheduleConfig
 from toolkit.config.choices import Backend, CompileBackend, Device, PhaseBudget, PhaseUnit, Precision, Progress, Subset
 from toolkit.config.ranges import bounded
 from toolkit.train.global_batch import GlobalBatchConfig
@@ -90,6 +91,9 @@ class TrainConfig:
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
     aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see toolkit/aux_weights.py)
+    # one schedule for every intermediate-layer term layer_{l}_nll: layer l of model.n_layers ends at
+    # end_fraction * l / n of max_update (T64's rule; toolkit/aux_layer_weights.py); null = none
+    aux_layer_weights: Optional[WeightScheduleConfig] = None
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 

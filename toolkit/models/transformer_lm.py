@@ -6,6 +6,9 @@ softmax over the same bands (toolkit.modules.adaptive_softmax), optionally tied 
 adaptive softmax the model's `forward` returns the final hidden states instead of logits, and the model
 provides `output_nll(output, target)` (per-token NLL; the criterion and the evaluation use it) and
 `output_log_prob(output)` (the full distribution). Without it, everything is as for the plain LM.
+
+`aux_heads` (off by default) adds T64's auxiliary heads (toolkit.modules.aux_heads): intermediate-layer
+losses on the outputs of layers 1..n-1 and multiple targets from the final states, as named auxiliary terms.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +32,7 @@ from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.attention.mae import MAEAttention, MAEConfig, validate_mae_config
+from toolkit.modules.aux_heads import AuxHeadsConfig, build_aux_heads, check_aux_heads
 from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
@@ -78,6 +82,8 @@ class TransformerLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
     scale_embedding: bool = True  # multiply a plain token embedding by sqrt(d_model) (fairseq); false learns
     #                               faster (the positions keep up with the tokens; docs/init.md)
+    # auxiliary heads (T64): intermediate-layer losses, multiple targets; off by default (plain output only)
+    aux_heads: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
@@ -92,6 +98,7 @@ class TransformerLM(ToolkitModel):
         super().__init__()
         check_adaptive_config(cfg, cfg.tie_embeddings)
         check_scheme(cfg.init)
+        check_aux_heads(cfg.aux_heads, cfg.adaptive_softmax)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
@@ -118,6 +125,7 @@ class TransformerLM(ToolkitModel):
         )
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_ln and cfg.final_norm else nn.Identity()
         self.output: nn.Module = self._build_output(cfg, vocab_size)
+        self.aux_heads = build_aux_heads(cfg.aux_heads, cfg.d_model, vocab_size, cfg.n_layers)  # None when off
         positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
 
@@ -141,29 +149,59 @@ class TransformerLM(ToolkitModel):
 
     def hidden(self, tokens: Tensor) -> Tensor:
         """Final-layer states (B, T, D) for tokens (B, T)."""
+        return self.layer_states(tokens)[0]
+
+    def layer_states(self, tokens: Tensor, tapped: Collection[int] = ()) -> Tuple[Tensor, List[Tensor]]:
+        """Final-layer states (B, T, D) and the outputs of the layers numbered in `tapped` (1-based), in order."""
         positions = torch.arange(tokens.size(1), device=tokens.device)
         embedded = self.embed(tokens)
         if self.embed_scale != 1.0:
             embedded = embedded * self.embed_scale
         x = self.dropout(embedded + self.positions(positions))
-        for layer in self.layers:
+        taps: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
             x = layer(x, causal=True)
-        return self.final_norm(x)
+            if i + 1 in tapped:
+                taps.append(x)
+        return self.final_norm(x), taps
 
-    def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Logits (B, T, V) and named auxiliary terms (none for this model)."""
-        return self.output(self.hidden(tokens)), {}
+    def forward(
+        self, tokens: Tensor, target: Optional[Tensor] = None, active_aux: Optional[set[str]] = None
+    ) -> tuple[Tensor, Dict[str, Tensor]]:
+        """Logits (B, T, V) and the active auxiliary terms of the aux heads (none without heads or `target`;
+        `active_aux` None means every term)."""
+        if self.aux_heads is None or target is None:
+            return self.output(self.hidden(tokens)), {}
+        layer_ids = self.aux_heads.tapped_layers(active_aux)
+        hidden, states = self.layer_states(tokens, layer_ids)
+        layer_logits = [self.aux_heads.layer_logits(x, l, self._shared_head) for l, x in zip(layer_ids, states)]
+        return self.output(hidden), self.aux_heads.terms(layer_ids, layer_logits, hidden, target, active_aux)
+
+    def _shared_head(self, x: Tensor) -> Tensor:
+        """The final norm and output projection (shared intermediate heads use them)."""
+        return self.output(self.final_norm(x))
+
+    def aux_term_names(self) -> List[str]:
+        """The terms of the aux heads (none when they are off)."""
+        return self.aux_heads.term_names() if self.aux_heads is not None else []
+
+    def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
+        """The head that only term `name` uses."""
+        return self.aux_heads.term_parameters(name) if self.aux_heads is not None else []
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the input embedding, the layers and what the output layer adds (tied ones counted once)."""
         embed = {id(p) for p in self.embed.parameters()}
         layer_params = {id(p): p.numel() for p in self.layers.parameters()}
         output_extra = sum(p.numel() for p in self.output.parameters() if id(p) not in embed)
-        return {
+        counts = {
             "embedding_parameters": sum(p.numel() for p in self.embed.parameters()),
             "layer_parameters": sum(layer_params.values()),
             "output_parameters_untied": output_extra,
         }
+        if self.aux_heads is not None:
+            counts["aux_head_parameters"] = self.aux_heads.parameter_count()
+        return counts
 
 
 class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):

@@ -10,7 +10,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from toolkit.aux_weights import AuxWeights
+from toolkit.aux_layer_weights import build_aux_weights
 from toolkit.config.choices import Device
 from toolkit.errors import ConfigError
 from toolkit.models.base import ToolkitModel
@@ -58,6 +58,6 @@ def build_run(cfg: Any, rank: int = 0, world_size: int = 1) -> Run:
     task_entry = TASKS.get(cfg.task.name)
     task: Task = task_entry.builder(cfg.task, cfg.data, cfg.seed, rank, world_size)
     model = task.build_model(cfg.model)  # with the product-key memories of model.memory
-    aux = AuxWeights(cfg.aux_weights, cfg.max_update)
+    aux = build_aux_weights(cfg)
     criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, aux)
     return Run(task, model, criterion)
