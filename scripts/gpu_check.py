@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from toolkit.aux_weights import AuxWeights  # noqa: E402
+from toolkit.aux_layer_weights import build_aux_weights  # noqa: E402
 from toolkit.config.compose import compose_train_config  # noqa: E402
 from toolkit.eval.beam_search import GenerationConfig, generate  # noqa: E402
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory  # noqa: E402
@@ -68,7 +68,6 @@ TINY_CHAR = [
     "task.tokens_per_sample=32",
     "task.batch_size=2",
     "model.max_positions=64",
-    "aux_weights.layer_\\d+_nll.n_layers=2",
 ]
 TINY_SPAN = [
     "model.n_layers=1",
@@ -135,10 +134,8 @@ def composed(preset: str, overrides: tuple) -> Any:
 def build(preset: str, overrides: List[str], device: torch.device) -> tuple[Any, nn.Module, Any]:
     cfg = composed(preset, tuple(overrides))
     task = fake_task(cfg)
-    model = MODELS.get(cfg.model.name).builder.build(cfg.model, task).to(device)
-    criterion = CRITERIONS.get(cfg.criterion.name).builder(
-        cfg.criterion, task, AuxWeights(cfg.aux_weights, cfg.max_update)
-    )
+    model = MODELS.get(cfg.model.name).builder.from_config(cfg.model, task).to(device)
+    criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, build_aux_weights(cfg))
     return cfg, model, criterion
 
 

@@ -3,7 +3,9 @@
 A model names its auxiliary terms (ToolkitModel.aux_term_names); the criterion weighs each by its schedule
 and the trainer freezes the heads of the terms whose weight is 0 now. No schedule keeps state: the weight at
 step s is computed from (s, config), so resuming needs nothing saved. Both the criterions and the trainer read
-this module, which depends on neither.
+this module, which depends on neither. A schedule knows nothing about the terms it weighs: a model part
+whose terms follow a rule of their own (the aux heads' per-layer cut-offs, toolkit.aux_layer_weights) hands
+AuxWeights one plain schedule per term name.
 """
 
 from __future__ import annotations
@@ -42,26 +44,19 @@ class WeightScheduleConfig:
     start: int = bounded(0, ge=0)  # linear_warmup: update where the ramp from 0 starts
     end: Optional[int] = bounded(None, ge=0)  # update where the schedule ends (off / reaches 0 / reaches value)
     end_fraction: Optional[float] = bounded(None, ge=0)  # `end` as a fraction of max_update (used when end is null)
-    per_layer_fraction: bool = False  # end_fraction * l / n for a term named ..._<l>_... (T64: 1/2 * l/n)
-    n_layers: int = bounded(0, ge=0)  # n for per_layer_fraction
 
 
-def end_step(cfg: WeightScheduleConfig, max_update: int, layer: Optional[int] = None) -> float:
+def end_step(cfg: WeightScheduleConfig, max_update: int) -> float:
     if cfg.end is not None:
         return float(cfg.end)
     if cfg.end_fraction is None:
         return float("inf")
-    fraction = cfg.end_fraction
-    if cfg.per_layer_fraction:
-        if layer is None or cfg.n_layers <= 0:
-            raise ConfigError("per_layer_fraction needs a layer number in the term name and n_layers > 0")
-        fraction = fraction * layer / cfg.n_layers
-    return fraction * max_update
+    return cfg.end_fraction * max_update
 
 
-def weight_at(cfg: WeightScheduleConfig, step: int, max_update: int, layer: Optional[int] = None) -> float:
+def weight_at(cfg: WeightScheduleConfig, step: int, max_update: int) -> float:
     """The weight at update `step` (0-based count of updates already done)."""
-    end = end_step(cfg, max_update, layer)
+    end = end_step(cfg, max_update)
     if cfg.kind == "constant":
         return cfg.value
     if cfg.kind == "step_off":
@@ -74,36 +69,47 @@ def weight_at(cfg: WeightScheduleConfig, step: int, max_update: int, layer: Opti
     raise ConfigError(f"unknown schedule kind '{cfg.kind}' (valid: {', '.join(SCHEDULE_KINDS)})")
 
 
-class AuxWeights:
-    """Maps auxiliary-term names to their schedules. Keys are exact names or regexes (full match)."""
+def typed_schedule(value: Any, where: str) -> WeightScheduleConfig:
+    """A schedule from config data (a mapping, or a bare number: a constant), typed and range-checked;
+    errors name `where` (e.g. aux_weights.KEY)."""
+    cfg = OmegaConf.structured(WeightScheduleConfig)
+    try:
+        cfg = OmegaConf.merge(cfg, value if isinstance(value, Mapping) else {"value": value})
+    except OmegaConfBaseException as error:
+        error.full_key = f"{where}.{getattr(error, 'full_key', '') or ''}".rstrip(".")
+        raise explain(error, cfg) from None
+    check_ranges(cfg, f"{where}.")
+    return OmegaConf.to_object(cfg)
 
-    def __init__(self, raw: Mapping[str, Any], max_update: int):
+
+class AuxWeights:
+    """Maps auxiliary-term names to their schedules. Keys are exact names or regexes (full match).
+
+    `named` holds schedules for exact term names that a model part generated (they come first)."""
+
+    def __init__(
+        self, raw: Mapping[str, Any], max_update: int, named: Optional[Mapping[str, WeightScheduleConfig]] = None
+    ):
         self.max_update = max_update
+        self.named: dict[str, WeightScheduleConfig] = dict(named or {})
         self.rules: list[tuple[re.Pattern[str], WeightScheduleConfig]] = []
         if isinstance(raw, DictConfig):  # resolve ${model.n_layers}-style references against the whole config
             raw = OmegaConf.to_container(raw, resolve=True)
         for key, value in raw.items():
-            cfg = OmegaConf.structured(WeightScheduleConfig)
-            try:
-                cfg = OmegaConf.merge(cfg, value if isinstance(value, Mapping) else {"value": value})
-            except OmegaConfBaseException as error:
-                error.full_key = f"aux_weights.{key}.{getattr(error, 'full_key', '') or ''}".rstrip(".")
-                raise explain(error, cfg) from None
-            check_ranges(cfg, f"aux_weights.{key}.")
+            schedule = typed_schedule(value, f"aux_weights.{key}")
             try:
                 pattern = re.compile(key)
             except re.error as error:
                 raise ConfigError(f"aux_weights.{key}: not a valid regex ({error})") from None
-            self.rules.append((pattern, OmegaConf.to_object(cfg)))
+            self.rules.append((pattern, schedule))
 
     def weight(self, term: str, step: int) -> Optional[float]:
         """The weight of `term` at `step`, or None when no rule names it."""
+        if term in self.named:
+            return weight_at(self.named[term], step, self.max_update)
         for pattern, cfg in self.rules:
-            match = pattern.fullmatch(term)
-            if match:
-                numbers = re.findall(r"\d+", term)
-                layer = int(numbers[0]) if numbers else None
-                return weight_at(cfg, step, self.max_update, layer)
+            if pattern.fullmatch(term):
+                return weight_at(cfg, step, self.max_update)
         return None
 
 

@@ -123,7 +123,6 @@ def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
         "optimizer.eps": 1e-3,
         "task.tokens_per_sample": 32,
         "task.batch_size": batch_size,
-        "aux_weights.layer_\\d+_nll.n_layers": 3,
         "lr_scheduler.warmup_updates": 0,
     }
     return ["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]
@@ -179,3 +178,19 @@ def test_dead_rank_makes_the_others_exit_with_a_clear_error(text8_small, tmp_pat
     assert procs[0].returncode == DISTRIBUTED_EXIT, err[-1500:]
     assert "error: rank 0: distributed training stopped" in err
     assert time.time() - start < 40
+
+
+def test_switched_off_aux_heads_of_the_streamed_lm_are_frozen_under_ddp(text8_small, tmp_path):
+    """The same for the aux heads of the streamed LM (with adaptive span, persistent memory and a product-key
+    memory): its streams split over two ranks train as one process with all of them."""
+    from tests.integration.test_combinations_cli import combination_args
+
+    single, double = tmp_path / "single", tmp_path / "double"
+    # no BatchNorm in the memory's query: its batch statistics would differ per rank
+    same = {"model.memory.pkm.query_batchnorm": "false", "model.dropout": 0.0, "batch.sequences_per_update": 4}
+    same.update({"max_update": 4, "task.valid_max_tokens": 200})
+    assert train_main(combination_args(text8_small, single, **same, **{"task.batch_size": 4})) == 0
+    procs = start_ranks(combination_args(text8_small, double, **same, **{"task.batch_size": 2}))
+    assert wait_all(procs, timeout=120) == [0, 0], [p.stderr_text[-1500:] for p in procs]
+    assert_close_models(single, double, atol=1e-5)
+    assert [r["weight/layer_3_nll"] for r in read_log(double)] == [1.0, 1.0, 0.0, 0.0]  # off at 0.5 * 3 / 4 * 4

@@ -1,142 +1,102 @@
-"""The combinations/ presets end to end, shrunk: each trains a few updates with tk-train and is evaluated with
-tk-eval (a T64-style deep char LM with adaptive span, a streamed LM with MAE attention, an encoder-decoder
-with adaptive span in the decoder's self-attention, decoded with beam search)."""
+"""The combination preset: a streamed LM with adaptive span, persistent memory, a product-key memory layer and
+T64's auxiliary heads trains (every term logged with its scheduled weight, exact resume with the stream cache)
+and evaluates with tk-eval."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from tests.conftest import read_log, tiny_mt_args
+from tests.conftest import read_log
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint
 
-RUN = {
-    "max_update": 6,
-    "log_interval": 1,
-    "validate_interval": 0,
-    "save_interval": 6,
-    "final_subset": "null",
-    "tensorboard": "false",
-    "progress": "plain",
-    "device": "cpu",
-}
+PRESET = "combinations/streaming_span_memory_pkm_aux_text8_tiny"
 
 
-def cli(preset: str, args: dict) -> list[str]:
-    return [f"config={preset}"] + [f"{k}={v}" for k, v in args.items()]
-
-
-def last_eval(capsys: pytest.CaptureFixture) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_small, tmp_path, capsys):
-    run_dir = tmp_path / "t64_span"
+def combination_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
+    """The preset's 4 layers at d32 on 4 streams of 16-character blocks, 8 updates."""
     args = {
-        **RUN,
-        "data": text8_small,
+        "data": data,
         "run_dir": run_dir,
-        "model.n_layers": 3,
-        "model.d_model": 16,
-        "model.n_heads": 2,
-        "model.d_ff": 32,
-        "model.max_positions": 32,
-        "task.tokens_per_sample": 32,
-        "task.batch_size": 4,
-        "task.eval_stride": 8,
-        "aux_weights.layer_\\d+_nll.n_layers": 3,
-        "model.attention.span_init": 0.25,
-    }
-    assert train_main(cli("combinations/t64_adaptive_span_text8_tiny", args)) == 0
-    rows = read_log(run_dir)
-    assert [r["step"] for r in rows] == list(range(1, 7))
-    spans = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
-    z = [float(spans[f"layers.{l}.self_attn.span.span_param"].mean()) * 32 for l in range(3)]
-    assert rows[-1]["span/mean"] == pytest.approx(sum(z) / 3, rel=1e-5)
-    assert rows[-1]["weight/span_l1"] == 1.6e-5 and rows[-1]["aux/span_l1"] > 0
-    assert rows[-1]["weight/target_2_nll"] == 0.5  # T64's auxiliary losses are still there
-    capsys.readouterr()
-    assert eval_main([f"checkpoint={run_dir / 'checkpoint_last.pt'}", "subset=test", "task.eval_max_tokens=200"]) == 0
-    metrics = last_eval(capsys)
-    assert metrics["tokens"] == 200 and 0 < metrics["bpc"] < 6
-
-
-def test_streamed_lm_with_mae_trains_streamed_and_evaluates(text8_small, tmp_path, capsys):
-    run_dir = tmp_path / "stream_mae"
-    args = {
-        **RUN,
-        "data": text8_small,
-        "run_dir": run_dir,
+        "max_update": 8,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "save_interval": 4,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
         "lr_scheduler.warmup_updates": 0,
-        "model.n_layers": 2,
-        "model.d_model": 16,
-        "model.n_heads": 4,
-        "model.d_ff": 32,
-        "model.attn_span": 64,
-        "model.attention.gate_hidden": 8,
+        "model.d_model": 32,
+        "model.n_heads": 2,
+        "model.d_ff": 64,
+        "model.persistent_memory": 8,
+        "model.attn_span": 128,
+        "model.span_init": 0.1,
+        "model.memory.pkm.key_dim": 16,
         "task.tokens_per_sample": 16,
         "task.batch_size": 4,
+        "task.batches_per_epoch": 3,
         "task.valid_max_tokens": 2000,
     }
-    assert train_main(cli("combinations/streaming_mae_text8_tiny", args)) == 0
-    weights = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
-    assert weights["layers.0.attn.mae_gate.fc2.weight"].shape == (4, 8)  # 4 experts of 3 heads
-    assert read_log(run_dir)[-1]["aux/span_l1"] > 0
-    capsys.readouterr()
-    assert eval_main([f"checkpoint={run_dir / 'checkpoint_last.pt'}", "task.eval_streams=4"]) == 0
-    metrics = last_eval(capsys)
-    assert metrics["protocol"] == "stream" and metrics["tokens"] == 10_000 - 1 and 1 < metrics["bpc"] < 6
+    args.update(overrides)
+    return [f"config={PRESET}", *(f"{k}={v}" for k, v in args.items())]
 
 
-def test_translation_with_a_decoder_span_trains_and_decodes_with_beam_search(iwslt_sample, tmp_path, capsys):
-    run_dir = tmp_path / "decoder_span"
-    args = tiny_mt_args(iwslt_sample, run_dir, **{"model.slot_attention.decoder_self.max_span": 8})
-    assert train_main(["config=combinations/transformer_decoder_span_iwslt14_tiny"] + args[1:]) == 0
-    weights = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
-    assert weights["decoder_layers.0.self_attn.key_pe"].shape == (16, 8)
-    assert "encoder_layers.0.self_attn.qkv_proj.weight" in weights  # the encoder keeps plain attention
-    assert read_log(run_dir)[-1]["aux/span_l1"] > 0
-    capsys.readouterr()
-    code = eval_main(
-        [
-            f"checkpoint={run_dir / 'checkpoint_last.pt'}",
-            "subset=test",
-            "device=cpu",
-            "task.generation.beam=2",
-            "task.generation.max_len_b=10",  # past the 8-position span while decoding
-        ]
+@pytest.fixture(scope="module")
+def straight(text8_small, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("combination") / "straight"
+    assert train_main(combination_args(text8_small, run_dir, keep_interval_checkpoints=2)) == 0
+    return run_dir
+
+
+def test_the_combination_trains_with_every_part_and_resumes_exactly(text8_small, straight, tmp_path):
+    resumed = tmp_path / "resumed"
+    weights = load_checkpoint(straight / "checkpoint_last.pt")["model"]
+    # the trainer freezes a head once its term's weight is 0: layer 1-3 heads are off after update 3
+    half = load_checkpoint(straight / "checkpoint_4.pt")["model"]
+    assert all(torch.equal(half[k], weights[k]) for k in weights if k.startswith("aux_heads.layer_heads."))
+    assert not torch.equal(half["aux_heads.target_heads.0.weight"], weights["aux_heads.target_heads.0.weight"])
+    assert "layers.2.ffn.memory_values.weight" in weights  # the product-key memory in layer 3's FFN place
+    assert weights["layers.0.attn.persistent.keys"].shape == (2, 8, 16)  # heads, persistent vectors, head dim
+    assert weights["layers.0.attn.span.span_param"].numel() == 2  # a learned span per head
+    assert {f"aux_heads.layer_heads.{i}.1.weight" for i in range(3)} | {"aux_heads.target_heads.0.weight"} <= set(
+        weights
     )
-    assert code == 0
-    assert 0.0 <= last_eval(capsys)["bleu"] <= 100.0
+    rows = read_log(straight)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    for row in rows:
+        done = row["step"] - 1  # updates completed before this one: the step its weights are taken at
+        layer_weights = {k: v for k, v in row.items() if k.startswith("weight/layer_")}
+        assert sorted(layer_weights) == [f"weight/layer_{l}_nll" for l in range(1, 4)], row
+        # layer l of 4 stops at 0.5 * l / 4 * 8 = update l
+        assert [name for name, w in sorted(layer_weights.items()) if w > 0] == [
+            f"weight/layer_{l}_nll" for l in range(done + 1, 4)
+        ]
+        assert row["weight/target_2_nll"] == 0.5 and row["weight/span_l1"] == 4.0e-7
+        assert row["aux/span_l1"] > 0 and row["aux/target_2_nll"] > 0
+        assert row["loss"] > row["nll"]  # the weighted auxiliary terms are on top of the reported nll
+
+    # stop after 4 updates, then resume to 8; the layer cut-offs scale with max_update, so the first half
+    # keeps them where the 8-update run has them (0.5 * l / 4 * 8 = 1.0 * l / 4 * 4)
+    first_half = {"max_update": 4, "aux_layer_weights.end_fraction": 1.0}
+    assert train_main(combination_args(text8_small, resumed, **first_half)) == 0
+    assert train_main(combination_args(text8_small, resumed)) == 0
+    again = load_checkpoint(resumed / "checkpoint_last.pt")["model"]
+    for key, value in weights.items():
+        assert torch.equal(value, again[key]), key
+    assert [r["loss"] for r in read_log(resumed)] == [r["loss"] for r in rows]
 
 
-@pytest.mark.parametrize(
-    "preset, override, message",
-    [
-        (
-            "baselines/transformer_iwslt14_tiny",
-            "model.slot_attention.encoder_self=adaptive_span",
-            "error: model.slot_attention.encoder_self: attention 'adaptive_span' cannot serve bidirectional (encoder) "
-            "self-attention: it is causal (relative positions and spans measure distance back within one "
-            "sequence); an encoder attends in both directions",
-        ),
-        (
-            "adaptive_span/text8_tiny",
-            "model.attention=standard",
-            "error: model.attention: attention 'standard' cannot serve the streamed cache: a streamed cache needs "
-            "relative positions, which plain attention has not (use adaptive_span, with span: fixed for a plain "
-            "window, or mae)",
-        ),
-        (
-            "combinations/t64_adaptive_span_text8_tiny",
-            "model.attention.span_ramp=-2",
-            "error: model.attention.span_ramp must be >= 0, got -2",
-        ),
-    ],
-)
-def test_impossible_combinations_stop_a_dry_run_with_one_line(preset, override, message, capsys):
-    assert train_main([f"config={preset}", override, "dry_run=true", "data=/nonexistent"]) == 2
-    assert capsys.readouterr().err.strip() == message
+def test_the_combination_evaluates(straight, capsys):
+    capsys.readouterr()
+    assert eval_main([f"checkpoint={straight / 'checkpoint_last.pt'}", "device=cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["protocol"] == "stream" and metrics["block"] == 16
+    assert metrics["tokens"] == 10_000 - 1  # the whole 10k test split, every target
+    assert 1.0 < metrics["bpc"] < 6.0

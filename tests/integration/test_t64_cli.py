@@ -1,12 +1,18 @@
-"""tk-train with the T64 tiny preset (auxiliary terms and their schedules in the log), then tk-eval's protocols."""
+"""tk-train with the T64 tiny preset (auxiliary terms and their schedules in the log), then tk-eval's protocols;
+a checkpoint written before the heads became one module and the per-layer rule left aux_weights still
+evaluates and resumes."""
 
 from __future__ import annotations
 
 import json
+import shutil
+
+import torch
 
 from tests.conftest import read_log
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
+from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_small, tmp_path, capsys):
@@ -22,7 +28,7 @@ def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_sma
         "tensorboard": "false",
         "progress": "plain",
         "device": "cpu",
-        "model.n_layers": 4,
+        "model.n_layers": 4,  # layer l of 4 stops at 8 * l / 8 = update l (aux_layer_weights)
         "model.d_model": 16,
         "model.n_heads": 2,
         "model.d_ff": 32,
@@ -30,7 +36,6 @@ def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_sma
         "task.tokens_per_sample": 32,
         "task.batch_size": 4,
         "task.eval_stride": 8,
-        "aux_weights.layer_\\d+_nll.n_layers": 4,  # layer l of 4 stops at 8 * l / 8 = update l
     }
     assert train_main(["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]) == 0
     rows = read_log(run_dir)
@@ -65,3 +70,57 @@ def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_sma
             200,
         )
         assert 0 < metrics["bpc"] < 6
+
+
+def test_a_checkpoint_of_the_old_layout_evaluates_and_resumes_as_today_s(text8_small, tmp_path, capsys):
+    """The heads saved as `layer_heads.*` / `target_heads.*` and the per-layer rule stored in aux_weights as
+    per_layer_fraction/n_layers (what tk-train wrote before): tk-eval reads it, and resuming from it gives
+    bit for bit the run resumed from today's form of the same checkpoint."""
+    now, old = tmp_path / "now", tmp_path / "old"
+    args = {
+        "data": text8_small,
+        "max_update": 6,
+        "log_interval": 1,
+        "validate_interval": 0,
+        "final_subset": "null",
+        "tensorboard": "false",
+        "progress": "plain",
+        "device": "cpu",
+        "model.n_layers": 4,
+        "model.d_model": 16,
+        "model.n_heads": 2,
+        "model.d_ff": 32,
+        "model.max_positions": 32,
+        "task.tokens_per_sample": 32,
+        "task.batch_size": 4,
+        "task.eval_stride": 8,
+    }
+    run = [f"{k}={v}" for k, v in args.items()]
+    assert train_main(["config=t64_tiny_text8", f"run_dir={now}", "save_interval=3", "max_update=3", *run[1:]]) == 0
+    shutil.copytree(now, old)
+    state = load_checkpoint(old / "checkpoint_last.pt")
+    state["model"] = {k.removeprefix("aux_heads."): v for k, v in state["model"].items()}
+    config = state["config"]
+    assert config.pop("aux_layer_weights") == {
+        "kind": "step_off",
+        "value": 1.0,
+        "start": 0,
+        "end": None,
+        "end_fraction": 0.5,
+    }
+    entry = {"kind": "step_off", "value": 1.0, "end_fraction": 0.5, "per_layer_fraction": True, "n_layers": 4}
+    config["aux_weights"] = {"layer_\\d+_nll": entry, **config["aux_weights"]}
+    save_checkpoint(state, old / "checkpoint_last.pt")
+    assert "layer_heads.0.1.weight" in load_checkpoint(old / "checkpoint_last.pt")["model"]
+    capsys.readouterr()
+
+    assert eval_main([f"checkpoint={old / 'checkpoint_last.pt'}", "subset=test", "task.eval_max_tokens=200"]) == 0
+    assert 0 < json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bpc"] < 6
+    for run_dir in (now, old):
+        assert train_main(["config=t64_tiny_text8", f"run_dir={run_dir}", "save_interval=6", *run]) == 0
+    resumed_now, resumed_old = (load_checkpoint(d / "checkpoint_last.pt") for d in (now, old))
+    assert resumed_now["position"]["step"] == resumed_old["position"]["step"] == 6
+    assert resumed_now["model"].keys() == resumed_old["model"].keys()
+    for key, value in resumed_now["model"].items():
+        assert torch.equal(value, resumed_old["model"][key]), key
+    assert [r["loss"] for r in read_log(now)] == [r["loss"] for r in read_log(old)]

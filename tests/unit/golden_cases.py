@@ -3,10 +3,12 @@
 `scripts/make_golden_outputs.py` builds each case (seeded init, then a seeded perturbation so that gates,
 spans and heads are far from their symmetric initial values), runs it and writes the fixture; the test
 `tests/unit/test_golden_outputs.py` rebuilds the model from the stored plain config through the same
-path the trainer uses (registry builder + memory placement), loads the stored state_dict and runs it again.
+path the trainer uses (the registered model's `from_config`), loads the stored state_dict and runs it again.
 
 A fixture file holds only tensors and plain containers (loads with `torch.load(weights_only=True)`):
-{"format", "case", "model", "config", "task", "memory", "state_dict", "inputs", "outputs"}.
+{"format", "case", "model", "config", "task", "memory", "state_dict", "inputs", "outputs"}. "memory" is the
+product-key memory placement, a top-level training-config key when the fixtures were written; `build_model`
+applies it as the model config's `memory` field, where it is now.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from torch import Tensor, nn
 
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models import load_all
-from toolkit.modules.memory_placement import place_memories
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
 from toolkit.registry import MODELS
 from toolkit.tasks.stream_lm_data import score_substreams
@@ -41,9 +42,13 @@ PKM_LAYER = "pkm_layer"  # the stand-alone ProductKeyMemory (not a registered mo
 # (new = None: the field was removed and its stored value is dropped). Empty today; add an entry (never edit
 # the fixtures) when a config field is renamed or removed.
 CONFIG_RENAMES: Dict[str, Dict[str, Optional[str]]] = {}
-# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. Empty today. A
-# change of layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
-STATE_RENAMES: List[Tuple[str, str]] = []
+# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. A change of
+# layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
+STATE_RENAMES: List[Tuple[str, str]] = [
+    # char_transformer's heads became one module, `aux_heads` (checkpoints: char_transformer.nest_aux_head_keys)
+    (r"^layer_heads\.", "aux_heads.layer_heads."),
+    (r"^target_heads\.", "aux_heads.target_heads."),
+]
 
 Outputs = Dict[str, Any]
 Runner = Callable[[nn.Module, Dict[str, Any]], Outputs]
@@ -59,7 +64,7 @@ class Case:
     task: Dict[str, Any]  # what the builder reads from the task (vocab_size, pad_idx, ...)
     inputs: Callable[[torch.Generator], Dict[str, Any]]
     run: Runner
-    memory: Optional[Dict[str, Any]] = None  # top-level `memory` placement config (product-key memories)
+    memory: Optional[Dict[str, Any]] = None  # the model config's `memory` (product-key memory placement)
     prepare: Optional[Callable[[nn.Module], None]] = None  # after the perturbation (e.g. span values)
 
 
@@ -77,18 +82,19 @@ def plain_config(model: str, overrides: Dict[str, Any]) -> Dict[str, Any]:
 def build_model(
     model: str, config: Dict[str, Any], task: Dict[str, Any], memory: Optional[Dict[str, Any]]
 ) -> nn.Module:
-    """The model of a stored case, built as the trainer builds it (registry builder, then memory placement)."""
+    """The model of a stored case, built as the trainer builds it (`from_config`: the builder, then the
+    product-key memories of the config's `memory`, which the fixtures store beside the config)."""
     renames = CONFIG_RENAMES.get(model, {})
     config = {renames.get(key, key): value for key, value in config.items() if renames.get(key, key) is not None}
+    if memory is not None:
+        config = {**config, "memory": memory}
     if model == PKM_LAYER:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PKMConfig), config))
         return ProductKeyMemory(task["d_in"], task["d_out"], cfg)
     entry = MODELS.get(model)
     cfg = OmegaConf.merge(OmegaConf.structured(entry.config_cls), config)
     fake_task = SimpleNamespace(**task, cfg=SimpleNamespace(tokens_per_sample=task.get("tokens_per_sample", 0)))
-    built = entry.builder.build(cfg, fake_task)
-    place_memories(built, memory)
-    return built
+    return entry.builder.from_config(cfg, fake_task)
 
 
 @torch.no_grad()

@@ -95,10 +95,17 @@ def separate_projections(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tens
     return out
 
 
+def heads_as_recorded(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The state dict with char_transformer's `aux_heads.` prefix dropped: the heads were the model's own
+    `layer_heads` / `target_heads` when the digests were recorded."""
+    return {key.removeprefix("aux_heads."): value for key, value in state.items()}
+
+
 def digests(init: Optional[str] = None) -> Dict[str, Dict[str, str]]:
-    """model name -> {state_dict key (separate q/k/v projections): sha256 of the tensor's bytes}."""
+    """model name -> {state_dict key (separate q/k/v projections, heads as recorded): sha256 of the tensor's
+    bytes}."""
     out = {}
     for name in zoo(init):
-        state = separate_projections(build(name, init).state_dict())
+        state = heads_as_recorded(separate_projections(build(name, init).state_dict()))
         out[name] = {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
     return out

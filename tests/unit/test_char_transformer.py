@@ -10,13 +10,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from toolkit.aux_weights import AuxWeights
+from toolkit.aux_layer_weights import build_aux_weights, layer_schedules
+from toolkit.aux_weights import AuxWeights, typed_schedule
 from toolkit.config.compose import compose_train_config
 from toolkit.criterions.cross_entropy import CrossEntropyCriterion
 from toolkit.errors import ConfigError
 from toolkit.eval.lm_scoring import score_stream
 from toolkit.logging.token_metrics import summarize
-from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig, k_ahead_labels
+from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig
+from toolkit.modules.aux_heads import k_ahead_labels
 from toolkit.tasks.char_lm import CharLMConfig, CharLMTask, eval_stride
 
 V = 11
@@ -45,7 +47,7 @@ def batch_of(c: torch.Tensor) -> dict:
 # ---- schedules (through the presets' aux_weights) --------------------------------------------------------
 def test_intermediate_losses_stop_at_l_over_2n_of_training():
     cfg = compose_train_config("t12_text8", ["max_update=2400", "data=null"])
-    weights = AuxWeights(cfg.aux_weights, cfg.max_update)
+    weights = build_aux_weights(cfg)
     for layer in (1, 6, 11):
         cut = 2400 * layer // 24  # l / (2n) of max_update, n = 12
         assert weights.weight(f"layer_{layer}_nll", cut - 1) == 1.0
@@ -54,8 +56,8 @@ def test_intermediate_losses_stop_at_l_over_2n_of_training():
 
 
 def test_linear_decay_shape_reaches_zero_at_the_same_point():
-    cfg = compose_train_config("t64_text8", ["max_update=12800", "aux_weights.layer_\\d+_nll.kind=linear_decay"])
-    weights = AuxWeights(cfg.aux_weights, cfg.max_update)
+    cfg = compose_train_config("t64_text8", ["max_update=12800", "aux_layer_weights.kind=linear_decay"])
+    weights = build_aux_weights(cfg)
     # layer 32 of 64 ends at 32 / 128 * 12800 = 3200
     assert [weights.weight("layer_32_nll", s) for s in (0, 1600, 2400, 3200, 5000)] == [1.0, 0.5, 0.25, 0.0, 0.0]
     assert weights.weight("layer_1_nll", 99) == pytest.approx(0.01)
@@ -88,13 +90,13 @@ def test_aux_terms_equal_independent_computations():
     hidden = model.final_norm(x)
     assert torch.allclose(logits, model.output(hidden), atol=1e-6)
     for l in (1, 2):
-        norm, proj = model.layer_heads[l - 1]
+        norm, proj = model.aux_heads.layer_heads[l - 1]
         head = F.linear(F.layer_norm(states[l - 1], (16,), norm.weight, norm.bias), proj.weight, proj.bias)
         assert aux[f"layer_{l}_nll"].item() == pytest.approx(
             F.cross_entropy(head.reshape(-1, V), target.reshape(-1)).item(), rel=1e-5
         )
     for k in (2, 3):
-        head = F.linear(hidden, model.target_heads[k - 2].weight, model.target_heads[k - 2].bias)
+        head = F.linear(hidden, model.aux_heads.target_heads[k - 2].weight, model.aux_heads.target_heads[k - 2].bias)
         valid = t - k + 1  # positions with a character k ahead inside the window
         expected = F.cross_entropy(head[:, :valid].reshape(-1, V), c[:, k : k + valid].reshape(-1))
         assert aux[f"target_{k}_nll"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -135,14 +137,13 @@ def test_config_errors(overrides, message):
 
 
 # ---- gradients and bpc through the criterion -------------------------------------------------------------
-def criterion_for(raw: dict, max_update: int = 100) -> CrossEntropyCriterion:
-    return CrossEntropyCriterion(None, FakeTask(), AuxWeights(OmegaConf.create(raw), max_update))
+def criterion_for(raw: dict, max_update: int = 100, n_layers: int = 3) -> CrossEntropyCriterion:
+    """The criterion with T64's per-layer weights for the layers (layer l of 3 stops at l/6 of training)."""
+    layers = layer_schedules(typed_schedule({"kind": "step_off", "end_fraction": 0.5}, "aux_layer_weights"), n_layers)
+    return CrossEntropyCriterion(None, FakeTask(), AuxWeights(OmegaConf.create(raw), max_update, layers))
 
 
-T64_WEIGHTS = {
-    "layer_\\d+_nll": {"kind": "step_off", "end_fraction": 0.5, "per_layer_fraction": True, "n_layers": 3},
-    "target_\\d+_nll": {"kind": "constant", "value": 0.5},
-}
+T64_WEIGHTS = {"target_\\d+_nll": {"kind": "constant", "value": 0.5}}
 
 
 def test_zero_weighted_terms_send_no_gradient_into_their_heads():
@@ -151,11 +152,11 @@ def test_zero_weighted_terms_send_no_gradient_into_their_heads():
     loss, _, logs = criterion(model, batch_of(chunk()), step=20)
     loss.backward()
     assert "aux/layer_1_nll" not in logs and logs["weight/layer_2_nll"] == 1.0
-    assert all(p.grad is None for p in model.layer_heads[0].parameters())
-    assert all(torch.count_nonzero(p.grad) > 0 for p in model.layer_heads[1].parameters())
+    assert all(p.grad is None for p in model.aux_heads.layer_heads[0].parameters())
+    assert all(torch.count_nonzero(p.grad) > 0 for p in model.aux_heads.layer_heads[1].parameters())
     model.zero_grad(set_to_none=True)
     criterion_for({**T64_WEIGHTS, "target_\\d+_nll": 0.0})(model, batch_of(chunk()), step=50)[0].backward()
-    heads = [*model.layer_heads.parameters(), *model.target_heads.parameters()]
+    heads = [*model.aux_heads.layer_heads.parameters(), *model.aux_heads.target_heads.parameters()]
     assert len(heads) == 12 and all(p.grad is None for p in heads)
     assert model.output.weight.grad is not None
 

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from toolkit.config.compose import compose_train_config
-from toolkit.modules.memory_placement import MemoryAfterLayer, UsageMonitor
+from toolkit.modules.memory_placement import MemoryAfterLayer
 from toolkit.modules.pkm import ProductKeyMemory
 from toolkit.train.setup import build_run, parameter_summary
 
@@ -20,7 +20,7 @@ def build(preset: str, *overrides: str):
 
 
 def test_replace_ffn_in_char_lm_and_report_parameters():
-    model = build("text8_char_tiny", "memory.layers=[1]", f"memory.pkm={SMALL}")
+    model = build("text8_char_tiny", "model.memory.layers=[1]", f"model.memory.pkm={SMALL}")
     assert isinstance(model.layers[1].ffn, ProductKeyMemory) and not isinstance(model.layers[0].ffn, ProductKeyMemory)
     summary = parameter_summary(model)
     memory = sum(p.numel() for p in model.layers[1].ffn.parameters())
@@ -30,12 +30,12 @@ def test_replace_ffn_in_char_lm_and_report_parameters():
     assert logits.shape == (2, 16, 27)
 
 
-def test_after_layer_in_translation_decoder_and_usage_monitor():
+def test_after_layer_in_translation_decoder_reports_usage_in_metrics():
     model = build(
         "iwslt14_tiny",
-        "memory.layers=[0]",
-        "memory.mode=after_layer",
-        f"memory.pkm={SMALL}",
+        "model.memory.layers=[0]",
+        "model.memory.mode=after_layer",
+        f"model.memory.pkm={SMALL}",
         "model.encoder_layers=1",
         "model.decoder_layers=1",
         "model.d_model=32",
@@ -43,11 +43,10 @@ def test_after_layer_in_translation_decoder_and_usage_monitor():
     )
     assert isinstance(model.decoder_layers[0], MemoryAfterLayer)
     assert not any(isinstance(m, ProductKeyMemory) for m in model.encoder_layers.modules())
-    monitor = UsageMonitor(model)
     model.eval()
     src, prev = torch.randint(4, 100, (3, 7)), torch.randint(4, 100, (3, 5))
     model(src, prev)
-    report = monitor.report()
+    report = model.metrics()
     name = "pkm/decoder_layers.0.memory"
     # 3 x 5 decoder positions, 2 heads, k = 4: at least 4 distinct slots, at most all 64
     assert 4 / 64 <= report[f"{name}_usage"] <= 1.0 and report[f"{name}_kl_uniform"] >= 0.0
@@ -60,8 +59,8 @@ def test_resume_keeps_the_memory_optimizer_state(text8_small, tmp_path):
     from toolkit.train.checkpoint import load_checkpoint
 
     extra = {
-        "memory.layers": "[0]",
-        "memory.pkm": SMALL,
+        "model.memory.layers": "[0]",
+        "model.memory.pkm": SMALL,
         "param_groups.pkm_values": "{params: '(^|\\.)memory_values\\.weight$', optimizer: {name: adam, lr: 0.001}}",
     }
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -83,9 +82,9 @@ def _decoder_outputs_with_extra_padding(mode: str) -> tuple[torch.Tensor, torch.
     torch.manual_seed(0)
     model = build(
         "iwslt14_tiny",
-        "memory.layers=[0]",
-        f"memory.mode={mode}",
-        f"memory.pkm={SMALL}",
+        "model.memory.layers=[0]",
+        f"model.memory.mode={mode}",
+        f"model.memory.pkm={SMALL}",
         "model.encoder_layers=1",
         "model.decoder_layers=1",
         "model.d_model=32",

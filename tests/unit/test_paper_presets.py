@@ -121,9 +121,9 @@ def test_pkm_deep_baselines_differ_from_the_memory_models_only_in_depth_and_memo
         memory = OmegaConf.to_container(resolved(preset), resolve=True)
         deep = OmegaConf.to_container(resolved(baseline), resolve=True)
         assert deep["model"]["n_layers"] == depth == 2 * memory["model"]["n_layers"]
-        assert deep["memory"]["layers"] == [] and memory["memory"]["layers"] != []
+        assert deep["model"]["memory"]["layers"] == [] and memory["model"]["memory"]["layers"] != []
         for cfg in (memory, deep):
-            cfg["model"].pop("n_layers"), cfg.pop("memory"), cfg.pop("param_groups"), cfg.pop("run_dir")
+            cfg["model"].pop("n_layers"), cfg["model"].pop("memory"), cfg.pop("param_groups"), cfg.pop("run_dir")
         assert memory == deep
         header = (config_dir() / "config" / f"{current_name(preset)}.yaml").read_text()
         assert "An adaptation, not the paper's experiment" in header and current_name(baseline) in header

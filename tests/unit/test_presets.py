@@ -62,7 +62,10 @@ def test_every_old_name_points_at_a_shipped_preset_and_the_names_follow_one_patt
     assert not set(RENAMED) & set(SHIPPED)
     for name in SHIPPED:  # FOLDER/[MODEL_]DATASET[_VARIANT][_SIZE]: the size, if any, last
         folder, _, rest = name.partition("/")
-        assert folder in ("adaptive_span", "all_attention", "baselines", "combinations", "mae", "pkm", "t64") and "/" not in rest
+        assert (
+            folder in ("adaptive_span", "all_attention", "baselines", "combinations", "mae", "pkm", "t64")
+            and "/" not in rest
+        )
         assert "tiny_" not in rest and "large_" not in rest, name
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from toolkit.aux_weights import AuxWeights
+from toolkit.aux_layer_weights import layer_schedules
+from toolkit.aux_weights import AuxWeights, typed_schedule
 from toolkit.errors import ConfigError
 from toolkit.registry import LR_SCHEDULERS
 from toolkit.train import lr_schedulers  # noqa: F401 - registers the schedules
@@ -20,10 +21,10 @@ def test_weight_schedules_at_chosen_steps():
             "off": {"kind": "step_off", "value": 2.0, "end": 10},
             "decay": {"kind": "linear_decay", "value": 1.0, "end_fraction": 0.5},
             "warm": {"kind": "linear_warmup", "value": 1.0, "start": 10, "end": 20},
-            "layer_\\d+_nll": {"kind": "step_off", "end_fraction": 0.5, "per_layer_fraction": True, "n_layers": 4},
             "plain": 0.5,
         },
         max_update=100,
+        named=layer_schedules(typed_schedule({"kind": "step_off", "end_fraction": 0.5}, "aux_layer_weights"), 4),
     )
     assert [weights.weight("off", s) for s in (0, 9, 10, 50)] == [2.0, 2.0, 0.0, 0.0]
     assert [weights.weight("decay", s) for s in (0, 25, 50, 80)] == [1.0, 0.5, 0.0, 0.0]

@@ -49,7 +49,6 @@ def _body(args: list[str]) -> int:
         return score_files(args)
     from toolkit.cli.outputs import check_output_file
     from toolkit.data.atomic import atomic_write_bytes
-    from toolkit.modules.memory_placement import UsageMonitor
     from toolkit.train.compile import compile_model
     from toolkit.train.trained_run import load_trained_run
 
@@ -66,13 +65,12 @@ def _body(args: list[str]) -> int:
     model, device = run.model, run.device
     if cfg.compile:
         compile_model(model, cfg.compile_backend)
-    memories = UsageMonitor(model)
     check_token_nll(run.task, cfg.save_nll)
     run.task.record_token_nll = cfg.save_nll is not None
     metrics = run.task.evaluate(model, cfg.subset, device)
     if cfg.save_nll:
         metrics["nll_file"] = save_token_nll(run.task, cfg.save_nll)
-    metrics.update(memories.report())  # product-key memory usage and KL from uniform (if the model has any)
+    metrics.update(model.memory_metrics())  # product-key memory usage and KL from uniform (if the model has any)
     metrics["checkpoint"] = cfg.checkpoint
     metrics["step"] = run.checkpoint.step
     for key, value in metrics.items():

@@ -20,7 +20,9 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from toolkit.aux_layer_weights import upgrade_per_layer_entries
 from toolkit.config.cli_overrides import apply_overrides, check_complete, explain, split_overrides
+from toolkit.config.moved_keys import check_override_key, moved_to, upgrade_saved_config
 from toolkit.config.preset_names import RENAMED, register_old_names
 from toolkit.config.validate import validate_train_config
 from toolkit.errors import ConfigError, close_matches
@@ -140,6 +142,8 @@ def describe_composition_error(text: str) -> str:
     problem = next(
         (line for line in lines[1:] if not line.startswith(("full_key:", "object_type"))), lines[0] if lines else text
     )
+    if key and "not in" in problem and moved_to(key):
+        return f"the top-level key '{key}' is now {moved_to(key)} (move it there)"
     if key and "not in" in problem:
         return f"unknown key '{key}' ({problem}; did the preset set it for another {key.split('.')[0]} choice?)"
     return f"{problem} (key '{key}')" if key else problem
@@ -215,6 +219,7 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
                 raise ConfigError(f"unknown {key} '{value}'{close_matches(value, valid)}; valid: {', '.join(valid)}")
             group_choices.append(f"{key}={value}")
         else:
+            check_override_key(key)
             plain.append((key, value))
     try:
         cfg = _compose_defaults([f"config={preset}", *group_choices])
@@ -230,6 +235,7 @@ def compose_train_config(preset: str, overrides: Sequence[str]) -> DictConfig:
     for open_mapping in OPEN_MAPPINGS:  # user-named entries: param_groups.NAME=..., aux_weights.TERM=...
         OmegaConf.set_struct(cfg[open_mapping], False)
     apply_overrides(cfg, plain)
+    upgrade_per_layer_entries(cfg)  # the old per-layer fields of aux_weights, in a user's file or override
     check_complete(cfg)
     validate_train_config(cfg)
     return cfg
@@ -241,6 +247,7 @@ def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
     from toolkit.config.schema import TrainConfig
 
     load_registries()
+    raw = upgrade_saved_config(raw)  # keys that moved since the checkpoint was written
     cfg = OmegaConf.structured(TrainConfig)
     for group, registry in GROUPS.items():
         name = (raw.get(group) or {}).get("name")
@@ -253,4 +260,5 @@ def typed_train_config(raw: Mapping[str, Any]) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     for open_mapping in OPEN_MAPPINGS:
         OmegaConf.set_struct(cfg[open_mapping], False)
+    upgrade_per_layer_entries(cfg)  # a checkpoint's config written with the old per-layer fields
     return cfg

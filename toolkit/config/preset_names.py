@@ -17,6 +17,7 @@ RENAMED: Dict[str, str] = {
     "adaptive_span_text8_large": "adaptive_span/text8_large",
     "adaptive_span_enwik8_large": "adaptive_span/enwik8_large",
     "adaptive_span_tiny_text8": "adaptive_span/text8_tiny",
+    "adaptive_span_tiny_text8_fixed": "adaptive_span/text8_fixed_tiny",
     "all_attention_text8": "all_attention/text8",
     "all_attention_enwik8": "all_attention/enwik8",
     "all_attention_enwik8_large": "all_attention/enwik8_large",

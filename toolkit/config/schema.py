@@ -8,9 +8,9 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from toolkit.aux_weights import WeightScheduleConfig
 from toolkit.config.choices import Backend, CompileBackend, Device, PhaseBudget, PhaseUnit, Precision, Progress, Subset
 from toolkit.config.ranges import bounded
-from toolkit.modules.memory_placement import MemoryPlacementConfig
 from toolkit.train.global_batch import GlobalBatchConfig
 
 
@@ -89,9 +89,11 @@ class TrainConfig:
     # times that batch's loss before the update (.inf: no such check; see docs/safety.md)
     checkpoint_sanity_factor: float = bounded(2.0, ge=1)
     train_only: Optional[str] = None  # regex: train only matching parameters, freeze the rest (FTG, FTG+, ...)
-    memory: MemoryPlacementConfig = field(default_factory=MemoryPlacementConfig)  # product-key memory layers
     param_groups: Dict[str, Any] = field(default_factory=dict)  # extra groups: {name: {params: REGEX, ...}}
     aux_weights: Dict[str, Any] = field(default_factory=dict)  # {aux_term: schedule} (see toolkit/aux_weights.py)
+    # one schedule for every intermediate-layer term layer_{l}_nll: layer l of model.n_layers ends at
+    # end_fraction * l / n of max_update (T64's rule; toolkit/aux_layer_weights.py); null = none
+    aux_layer_weights: Optional[WeightScheduleConfig] = None
     phases: PhaseScheduleConfig = field(default_factory=PhaseScheduleConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 

@@ -30,12 +30,12 @@ log = logging.getLogger(__name__)
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Ranges, schedules, parameter groups and phases of a composed config; a one-line ConfigError."""
-    from toolkit.aux_weights import AuxWeights
+    from toolkit.aux_layer_weights import build_aux_weights
     from toolkit.train.param_groups import MAIN_GROUP
     from toolkit.train.schedules import validate_phases
 
     check_ranges(cfg)
-    AuxWeights(cfg.aux_weights, cfg.max_update)  # types every schedule (kind, value, ...) and its ranges
+    build_aux_weights(cfg)  # types every schedule (kind, value, ...) and its ranges
     groups = check_param_groups(cfg.param_groups)
     validate_phases(cfg.phases, [*groups, MAIN_GROUP])
 
@@ -75,12 +75,9 @@ def check_task_and_model(cfg: DictConfig) -> Tuple[Any, ToolkitModel]:
     """Build the task on its data and the model on the meta device; check the auxiliary weights' names.
 
     Returns both (the model's tensors have shapes but no storage), for checks against a checkpoint."""
-    from toolkit.modules.memory_placement import place_memories
-
     task = TASKS.get(cfg.task.name).builder(cfg.task, cfg.data, cfg.seed, 0, cfg.distributed.world_size)
     with torch.device("meta"):
         model = task.build_model(cfg.model)
-        place_memories(model, cfg.get("memory"))
     check_aux_weights(cfg, aux_term_names(model))
     return task, model
 
@@ -96,6 +93,10 @@ def check_aux_weights(cfg: DictConfig, terms: List[str]) -> None:
     A key that is a pattern (full match, e.g. `layer_\\d+_nll`) may match no term: an ablation preset keeps
     its parent's schedules and switches the terms off. It is logged, since it then has no effect.
     """
+    from toolkit.aux_layer_weights import KEY, layer_term_names
+
+    if cfg.get(KEY) is not None and not set(layer_term_names(cfg.model.get("n_layers") or 0)) & set(terms):
+        log.warning("%s: model %s has no intermediate-layer terms: it has no effect", KEY, cfg.model.name)
     for key in cfg.aux_weights:
         key = str(key)
         if any(re.fullmatch(key, term) for term in terms):

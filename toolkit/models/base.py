@@ -4,8 +4,10 @@ A model is an nn.Module built by `build(cfg, task)` whose `forward(**batch["net_
 `(output, aux)`: the output (logits, or hidden states when the model scores them itself, see `output_nll`)
 and a dict of named auxiliary terms (mean losses; the config's `aux_weights` schedules weigh them).
 
-Everything else the trainer, the criterions, the tasks and the evaluations may ask of a model is a hook
-below, with a default that does nothing. A model overrides the ones it needs; callers call them plainly.
+Every command builds a model with `from_config(cfg, task)`: `build`, then the product-key memories that
+`cfg.memory` places in its layers (toolkit.modules.memory_placement), whose reads the base class counts for
+`metrics()`. Everything else the trainer, the criterions, the tasks and the evaluations may ask of a model is
+a hook below, with a default that does nothing. A model overrides the ones it needs; callers call them plainly.
 The base class adds no parameters and no buffers, so checkpoints are those of the model's own modules.
 """
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
+
+from toolkit.modules.memory_placement import UsageMonitor, memory_parameter_count, place_memories
 
 
 class ToolkitModel(nn.Module):
@@ -29,10 +33,21 @@ class ToolkitModel(nn.Module):
     `stream_state`/`load_stream_state` move the training cache in and out of checkpoints (task.mode=stream,
     task.eval_protocol=stream need one)."""
 
+    _memory_usage: Optional[UsageMonitor] = None  # set by from_config when the model holds memories
+
     @classmethod
     def build(cls, cfg: Any, task: Any) -> "ToolkitModel":
         """The model of config `cfg` for `task` (vocabulary sizes, special symbols)."""
         raise NotImplementedError(f"{cls.__name__} must define build(cfg, task)")
+
+    @classmethod
+    def from_config(cls, cfg: Any, task: Any) -> "ToolkitModel":
+        """`build(cfg, task)`, then the product-key memories of `cfg.memory` in its layers (a model config with
+        that field: MemoryConfigMixin), watched for `metrics()`. Every command builds its model here."""
+        model = cls.build(cfg, task)
+        if place_memories(model, getattr(cfg, "memory", None)):  # a model config without the field: none
+            model._memory_usage = UsageMonitor(model)
+        return model
 
     # ---- auxiliary terms (the criterion weighs them; the trainer freezes the heads of switched-off ones) ----
     def aux_term_names(self) -> List[str]:
@@ -61,8 +76,18 @@ class ToolkitModel(nn.Module):
         """Called by the trainer after every optimizer step (e.g. to clamp learned spans into range)."""
 
     def metrics(self) -> Dict[str, float]:
-        """Model-specific numbers for the training log (e.g. learned spans, gate entropies)."""
-        return {}
+        """Model-specific numbers for the training log (e.g. learned spans, gate entropies). The base class
+        reports `memory_metrics()`: a model that overrides this returns its own numbers and `super().metrics()`."""
+        return self.memory_metrics()
+
+    def memory_metrics(self) -> Dict[str, float]:
+        """Per product-key memory, the share of its slots read and the KL from uniform of their weights over
+        every read since the last call (`pkm/NAME_usage`, `pkm/NAME_kl_uniform`); {} without memories."""
+        return self._memory_usage.report() if self._memory_usage is not None else {}
+
+    def memory_parameter_count(self) -> int:
+        """Parameters of the product-key memories (dry runs report them beside the total)."""
+        return memory_parameter_count(self)
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Named parameter sub-totals that dry runs report beside the total."""

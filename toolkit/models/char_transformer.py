@@ -1,19 +1,13 @@
 """T64-style deep character transformer (Al-Rfou et al. 2019) with its auxiliary prediction losses.
 
 A causal transformer over fixed windows. Besides the main output (the final layer's next-character logits
-at every position, the "multiple positions" loss the criterion computes), it returns named auxiliary terms,
-each a mean NLL per predicted character:
+at every position, the "multiple positions" loss the criterion computes), it returns the named auxiliary terms
+of its heads (toolkit.modules.aux_heads): ``layer_{l}_nll`` from a head after layer l (l = 1..n-1) and
+``target_{k}_nll`` for the character k ahead (k = 2..m), each a mean NLL per predicted character.
 
-- ``layer_{l}_nll`` (l = 1..n-1): next-character loss of a prediction head after layer l;
-- ``target_{k}_nll`` (k = 2..m): loss of predicting the character k ahead from the final layer.
-
-The model never weights them: schedules in the config's ``aux_weights`` do (toolkit.aux_weights). Only the
-terms in ``active_aux`` (non-zero weight at this step) are computed, so a switched-off loss costs nothing
-and sends no gradient into its head.
-
-k-ahead labels come from the window itself: input position t (which predicts target[:, t], the character
-at t + 1) is labelled with target[:, t + k - 1] for k-ahead; the last k - 1 positions of a window have no
-such label and are ignored. The data pipeline is unchanged.
+The model never weights them: schedules in the config do (toolkit.aux_weights). Only the terms in
+``active_aux`` (non-zero weight at this step) are computed, so a switched-off loss costs nothing and sends no
+gradient into its head.
 """
 
 from __future__ import annotations
@@ -24,7 +18,6 @@ from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
@@ -37,10 +30,10 @@ from toolkit.modules.attention.terms import (
     attention_term_names,
     attention_terms,
 )
+from toolkit.modules.aux_heads import AuxHeads, IntermediateHeads
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
-
-IGNORE = -100  # label of positions without a k-ahead target (F.cross_entropy's ignore_index)
 
 
 class CharPositions(StrEnum):
@@ -50,16 +43,8 @@ class CharPositions(StrEnum):
     first_layer = "first_layer"  # at the input of the first layer only
 
 
-class IntermediateHeads(StrEnum):
-    """The prediction heads after layers 1..n-1."""
-
-    separate = "separate"  # own LayerNorm + projection per layer
-    shared = "shared"  # the final LayerNorm + output projection
-    none = "none"  # no intermediate heads
-
-
 @dataclass
-class CharTransformerConfig:
+class CharTransformerConfig(MemoryConfigMixin):
     name: str = "char_transformer"
     n_layers: int = 12  # number of Transformer layers (n)
     d_model: int = 512  # model width
@@ -80,28 +65,6 @@ class CharTransformerConfig:
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
     scale_embedding: bool = True  # multiply the token embedding by sqrt(d_model) (fairseq); false learns
     #                               faster (the positions keep up with the tokens; docs/init.md)
-
-
-def k_ahead_labels(target: Tensor, ks: List[int]) -> Tensor:
-    """Labels (K, B, T) for predicting k characters ahead, k in `ks`, from next-character targets (B, T).
-
-    Position t of a window predicts target[:, t] as 1-ahead, so its k-ahead label is target[:, t + k - 1];
-    positions t > T - k have none and get IGNORE.
-    """
-    t = target.size(1)
-    padded = F.pad(target, (0, max(ks) - 1), value=IGNORE)
-    shifts = torch.tensor(ks, device=target.device)[:, None] - 1
-    index = torch.arange(t, device=target.device)[None, :] + shifts  # (K, T)
-    return padded[:, index].permute(1, 0, 2)  # (B, K, T) -> (K, B, T)
-
-
-def mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-row mean NLL over labelled positions: logits (K, ..., V), labels (K, ...) -> (K,)."""
-    k, v = logits.size(0), logits.size(-1)
-    nll = F.cross_entropy(logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="none")
-    nll = nll.view(k, -1)
-    counts = (labels.reshape(k, -1) != IGNORE).sum(1).clamp_min(1)
-    return nll.sum(1) / counts
 
 
 @MODELS.register("char_transformer", CharTransformerConfig)
@@ -142,14 +105,9 @@ class CharTransformer(ToolkitModel):
         self.output = nn.Linear(d, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = self.embed.weight
-        # one small head per layer / extra target: a switched-off head is simply not called (no gradient)
-        self.n_intermediate = n - 1 if cfg.intermediate_heads != "none" else 0
-        if cfg.intermediate_heads == "separate":
-            self.layer_heads = nn.ModuleList(
-                nn.Sequential(nn.LayerNorm(d), nn.Linear(d, vocab_size)) for _ in range(self.n_intermediate)
-            )
-        # extra targets k = 2..m, each a projection of the final normalised states
-        self.target_heads = nn.ModuleList(nn.Linear(d, vocab_size) for _ in range(cfg.n_targets - 1))
+        # the heads of the auxiliary terms (registered after the output layer: parameter order as before)
+        self.aux_heads = AuxHeads(d, vocab_size, n, cfg.intermediate_heads, cfg.n_targets)
+        self._register_load_state_dict_pre_hook(nest_aux_head_keys)
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], [self.positions]))
         self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
 
@@ -158,20 +116,13 @@ class CharTransformer(ToolkitModel):
         return cls(cfg, cfg.vocab_size or task.vocab_size)
 
     def aux_term_names(self) -> List[str]:
-        """Every auxiliary term this model can return (the criterion says which are active)."""
-        layers = [f"layer_{l}_nll" for l in range(1, self.n_intermediate + 1)]
-        return layers + [f"target_{k}_nll" for k in range(2, self.cfg.n_targets + 1)] + attention_term_names(self)
+        """Every auxiliary term this model can return (the criterion says which are active): the heads' and the
+        attention's (e.g. span_l1 of a learned span)."""
+        return self.aux_heads.term_names() + attention_term_names(self)
 
     def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
-        """The head that only term `name` uses (none for shared intermediate heads and the span cost)."""
-        if not name.startswith(("layer_", "target_")):
-            return []
-        kind, number = name.split("_")[0], int(name.split("_")[1])
-        if kind == "layer" and self.cfg.intermediate_heads == "separate":
-            return list(self.layer_heads[number - 1].parameters())
-        if kind == "target":
-            return list(self.target_heads[number - 2].parameters())
-        return []
+        """The head that only term `name` uses (none for shared intermediate heads and the attention's terms)."""
+        return self.aux_heads.term_parameters(name) if name in self.aux_heads.term_names() else []
 
     def forward(
         self, tokens: Tensor, target: Optional[Tensor] = None, active_aux: Optional[set[str]] = None
@@ -183,9 +134,7 @@ class CharTransformer(ToolkitModel):
         t = tokens.size(1)
         if t > self.cfg.max_positions:
             raise ConfigError(f"input of {t} characters is longer than model.max_positions={self.cfg.max_positions}")
-        # membership tests only: no set built from the argument (torch.compile of torch 2.11 cannot clone one)
-        wanted = self.aux_term_names() if active_aux is None else active_aux
-        layer_ids = [l for l in range(1, self.n_intermediate + 1) if f"layer_{l}_nll" in wanted]
+        layer_ids = self.aux_heads.tapped_layers(active_aux)
         keep = set(layer_ids)
         x = self.dropout(self.embed(tokens) * self.embed_scale)
         layer_logits: List[Tensor] = []  # logits of the active intermediate heads, computed as we go
@@ -194,41 +143,46 @@ class CharTransformer(ToolkitModel):
                 x = x + self.positions[i, :t]
             x = layer(x, causal=True)
             if target is not None and i + 1 in keep:
-                layer_logits.append(self._layer_head(x, i + 1))
+                layer_logits.append(self.aux_heads.layer_logits(x, i + 1, self._shared_head))
         hidden = self.final_norm(x)
         logits = self.output(hidden)
-        aux: Dict[str, Tensor] = {}
-        if target is not None:
-            if layer_ids:
-                losses = mean_nll(torch.stack(layer_logits), target.expand(len(layer_ids), *target.shape))
-                aux.update({f"layer_{l}_nll": losses[j] for j, l in enumerate(layer_ids)})
-            ks = [k for k in range(2, self.cfg.n_targets + 1) if f"target_{k}_nll" in wanted]
-            if ks:
-                k_logits = torch.stack([self.target_heads[k - 2](hidden) for k in ks])
-                losses = mean_nll(k_logits, k_ahead_labels(target, ks))
-                aux.update({f"target_{k}_nll": losses[j] for j, k in enumerate(ks)})
-        if self.attention_has_terms:
-            aux.update(attention_terms(self))  # a by-product of the forward, always returned
-        return logits, aux
+        # the attention's terms are a by-product of the forward, always returned
+        attention_aux = attention_terms(self) if self.attention_has_terms else {}
+        if target is None:
+            return logits, attention_aux
+        return logits, {**self.aux_heads.terms(layer_ids, layer_logits, hidden, target, active_aux), **attention_aux}
+
+    def _shared_head(self, x: Tensor) -> Tensor:
+        """The final LayerNorm and output projection (shared intermediate heads use them)."""
+        return self.output(self.final_norm(x))
 
     def after_update(self) -> None:
         """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        super().after_update()
         if self.attention_has_terms:
             attention_after_update(self)
 
     def metrics(self) -> Dict[str, float]:
-        """The attention's log metrics (e.g. learned spans: mean, max, largest window), if any."""
-        return attention_metrics(self) if self.attention_has_terms else {}
-
-    def _layer_head(self, x: Tensor, layer: int) -> Tensor:
-        """Next-character logits from the output of layer `layer` (1-based)."""
-        if self.cfg.intermediate_heads == "shared":
-            return self.output(self.final_norm(x))
-        return self.layer_heads[layer - 1](x)
+        """The attention's log metrics (e.g. learned spans: mean, max, largest window), and the base's."""
+        return {**(attention_metrics(self) if self.attention_has_terms else {}), **super().metrics()}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the auxiliary heads (dropped at inference) and of the position tables."""
-        heads = sum(
-            p.numel() for name, p in self.named_parameters() if name.startswith(("layer_heads.", "target_heads."))
-        )
-        return {"aux_head_parameters": heads, "position_parameters": self.positions.numel()}
+        return {"aux_head_parameters": self.aux_heads.parameter_count(), "position_parameters": self.positions.numel()}
+
+
+def nest_aux_head_keys(state_dict: Dict[str, Tensor], prefix: str, *_: object) -> None:
+    """load_state_dict pre-hook: a checkpoint's `layer_heads.*` / `target_heads.*` (the heads were the
+    model's own attributes before they became the `aux_heads` module) load as `aux_heads.*`."""
+    for key in [k for k in state_dict if k.startswith((f"{prefix}layer_heads.", f"{prefix}target_heads."))]:
+        state_dict[f"{prefix}aux_heads.{key[len(prefix) :]}"] = state_dict.pop(key)
+
+
+def with_nested_aux_heads(model: nn.Module, weights: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A copy of the state dict `weights` with the heads' keys as `model` holds them (what load_state_dict
+    does through the pre-hook), for the checks that compare a checkpoint's keys with the model's."""
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if isinstance(module, CharTransformer):
+            nest_aux_head_keys(out, f"{name}." if name else "")
+    return out

@@ -55,8 +55,8 @@ def _own_init_modules() -> tuple:
     from toolkit.modules.adaptive_softmax import AdaptiveSoftmax
     from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
     from toolkit.modules.attention.mae_gate import MAEGate
-    from toolkit.modules.pkm import ProductKeyMemory
     from toolkit.modules.attention.relative import PersistentMemory
+    from toolkit.modules.pkm import ProductKeyMemory
 
     return (AdaptiveInput, AdaptiveSoftmax, AdaptiveMask, DynamicSpanMask, MAEGate, ProductKeyMemory, PersistentMemory)
 

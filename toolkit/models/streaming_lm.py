@@ -12,6 +12,8 @@ the span is adaptive); weighting them is the criterion's job. The layers' attent
 Word-level models take adaptive input and an adaptive softmax (toolkit.models.adaptive_io); with the latter,
 `StreamingLM.create` builds an `AdaptiveSoftmaxStreamingLM`, which returns the last hidden states instead of
 logits and scores them itself.
+`aux_heads` (off by default) adds T64's auxiliary heads (toolkit.modules.aux_heads) on each layer's output
+and the last hidden states; their terms join the aux dict.
 
 Two ways to call it:
 - `model(tokens, cache)` -> (logits, aux, new_cache): the caller carries the cache (evaluation, tests).
@@ -24,7 +26,7 @@ Two ways to call it:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -47,6 +49,8 @@ from toolkit.modules.attention import Context
 from toolkit.modules.attention.mae_gate import GATE_PARAM_PATTERN
 from toolkit.modules.attention.registry import AttentionFactory, OptionBlock, build_choice, choose_attention
 from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, SpanMode
+from toolkit.modules.aux_heads import AuxHeadsConfig, build_aux_heads, check_aux_heads
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.transformer_layer import FeedForward
 from toolkit.registry import MODELS
 
@@ -54,7 +58,7 @@ Cache = List[Tensor]  # one (B, C_l, D) tensor of layer inputs per layer
 
 
 @dataclass
-class StreamingLMConfig(AdaptiveIOConfig):
+class StreamingLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     """Architecture of the streamed LM; defaults are the 12-layer text8 model of the adaptive-span paper.
     Word-level models add adaptive input/softmax (AdaptiveIOConfig's fields)."""
 
@@ -102,6 +106,9 @@ class StreamingLMConfig(AdaptiveIOConfig):
     """Parameter initialisation: 'fairseq' (the default here: the adaptive-span reference's own PyTorch
     defaults, unscaled embeddings, positions inside attention, which learn fast) or 'gpt2'; relative position
     keys, spans and persistent memory keep theirs under both (docs/init.md)."""
+    aux_heads: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
+    """Auxiliary prediction heads (T64): intermediate-layer losses on the outputs of layers 1..n-1 and
+    multiple targets from the last hidden states; off by default. They need the plain output layer."""
 
 
 @dataclass
@@ -134,6 +141,7 @@ def validate_config(cfg: StreamingLMConfig) -> None:
         raise ConfigError("model.dynamic_span=true needs model.adaptive_span=true")
     check_adaptive_config(cfg, tie_embeddings=False)
     check_scheme(cfg.init)
+    check_aux_heads(cfg.aux_heads, cfg.adaptive_softmax)
 
 
 def relative_settings(cfg: StreamingLMConfig) -> AdaptiveSpanConfig:
@@ -215,6 +223,7 @@ class StreamingLM(ToolkitModel):
         use_ffn = cfg.persistent_memory == 0 or cfg.keep_ffn
         self.layers = nn.ModuleList(StreamingLayer(cfg, use_ffn, attention) for _ in range(cfg.n_layers))
         self.output: nn.Module = self._build_output()
+        self.aux_heads = build_aux_heads(cfg.aux_heads, cfg.d_model, cfg.vocab_size, cfg.n_layers)  # None when off
         apply_init(self, cfg.init, InitTargets([(self.embed, 1.0)]))
 
     def _build_output(self) -> nn.Module:
@@ -257,8 +266,16 @@ class StreamingLM(ToolkitModel):
         return cls.create(model_cfg, padding_idx)
 
     def aux_term_names(self) -> List[str]:
-        """The auxiliary terms forward can return: the spans' L1 cost when spans are learned."""
-        return ["span_l1"] if self.cfg.adaptive_span else []
+        """The auxiliary terms forward can return: the spans' L1 cost when spans are learned, and the terms
+        of the aux heads."""
+        heads = self.aux_heads.term_names() if self.aux_heads is not None else []
+        return (["span_l1"] if self.cfg.adaptive_span else []) + heads
+
+    def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
+        """The head that only term `name` uses (the span cost has none of its own)."""
+        if self.aux_heads is None or name == "span_l1":
+            return []
+        return self.aux_heads.term_parameters(name)
 
     def forward(
         self,
@@ -270,7 +287,8 @@ class StreamingLM(ToolkitModel):
     ) -> tuple[Tensor, ...]:
         """With `target` (the trainer): (logits, aux), carrying the streams' cache itself (module docstring).
         Without: tokens (B, M) -> logits (B, M, V), aux terms, the caches for the next block of the streams.
-        `active_aux` is accepted for the criterion's sake: the span cost is a by-product, always returned."""
+        Of the aux heads' terms only those in `active_aux` are computed (None: all); the span cost is a
+        by-product, always returned."""
         if target is None:
             return self.forward_block(tokens, cache)
         if cache is not None:
@@ -278,14 +296,20 @@ class StreamingLM(ToolkitModel):
         carried = self._stream_cache if reset is not None and not reset else None
         if carried is not None and carried[0].size(0) != tokens.size(0):
             raise ValueError(f"the carried cache holds {carried[0].size(0)} streams, the batch {tokens.size(0)}")
-        logits, aux, new_cache = self.forward_block(tokens, carried)
+        logits, aux, new_cache = self.forward_block(tokens, carried, target, active_aux)
         if reset is not None:
             self._stream_cache = new_cache
         return logits, aux
 
-    def forward_block(self, tokens: Tensor, cache: Optional[Cache] = None) -> tuple[Tensor, Dict[str, Tensor], Cache]:
+    def forward_block(
+        self,
+        tokens: Tensor,
+        cache: Optional[Cache] = None,
+        target: Optional[Tensor] = None,
+        active_aux: Optional[set[str]] = None,
+    ) -> tuple[Tensor, Dict[str, Tensor], Cache]:
         """tokens (B, M) -> logits (B, M, V) (hidden states with an adaptive softmax), aux terms, the caches
-        for the next block of these streams."""
+        for the next block of these streams. The aux heads' terms need `target` (B, M)."""
         if cache is None:
             cache = self.init_cache(tokens.size(0))
         if len(cache) != len(self.layers):
@@ -293,14 +317,21 @@ class StreamingLM(ToolkitModel):
         h = F.dropout(self.embed(tokens), self.cfg.emb_dropout, self.training)
         new_cache: Cache = []
         span_costs: List[Tensor] = []
-        for layer, layer_cache in zip(self.layers, cache):
+        heads = self.aux_heads if target is not None else None
+        layer_ids = heads.tapped_layers(active_aux) if heads is not None else []
+        layer_logits: List[Tensor] = []  # logits of the active intermediate heads, computed as we go
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
             out, span_cost, window = layer(h, layer_cache, self.key_pe)
             new_cache.append(keep_last(layer_cache, h, self.cache_length(window)))
             if span_cost is not None:
                 span_costs.append(span_cost)
             h = out
+            if i + 1 in layer_ids:  # post-LN layers: the head reads the layer's (normalised) output
+                layer_logits.append(heads.layer_logits(h, i + 1, self.output))
         h = F.dropout(h, self.cfg.emb_dropout, self.training)
         aux = {"span_l1": torch.stack(span_costs).sum()} if span_costs else {}
+        if heads is not None:
+            aux.update(heads.terms(layer_ids, layer_logits, h, target, active_aux))
         return self.project(h), aux, new_cache
 
     @torch.no_grad()
@@ -331,14 +362,15 @@ class StreamingLM(ToolkitModel):
         self.clamp_spans()
 
     def metrics(self) -> Dict[str, float]:
-        """Learned spans for the training log: per layer and head, their mean and max, the largest window."""
+        """Learned spans for the training log: per layer and head, their mean and max, the largest window;
+        then the base class's (product-key memory usage)."""
         if not self.cfg.adaptive_span:
-            return {}
+            return super().metrics()
         spans = self.span_stats()
         named = {f"span/layer{layer}_head{head}": float(z) for (layer, head), z in np.ndenumerate(spans.numpy())}
         named.update({"span/mean": float(spans.mean()), "span/max": float(spans.max())})
         named["span/window_max"] = float(max(self.current_windows()))
-        return named
+        return {**named, **super().metrics()}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameter counts by part (for dry runs)."""
@@ -351,6 +383,7 @@ class StreamingLM(ToolkitModel):
             "layer_parameters": count(self.layers),
             "persistent_memory_parameters": persistent,
             "output_parameters_untied": sum(p.numel() for p in self.output.parameters() if id(p) not in embed),
+            **({"aux_head_parameters": self.aux_heads.parameter_count()} if self.aux_heads is not None else {}),
         }
         gate = sum(p.numel() for n, p in self.named_parameters() if re.search(GATE_PARAM_PATTERN, n))
         if gate:  # MAE attention

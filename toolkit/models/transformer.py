@@ -55,6 +55,7 @@ from toolkit.modules.attention.terms import (
     attention_term_names,
     attention_terms,
 )
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -85,7 +86,7 @@ class SlotAttentionConfig:
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(MemoryConfigMixin):
     """Sizes and options of the encoder-decoder Transformer (defaults: transformer_base)."""
 
     name: str = "transformer"
@@ -427,6 +428,7 @@ class TransformerModel(ToolkitModel):
 
     def after_update(self) -> None:
         """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        super().after_update()
         if self.attention_has_terms:
             attention_after_update(self)
 
@@ -450,9 +452,9 @@ class TransformerModel(ToolkitModel):
 
     def metrics(self) -> Dict[str, float]:
         """Per MAE module: gate entropy and expert-usage summaries of the last teacher-forced forward; other
-        attention metrics (e.g. learned spans)."""
+        attention metrics (e.g. learned spans); then the base class's (product-key memory usage)."""
         extra = attention_metrics(self) if self.attention_has_terms else {}
-        return {**mae_metrics(self.mae_modules(), self._target_padding), **extra}
+        return {**mae_metrics(self.mae_modules(), self._target_padding), **extra, **super().metrics()}
 
     def max_decoder_positions(self) -> int:
         """Longest decoder input (start symbol + generated tokens) the position table covers."""

@@ -7,6 +7,9 @@ adaptive softmax the model's `forward` returns the final hidden states instead o
 provides `output_nll(output, target)` (per-token NLL; the criterion and the evaluation use it) and
 `output_log_prob(output)` (the full distribution). Without it, everything is as for the plain LM.
 
+`aux_heads` (off by default) adds T64's auxiliary heads (toolkit.modules.aux_heads): intermediate-layer
+losses on the outputs of layers 1..n-1 and multiple targets from the final states, as named auxiliary terms.
+
 The layers' attention is `model.attention`, a registered variant (toolkit.modules.attention): standard, mae, or
 adaptive_span (relative attention with a learned span, whose cost is the auxiliary term `span_l1`).
 """
@@ -14,7 +17,7 @@ adaptive_span (relative attention with a learned span, whose cost is the auxilia
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +40,8 @@ from toolkit.modules.attention.terms import (
     attention_term_names,
     attention_terms,
 )
+from toolkit.modules.aux_heads import AuxHeadsConfig, build_aux_heads, check_aux_heads
+from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
@@ -55,7 +60,7 @@ def self_attention(cfg: Any) -> AttentionFactory:
 
 
 @dataclass
-class TransformerLMConfig(AdaptiveIOConfig):
+class TransformerLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     """Decoder-only Transformer LM; the adaptive input/softmax fields come from AdaptiveIOConfig."""
 
     name: str = "transformer_lm"
@@ -79,6 +84,8 @@ class TransformerLMConfig(AdaptiveIOConfig):
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
     scale_embedding: bool = True  # multiply a plain token embedding by sqrt(d_model) (fairseq); false learns
     #                               faster (the positions keep up with the tokens; docs/init.md)
+    # auxiliary heads (T64): intermediate-layer losses, multiple targets; off by default (plain output only)
+    aux_heads: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
 
 
 @MODELS.register("transformer_lm", TransformerLMConfig)
@@ -93,6 +100,7 @@ class TransformerLM(ToolkitModel):
         super().__init__()
         check_adaptive_config(cfg, cfg.tie_embeddings)
         check_scheme(cfg.init)
+        check_aux_heads(cfg.aux_heads, cfg.adaptive_softmax)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
@@ -120,6 +128,7 @@ class TransformerLM(ToolkitModel):
         )
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_ln and cfg.final_norm else nn.Identity()
         self.output: nn.Module = self._build_output(cfg, vocab_size)
+        self.aux_heads = build_aux_heads(cfg.aux_heads, cfg.d_model, vocab_size, cfg.n_layers)  # None when off
         positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
         apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
         self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
@@ -144,45 +153,78 @@ class TransformerLM(ToolkitModel):
 
     def hidden(self, tokens: Tensor) -> Tensor:
         """Final-layer states (B, T, D) for tokens (B, T)."""
+        return self.layer_states(tokens)[0]
+
+    def layer_states(self, tokens: Tensor, tapped: Collection[int] = ()) -> Tuple[Tensor, List[Tensor]]:
+        """Final-layer states (B, T, D) and the outputs of the layers numbered in `tapped` (1-based), in order."""
         positions = torch.arange(tokens.size(1), device=tokens.device)
         embedded = self.embed(tokens)
         if self.embed_scale != 1.0:
             embedded = embedded * self.embed_scale
         x = self.dropout(embedded + self.positions(positions))
-        for layer in self.layers:
+        taps: List[Tensor] = []
+        for i, layer in enumerate(self.layers):
             x = layer(x, causal=True)
-        return self.final_norm(x)
+            if i + 1 in tapped:
+                taps.append(x)
+        return self.final_norm(x), taps
 
-    def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Logits (B, T, V) and named auxiliary terms (the attention's, e.g. span_l1 of a learned span)."""
-        return self.output(self.hidden(tokens)), self._attention_aux()
+    def forward(
+        self, tokens: Tensor, target: Optional[Tensor] = None, active_aux: Optional[set[str]] = None
+    ) -> tuple[Tensor, Dict[str, Tensor]]:
+        """Logits (B, T, V) and the auxiliary terms: the active ones of the aux heads (none without heads or
+        `target`; `active_aux` None means every term) and the attention's (e.g. span_l1 of a learned span).
+        """
+        if self.aux_heads is None or target is None:
+            return self.output(self.hidden(tokens)), self._attention_aux()
+        layer_ids = self.aux_heads.tapped_layers(active_aux)
+        hidden, states = self.layer_states(tokens, layer_ids)
+        layer_logits = [self.aux_heads.layer_logits(x, l, self._shared_head) for l, x in zip(layer_ids, states)]
+        terms = self.aux_heads.terms(layer_ids, layer_logits, hidden, target, active_aux)
+        return self.output(hidden), {**terms, **self._attention_aux()}
 
     def _attention_aux(self) -> Dict[str, Tensor]:
         """The auxiliary terms of the last forward's attention (e.g. a learned span's cost), or none."""
         return attention_terms(self) if self.attention_has_terms else {}
 
+    def _shared_head(self, x: Tensor) -> Tensor:
+        """The final norm and output projection (shared intermediate heads use them)."""
+        return self.output(self.final_norm(x))
+
     def aux_term_names(self) -> List[str]:
-        return attention_term_names(self)
+        """The terms of the aux heads (none when they are off) and of the attention (e.g. span_l1)."""
+        heads = self.aux_heads.term_names() if self.aux_heads is not None else []
+        return heads + attention_term_names(self)
+
+    def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
+        """The head that only term `name` uses."""
+        if self.aux_heads is None or name not in self.aux_heads.term_names():  # the attention's terms have none
+            return []
+        return self.aux_heads.term_parameters(name)
 
     def after_update(self) -> None:
         """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""
+        super().after_update()
         if self.attention_has_terms:
             attention_after_update(self)
 
     def metrics(self) -> Dict[str, float]:
-        """The attention's log metrics (e.g. learned spans: mean, max, largest window), if any."""
-        return attention_metrics(self) if self.attention_has_terms else {}
+        """The attention's log metrics (e.g. learned spans: mean, max, largest window), and the base's."""
+        return {**(attention_metrics(self) if self.attention_has_terms else {}), **super().metrics()}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the input embedding, the layers and what the output layer adds (tied ones counted once)."""
         embed = {id(p) for p in self.embed.parameters()}
         layer_params = {id(p): p.numel() for p in self.layers.parameters()}
         output_extra = sum(p.numel() for p in self.output.parameters() if id(p) not in embed)
-        return {
+        counts = {
             "embedding_parameters": sum(p.numel() for p in self.embed.parameters()),
             "layer_parameters": sum(layer_params.values()),
             "output_parameters_untied": output_extra,
         }
+        if self.aux_heads is not None:
+            counts["aux_head_parameters"] = self.aux_heads.parameter_count()
+        return counts
 
 
 class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):
@@ -192,5 +234,5 @@ class AdaptiveSoftmaxLM(AdaptiveSoftmaxOutput, TransformerLM):
         return build_adaptive_softmax(cfg, vocab_size, cfg.d_model, self.embed)
 
     def forward(self, tokens: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Dict[str, Tensor]]:
-        """Final hidden states (B, T, D) and named auxiliary terms (as TransformerLM's)."""
+        """Final hidden states (B, T, D) and named auxiliary terms (the attention's)."""
         return self.hidden(tokens), self._attention_aux()

@@ -23,8 +23,9 @@ class MemoryUsageTracker:
 
     def __init__(self, mem_size: int):
         self.mem_size = mem_size
-        self.counts = torch.zeros(mem_size, dtype=torch.float64)
-        self.weight_sums = torch.zeros(mem_size, dtype=torch.float64)
+        # on the host whatever device the model is built on: reads are counted there (update)
+        self.counts = torch.zeros(mem_size, dtype=torch.float64, device="cpu")
+        self.weight_sums = torch.zeros(mem_size, dtype=torch.float64, device="cpu")
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""

@@ -51,7 +51,7 @@ class Task:
         raise ConfigError(f"unknown subset '{subset}' (valid: {', '.join(available)})")
 
     def build_model(self, model_cfg: Any) -> ToolkitModel:
-        return MODELS.get(model_cfg.name).builder.build(model_cfg, self)
+        return MODELS.get(model_cfg.name).builder.from_config(model_cfg, self)
 
     def epoch_length(self, epoch: int) -> int:
         raise NotImplementedError

@@ -25,8 +25,8 @@ from torch import nn
 from toolkit.models.base import ToolkitModel
 from toolkit.modules.adaptive_softmax import AdaptiveSoftmax
 from toolkit.modules.attention.base import MultiheadAttention
-from toolkit.modules.pkm import ProductKeyMemory
 from toolkit.modules.attention.relative import RelativeAttention
+from toolkit.modules.pkm import ProductKeyMemory
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak TFLOP/s per GPU, from NVIDIA's datasheets (the sparse figure
 # halved). Matched against torch.cuda.get_device_name(), first match wins (more specific names first).

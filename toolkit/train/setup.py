@@ -10,11 +10,10 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from toolkit.aux_weights import AuxWeights
+from toolkit.aux_layer_weights import build_aux_weights
 from toolkit.config.choices import Device
 from toolkit.errors import ConfigError
 from toolkit.models.base import ToolkitModel
-from toolkit.modules.memory_placement import memory_parameter_count, place_memories
 from toolkit.registry import CRITERIONS, TASKS
 from toolkit.tasks.base import Task
 
@@ -39,7 +38,7 @@ def parameter_summary(model: ToolkitModel) -> Dict[str, int]:
     """Total parameters (shared tensors counted once) and any named sub-totals the model reports."""
     total = sum(p.numel() for p in model.parameters())
     summary = {"parameters": total}
-    memory = memory_parameter_count(model)
+    memory = model.memory_parameter_count()
     if memory:
         summary.update({"memory_parameters": memory, "non_memory_parameters": total - memory})
     summary.update(model.parameter_breakdown())
@@ -58,8 +57,7 @@ def build_run(cfg: Any, rank: int = 0, world_size: int = 1) -> Run:
     seed_everything(cfg.seed)
     task_entry = TASKS.get(cfg.task.name)
     task: Task = task_entry.builder(cfg.task, cfg.data, cfg.seed, rank, world_size)
-    model = task.build_model(cfg.model)
-    place_memories(model, cfg.get("memory"))
-    aux = AuxWeights(cfg.aux_weights, cfg.max_update)
+    model = task.build_model(cfg.model)  # with the product-key memories of model.memory
+    aux = build_aux_weights(cfg)
     criterion = CRITERIONS.get(cfg.criterion.name).builder(cfg.criterion, task, aux)
     return Run(task, model, criterion)

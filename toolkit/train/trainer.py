@@ -25,7 +25,6 @@ from toolkit.logging.progress import Progress, format_metrics
 from toolkit.logging.tensorboard import Scalars
 from toolkit.logging.token_metrics import summarize
 from toolkit.models.base import ToolkitModel
-from toolkit.modules.memory_placement import UsageMonitor
 from toolkit.tasks.base import Task, to_device
 from toolkit.train import checkpoint as ckpt
 from toolkit.train.flops import throughput_metrics, train_flops_per_token
@@ -82,7 +81,6 @@ class Trainer:
         self.valid_finite = True  # every validation since the last save was finite
         self.last_good_step: Optional[int] = None  # step held by checkpoint_last.pt (None: none written)
         self.graph_signature: Optional[tuple] = None  # (active groups, active aux terms)
-        self.memory_monitor = UsageMonitor(model)
         self.tb = Scalars(run_dir / "tb", False)  # opened by train(): nothing is written before the run starts
         self.metrics_log = run_dir / "train_log.jsonl"
         self.seq_len = 0  # target length of the last batch: the attention term of the FLOPs estimate
@@ -358,9 +356,8 @@ class Trainer:
                     # model FLOPs (6N + attention, at the current spans) -> TFLOP/s, and MFU on a known GPU
                     flops = train_flops_per_token(self.model, self.seq_len)
                     metrics.update(throughput_metrics(flops, metrics["tokens_per_s"], comm.world_size(), self.device))
-                    metrics.update(self.model.metrics())  # e.g. learned spans per layer and head
-                    if self.memory_monitor.trackers:
-                        metrics.update(self.memory_monitor.report())  # product-key memory usage since last log
+                    # e.g. learned spans per layer and head, product-key memory usage since the last log
+                    metrics.update(self.model.metrics())
                     self._log("train", metrics)
                     progress.update(
                         self.step,

@@ -1,0 +1,100 @@
+"""scripts/reproduce_small.py: the fixed verdict rule, resuming from a run's result.json, and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    spec = importlib.util.spec_from_file_location("scripts_reproduce_small", SCRIPTS / "reproduce_small.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_arm_names_a_shipped_preset(harness):
+    from toolkit.config.preset_names import RENAMED
+
+    shipped = {p.relative_to(p.parents[1]).with_suffix("").as_posix() for p in _preset_files()}
+    for comparison in harness.COMPARISONS.values():
+        for arm in comparison.arms:
+            assert arm.preset in shipped and arm.preset not in RENAMED, arm.preset
+
+
+def _preset_files():
+    from toolkit.config.compose import config_dir
+
+    root = config_dir() / "config"
+    return [p for p in root.glob("*/*.yaml") if not p.name.startswith("_")]
+
+
+def test_better_rule_needs_a_gain_above_tolerance_and_spread(harness):
+    t64 = harness.COMPARISONS["t64"]  # lower bpc is better, tolerance 0.02
+    aux, none = t64.arms[0].label, t64.arms[1].label
+    # the recorded 3-seed result: the auxiliary losses were 0.032 bpc worse
+    recorded = {aux: [3.466, 3.458, 3.464], none: [3.432, 3.430, 3.429]}
+    assert harness.verdict(t64, recorded).startswith("Effect DID NOT APPEAR")
+    gain = {aux: [3.40, 3.41, 3.40], none: [3.43, 3.43, 3.43]}  # 0.027 better, spreads 0.006
+    assert harness.verdict(t64, gain).startswith("Effect APPEARED")
+    noisy = {aux: [3.30, 3.50, 3.40], none: [3.43, 3.43, 3.43]}  # 0.03 better but the spread is 0.1
+    assert harness.verdict(t64, noisy).startswith("Effect DID NOT APPEAR")
+
+
+def test_matches_rule_allows_tolerance_plus_spread(harness):
+    pkm = harness.COMPARISONS["pkm"]  # tolerance 0.03
+    memory, deep = pkm.arms[0].label, pkm.arms[1].label
+    recorded = {memory: [3.311, 3.318, 3.323], deep: [3.324, 3.351, 3.364]}
+    text = harness.verdict(pkm, recorded)
+    allowed = 0.03 + statistics.stdev(recorded[deep])
+    assert text.startswith("Effect APPEARED") and f"allowed {allowed:.3f}" in text
+    far = {memory: [3.0, 3.0, 3.0], deep: [3.4, 3.4, 3.4]}
+    assert harness.verdict(pkm, far).startswith("Effect DID NOT APPEAR")
+
+
+def test_a_finished_run_is_reused_and_a_stale_folder_refused(harness, tmp_path, capsys):
+    pkm = harness.COMPARISONS["pkm"]
+    arm = pkm.arms[1]
+    run_dir = tmp_path / "pkm" / "4_layers_no_memory" / "seed1"
+    run_dir.mkdir(parents=True)
+    steps = 200
+    command = [
+        "tk-train",
+        f"config={arm.preset}",
+        f"data={pkm.data}",
+        f"run_dir={run_dir}",
+        "seed=1",
+        f"max_update={steps}",
+        f"validate_interval={steps // 6}",
+        f"save_interval={steps}",
+        *harness.COMMON,
+        *pkm.common,
+        *arm.overrides,
+    ]
+    saved = {"final": 3.35, "command": " ".join(command), "params": {}, "valid": [(33, 3.9), (200, 3.4)]}
+    (run_dir / "result.json").write_text(json.dumps(saved))
+    assert harness.train(pkm, arm, 1, steps, tmp_path, []) == {**saved, "valid": [[33, 3.9], [200, 3.4]]}
+    assert "done before" in capsys.readouterr().out
+    # another budget for the same folder: refused rather than overwritten
+    with pytest.raises(SystemExit, match="exists without a matching result.json"):
+        harness.train(pkm, arm, 1, steps + 1, tmp_path, [])
+
+
+def test_report_states_budget_reason_per_seed_values_and_verdict(harness):
+    pkm = harness.COMPARISONS["pkm"]
+    memory, deep = pkm.arms[0].label, pkm.arms[1].label
+    run = lambda final: {"final": final, "command": "tk-train ...", "params": {"parameters": 10}, "valid": []}  # noqa: E731
+    results = {memory: [run(3.311), run(3.318), run(3.323)], deep: [run(3.324), run(3.351), run(3.364)]}
+    text = harness.report(pkm, results, pkm.default_updates, 3)
+    assert pkm.budget_reason in text
+    assert f"| {memory} | 3.317 ± 0.006 | 3.311, 3.318, 3.323 | parameters 10 |" in text
+    assert "Effect APPEARED" in text
