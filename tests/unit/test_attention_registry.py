@@ -22,6 +22,7 @@ from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.attention.mae import MAEAttention, RelativeMAEAttention
 from toolkit.modules.attention.relative import RelativeAttention
 from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, CausalRelativeAttention, SpanMode
+from toolkit.modules.aux_heads import AuxHeadsConfig, IntermediateHeads
 
 BOS, PAD, EOS, V = 0, 1, 2, 29
 TASK = SimpleNamespace(vocab_size=V, pad_idx=PAD, eos_idx=EOS, bos_idx=BOS)
@@ -275,3 +276,16 @@ def test_char_transformer_takes_mae_with_a_causal_gate():
     torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=1e-12)
     assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-6
     assert model.layers[0].self_attn.last_gate.shape == (2, 10, 4)  # one gate per position
+
+
+def test_attention_terms_join_the_aux_heads_terms():
+    """transformer_lm with T64's heads and a learned span: both kinds of terms, only the heads have parameters."""
+    torch.manual_seed(7)
+    cfg = TransformerLMConfig(n_layers=2, d_model=16, n_heads=4, d_ff=32, max_positions=16, attention=SPAN)
+    cfg.aux_heads = AuxHeadsConfig(intermediate_heads=IntermediateHeads.separate, n_targets=2)
+    model = TransformerLM(cfg, V)
+    assert model.aux_term_names() == ["layer_1_nll", "target_2_nll", "span_l1"]
+    assert model.aux_term_parameters("span_l1") == [] and model.aux_term_parameters("layer_1_nll")
+    _, aux = model(tokens(2, 12), target=tokens(2, 12, seed=2))
+    assert sorted(aux) == ["layer_1_nll", "span_l1", "target_2_nll"]
+    torch.testing.assert_close(aux["span_l1"], torch.tensor(2 * 0.4 * 8.0))
