@@ -6,6 +6,7 @@ import json
 import lzma
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -46,9 +47,11 @@ def wikitext_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
-    """tk-train arguments for a 1-layer d32 char LM that trains in a fraction of a second per update."""
-    args = {
+def train_args(preset: str, data: Path, run_dir: Optional[Path], **overrides: object) -> list[str]:
+    """tk-train arguments of a short test run of `preset`: on the CPU, a log row per update, a checkpoint every 4
+    updates of 8, no validation, no final test, no TensorBoard; `overrides` add to or replace these (None: leave
+    the key out)."""
+    args: dict[str, object] = {
         "data": data,
         "run_dir": run_dir,
         "max_update": 8,
@@ -59,6 +62,14 @@ def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
         "tensorboard": "false",
         "progress": "plain",
         "device": "cpu",
+    }
+    args.update(overrides)
+    return [f"config={preset}"] + [f"{k}={v}" for k, v in args.items() if v is not None]
+
+
+def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
+    """tk-train arguments for a 1-layer d32 char LM that trains in a fraction of a second per update."""
+    tiny = {
         # cosine with min_lr_scale 1: a constant lr that does not depend on max_update
         "lr_scheduler.warmup_updates": 0,
         "lr_scheduler.min_lr_scale": 1.0,
@@ -71,8 +82,7 @@ def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
         "task.batch_size": 4,
         "task.valid_max_tokens": 2000,
     }
-    args.update(overrides)
-    return ["config=text8_char_tiny"] + [f"{k}={v}" for k, v in args.items()]
+    return train_args("text8_char_tiny", data, run_dir, **{**tiny, **overrides})
 
 
 def read_log(run_dir: Path, kind: str = "train") -> list[dict]:
@@ -92,17 +102,9 @@ def iwslt_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_mt_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
     """tk-train arguments for a 1+1-layer d32 translation model on the IWSLT sample."""
-    args = {
-        "data": data,
-        "run_dir": run_dir,
+    tiny = {
         "max_update": 4,
-        "log_interval": 1,
-        "validate_interval": 0,
         "save_interval": 2,
-        "final_subset": "null",
-        "tensorboard": "false",
-        "progress": "plain",
-        "device": "cpu",
         "model.encoder_layers": 1,
         "model.decoder_layers": 1,
         "model.d_model": 32,
@@ -113,8 +115,7 @@ def tiny_mt_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
         "task.generation.max_len_b": 6,
         "task.generation.beam": 2,
     }
-    args.update(overrides)
-    return ["config=iwslt14_tiny"] + [f"{k}={v}" for k, v in args.items()]
+    return train_args("iwslt14_tiny", data, run_dir, **{**tiny, **overrides})
 
 
 def folder_snapshot(folder: Path) -> dict[str, bytes]:

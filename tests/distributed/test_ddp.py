@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import read_log, tiny_char_args
+from tests.conftest import read_log, tiny_char_args, train_args
 from toolkit.cli.train import main as train_main
 from toolkit.errors import DISTRIBUTED_EXIT, INTERRUPTED_EXIT
 from toolkit.train.checkpoint import load_checkpoint
@@ -103,17 +103,9 @@ def test_frozen_groups_under_ddp(text8_small, tmp_path):
 
 def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
     """A 3-layer T64 model whose layer-1 and layer-2 heads switch off after updates 1 and 2 (of 4)."""
-    args = {
-        "data": data,
-        "run_dir": run_dir,
+    small = {
         "max_update": 4,
-        "log_interval": 1,
-        "validate_interval": 0,
         "save_interval": 4,
-        "final_subset": "null",
-        "tensorboard": "false",
-        "progress": "plain",
-        "device": "cpu",
         "model.n_layers": 3,
         "model.d_model": 16,
         "model.n_heads": 2,
@@ -125,7 +117,7 @@ def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
         "task.batch_size": batch_size,
         "lr_scheduler.warmup_updates": 0,
     }
-    return ["config=t64_tiny_text8", *(f"{k}={v}" for k, v in args.items())]
+    return train_args("t64/t64_text8_tiny", data, run_dir, **small)
 
 
 def test_switched_off_aux_heads_are_frozen_under_ddp(text8_small, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import read_log
+from tests.conftest import read_log, train_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint
@@ -20,17 +20,7 @@ PRESET = "combinations/streaming_span_memory_pkm_aux_text8_tiny"
 
 def combination_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
     """The preset's 4 layers at d32 on 4 streams of 16-character blocks, 8 updates."""
-    args = {
-        "data": data,
-        "run_dir": run_dir,
-        "max_update": 8,
-        "log_interval": 1,
-        "validate_interval": 0,
-        "save_interval": 4,
-        "final_subset": "null",
-        "tensorboard": "false",
-        "progress": "plain",
-        "device": "cpu",
+    small = {
         "lr_scheduler.warmup_updates": 0,
         "model.d_model": 32,
         "model.n_heads": 2,
@@ -44,8 +34,7 @@ def combination_args(data: Path, run_dir: Path, **overrides: object) -> list[str
         "task.batches_per_epoch": 3,
         "task.valid_max_tokens": 2000,
     }
-    args.update(overrides)
-    return [f"config={PRESET}", *(f"{k}={v}" for k, v in args.items())]
+    return train_args(PRESET, data, run_dir, **{**small, **overrides})
 
 
 @pytest.fixture(scope="module")
