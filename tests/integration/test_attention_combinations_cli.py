@@ -8,25 +8,12 @@ import json
 
 import pytest
 
-from tests.conftest import read_log, tiny_mt_args
+from tests.conftest import read_log, tiny_mt_args, train_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint
 
-RUN = {
-    "max_update": 6,
-    "log_interval": 1,
-    "validate_interval": 0,
-    "save_interval": 6,
-    "final_subset": "null",
-    "tensorboard": "false",
-    "progress": "plain",
-    "device": "cpu",
-}
-
-
-def cli(preset: str, args: dict) -> list[str]:
-    return [f"config={preset}"] + [f"{k}={v}" for k, v in args.items()]
+SHORT = {"max_update": 6, "save_interval": 6}  # 6 updates, one checkpoint
 
 
 def last_eval(capsys: pytest.CaptureFixture) -> dict:
@@ -36,9 +23,7 @@ def last_eval(capsys: pytest.CaptureFixture) -> dict:
 def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "t64_span"
     args = {
-        **RUN,
-        "data": text8_small,
-        "run_dir": run_dir,
+        **SHORT,
         "model.n_layers": 3,
         "model.d_model": 16,
         "model.n_heads": 2,
@@ -49,7 +34,7 @@ def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_sm
         "task.eval_stride": 8,
         "model.attention.span_init": 0.25,
     }
-    assert train_main(cli("combinations/t64_adaptive_span_text8_tiny", args)) == 0
+    assert train_main(train_args("combinations/t64_adaptive_span_text8_tiny", text8_small, run_dir, **args)) == 0
     rows = read_log(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 7))
     spans = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
@@ -66,9 +51,7 @@ def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_sm
 def test_streamed_lm_with_mae_trains_streamed_and_evaluates(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "stream_mae"
     args = {
-        **RUN,
-        "data": text8_small,
-        "run_dir": run_dir,
+        **SHORT,
         "lr_scheduler.warmup_updates": 0,
         "model.n_layers": 2,
         "model.d_model": 16,
@@ -80,7 +63,7 @@ def test_streamed_lm_with_mae_trains_streamed_and_evaluates(text8_small, tmp_pat
         "task.batch_size": 4,
         "task.valid_max_tokens": 2000,
     }
-    assert train_main(cli("combinations/streaming_mae_text8_tiny", args)) == 0
+    assert train_main(train_args("combinations/streaming_mae_text8_tiny", text8_small, run_dir, **args)) == 0
     weights = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
     assert weights["layers.0.attn.mae_gate.fc2.weight"].shape == (4, 8)  # 4 experts of 3 heads
     assert read_log(run_dir)[-1]["aux/span_l1"] > 0
