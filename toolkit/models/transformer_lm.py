@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Collection, Dict, List, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,8 @@ from toolkit.modules.memory_placement import MemoryConfigMixin
 from toolkit.modules.positional import PositionKind, build_positions, layer_position_tables
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
+
+LayerHead = Callable[[Tensor, int], Tensor]  # (output of a layer, its 1-based number) -> that layer's logits
 
 
 class PositionsAt(StrEnum):
@@ -192,8 +194,11 @@ class TransformerLM(ToolkitModel):
         """Final-layer states (B, T, D) for tokens (B, T)."""
         return self.layer_states(tokens)[0]
 
-    def layer_states(self, tokens: Tensor, tapped: Collection[int] = ()) -> Tuple[Tensor, List[Tensor]]:
-        """Final-layer states (B, T, D) and the outputs of the layers numbered in `tapped` (1-based), in order."""
+    def layer_states(
+        self, tokens: Tensor, tapped: Collection[int] = (), head: Optional[LayerHead] = None
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Final-layer states (B, T, D) and, for the layers numbered in `tapped` (1-based), in order, their
+        outputs, or `head(output, layer)` computed as soon as the layer has run."""
         t = tokens.size(1)
         if t > self.cfg.max_positions:
             raise ConfigError(f"input of {t} tokens is longer than model.max_positions={self.cfg.max_positions}")
@@ -211,7 +216,7 @@ class TransformerLM(ToolkitModel):
                 x = x + tables[i, :t]
             x = layer(x, causal=True)
             if i + 1 in tapped:
-                taps.append(x)
+                taps.append(x if head is None else head(x, i + 1))
         return self.final_norm(x), taps
 
     def forward(
@@ -222,11 +227,18 @@ class TransformerLM(ToolkitModel):
         """
         if self.aux_heads is None or target is None:
             return self.output(self.hidden(tokens)), self._attention_aux()
+        # the operations in T64's order (heads as their layers run, the output before the k-ahead heads): the
+        # order in which backward sums gradients, so training is the same to the last bit as before
         layer_ids = self.aux_heads.tapped_layers(active_aux)
-        hidden, states = self.layer_states(tokens, layer_ids)
-        layer_logits = [self.aux_heads.layer_logits(x, l, self._shared_head) for l, x in zip(layer_ids, states)]
+        hidden, layer_logits = self.layer_states(tokens, layer_ids, self._layer_head)
+        logits = self.output(hidden)
         terms = self.aux_heads.terms(layer_ids, layer_logits, hidden, target, active_aux)
-        return self.output(hidden), {**terms, **self._attention_aux()}
+        return logits, {**terms, **self._attention_aux()}
+
+    def _layer_head(self, x: Tensor, layer: int) -> Tensor:
+        """Logits of the intermediate head after layer `layer` (1-based) from its output `x`."""
+        assert self.aux_heads is not None
+        return self.aux_heads.layer_logits(x, layer, self._shared_head)
 
     def _attention_aux(self) -> Dict[str, Tensor]:
         """The auxiliary terms of the last forward's attention (e.g. a learned span's cost), or none."""
