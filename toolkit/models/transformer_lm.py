@@ -227,8 +227,8 @@ class TransformerLM(ToolkitModel):
         """
         if self.aux_heads is None or target is None:
             return self.output(self.hidden(tokens)), self._attention_aux()
-        # the operations in T64's order (heads as their layers run, the output before the k-ahead heads): the
-        # order in which backward sums gradients, so training is the same to the last bit as before
+        # T64's order of operations (each head as its layer runs, the output before the k-ahead heads): backward
+        # sums gradients in this order, which char_transformer's runs and resumed checkpoints reproduce bit for bit
         layer_ids = self.aux_heads.tapped_layers(active_aux)
         hidden, layer_logits = self.layer_states(tokens, layer_ids, self._layer_head)
         logits = self.output(hidden)
