@@ -45,7 +45,7 @@ CONFIG_RENAMES: Dict[str, Dict[str, Optional[str]]] = {}
 # Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. A change of
 # layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
 STATE_RENAMES: List[Tuple[str, str]] = [
-    # char_transformer's heads became one module, `aux_heads` (checkpoints: char_transformer.nest_aux_head_keys)
+    # char_transformer's heads became one module, `aux_heads` (checkpoints: aux_heads.nest_aux_head_keys)
     (r"^layer_heads\.", "aux_heads.layer_heads."),
     (r"^target_heads\.", "aux_heads.target_heads."),
 ]

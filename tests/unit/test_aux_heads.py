@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.errors import ConfigError
-from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig, with_nested_aux_heads
+from toolkit.models.char_transformer import CharTransformer, CharTransformerConfig
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.models.transformer_lm import TransformerLM, TransformerLMConfig
-from toolkit.modules.aux_heads import AuxHeadsConfig
+from toolkit.modules.aux_heads import AuxHeadsConfig, with_nested_aux_heads
 
 V, D = 13, 16
 

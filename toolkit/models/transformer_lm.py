@@ -7,6 +7,10 @@ adaptive softmax the model's `forward` returns the final hidden states instead o
 provides `output_nll(output, target)` (per-token NLL; the criterion and the evaluation use it) and
 `output_log_prob(output)` (the full distribution). Without it, everything is as for the plain LM.
 
+Positions are added either with the token embeddings (`positions_at: input`, dropout over the sum) or, as a
+learned table (`positions_at: first_layer`) or one table per layer (`every_layer`, T64), at the layers' inputs
+after the embedding dropout. `char_transformer` (T64's character model) is a configuration of this model.
+
 `aux_heads` (off by default) adds T64's auxiliary heads (toolkit.modules.aux_heads): intermediate-layer
 losses on the outputs of layers 1..n-1 and multiple targets from the final states, as named auxiliary terms.
 
@@ -17,11 +21,13 @@ adaptive_span (relative attention with a learned span, whose cost is the auxilia
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, List, Optional, Tuple
+from enum import StrEnum
+from typing import Any, Callable, Collection, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from toolkit.errors import ConfigError
 from toolkit.models.adaptive_io import (
     AdaptiveIOConfig,
     AdaptiveSoftmaxOutput,
@@ -33,30 +39,37 @@ from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Context, attention_factory
 from toolkit.modules.attention.mae import MAEConfig
-from toolkit.modules.attention.registry import AttentionFactory, OptionBlock
+from toolkit.modules.attention.registry import OptionBlock
 from toolkit.modules.attention.terms import (
     attention_after_update,
     attention_metrics,
     attention_term_names,
     attention_terms,
 )
-from toolkit.modules.aux_heads import AuxHeadsConfig, build_aux_heads, check_aux_heads
+from toolkit.modules.aux_heads import AuxHeadsConfig, build_aux_heads, check_aux_heads, nest_aux_head_keys
 from toolkit.modules.memory_placement import MemoryConfigMixin
-from toolkit.modules.positional import PositionKind, build_positions
+from toolkit.modules.positional import PositionKind, build_positions, layer_position_tables
 from toolkit.modules.transformer_layer import Activation, TransformerLayer
 from toolkit.registry import MODELS
 
+LayerHead = Callable[[Tensor, int], Tensor]  # (output of a layer, its 1-based number) -> that layer's logits
 
-def self_attention(cfg: Any) -> AttentionFactory:
-    """The attention of every layer, from `model.attention` (MAE's options default to the `mae:` block)."""
-    return attention_factory(
-        cfg.attention,
-        Context.causal,
-        "model.attention",
-        max_len=cfg.max_positions,
-        n_heads=cfg.n_heads,
-        blocks={"mae": OptionBlock(cfg.mae, "mae")},
-    )
+
+class PositionsAt(StrEnum):
+    """Where the position vectors join the token embeddings."""
+
+    input = "input"  # added to the token embeddings, dropout over the sum
+    first_layer = "first_layer"  # a learned table added at the first layer's input, after the embedding dropout
+    every_layer = "every_layer"  # a learned table per layer, each added at its layer's input (T64)
+
+
+def check_positions(cfg: Any) -> None:
+    """ConfigError: positions at the layers' inputs are learned tables."""
+    if cfg.positions_at != PositionsAt.input and cfg.positions != PositionKind.learned:
+        raise ConfigError(
+            f"model.positions_at={cfg.positions_at} adds learned tables: set model.positions=learned "
+            f"(got {cfg.positions}) or model.positions_at=input"
+        )
 
 
 @dataclass
@@ -78,8 +91,10 @@ class TransformerLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     #                              adaptive_span) or {name: NAME, option: value, ...}
     mae: MAEConfig = field(default_factory=MAEConfig)  # MAE's options when attention is mae (a mapping overrides them)
     positions: PositionKind = PositionKind.learned  # learned or sinusoidal
+    positions_at: PositionsAt = PositionsAt.input  # input, first_layer or every_layer (learned tables only)
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection
+    output_bias: bool = False  # a bias in the plain output projection (also when it is tied)
     vocab_size: int = 0  # 0 = from the task's vocabulary (or the preset when no data is prepared)
     init: str = DEFAULT_SCHEME  # parameter initialisation: 'gpt2' (fast-learning) or 'fairseq' (docs/init.md)
     scale_embedding: bool = True  # multiply a plain token embedding by sqrt(d_model) (fairseq); false learns
@@ -101,6 +116,7 @@ class TransformerLM(ToolkitModel):
         check_adaptive_config(cfg, cfg.tie_embeddings)
         check_scheme(cfg.init)
         check_aux_heads(cfg.aux_heads, cfg.adaptive_softmax)
+        check_positions(cfg)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
             raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
@@ -109,9 +125,22 @@ class TransformerLM(ToolkitModel):
         )
         if not cfg.scale_embedding and not cfg.adaptive_input:
             self.embed_scale = 1.0
-        self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
+        # at the input: a position module; at the layers' inputs: the tables themselves, (n_tables, max, d)
+        self.positions: nn.Module | nn.Parameter
+        if cfg.positions_at == PositionsAt.input:
+            self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
+        else:
+            n_tables = cfg.n_layers if cfg.positions_at == PositionsAt.every_layer else 1
+            self.positions = layer_position_tables(n_tables, cfg.max_positions, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        attention = self_attention(cfg)
+        attention = attention_factory(
+            cfg.attention,
+            Context.causal,
+            "model.attention",
+            max_len=cfg.max_positions,
+            n_heads=cfg.n_heads,
+            blocks=self.attention_blocks(cfg),
+        )
         self.layers = nn.ModuleList(
             TransformerLayer(
                 cfg.d_model,
@@ -129,12 +158,22 @@ class TransformerLM(ToolkitModel):
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_ln and cfg.final_norm else nn.Identity()
         self.output: nn.Module = self._build_output(cfg, vocab_size)
         self.aux_heads = build_aux_heads(cfg.aux_heads, cfg.d_model, vocab_size, cfg.n_layers)  # None when off
-        positions = [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
-        apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], positions))
+        self._register_load_state_dict_pre_hook(nest_aux_head_keys)
+        apply_init(self, cfg.init, InitTargets([(self.embed, self.embed_scale)], self.position_tables()))
         self.attention_has_terms = bool(attention_term_names(self))  # e.g. a learned span's span_l1
 
+    def attention_blocks(self, cfg: Any) -> Dict[str, OptionBlock]:
+        """The option blocks of the config that `model.attention` takes defaults from: MAE's, `mae:`."""
+        return {"mae": OptionBlock(cfg.mae, "mae")}
+
+    def position_tables(self) -> List[Tensor]:
+        """The learned position tables (none for sinusoidal positions)."""
+        if isinstance(self.positions, nn.Parameter):
+            return [self.positions]
+        return [self.positions.weight] if isinstance(self.positions, nn.Embedding) else []
+
     def _build_output(self, cfg: TransformerLMConfig, vocab_size: int) -> nn.Module:
-        output = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        output = nn.Linear(cfg.d_model, vocab_size, bias=cfg.output_bias)
         if cfg.tie_embeddings:
             output.weight = self.embed.weight
         return output
@@ -155,18 +194,29 @@ class TransformerLM(ToolkitModel):
         """Final-layer states (B, T, D) for tokens (B, T)."""
         return self.layer_states(tokens)[0]
 
-    def layer_states(self, tokens: Tensor, tapped: Collection[int] = ()) -> Tuple[Tensor, List[Tensor]]:
-        """Final-layer states (B, T, D) and the outputs of the layers numbered in `tapped` (1-based), in order."""
-        positions = torch.arange(tokens.size(1), device=tokens.device)
+    def layer_states(
+        self, tokens: Tensor, tapped: Collection[int] = (), head: Optional[LayerHead] = None
+    ) -> Tuple[Tensor, List[Tensor]]:
+        """Final-layer states (B, T, D) and, for the layers numbered in `tapped` (1-based), in order, their
+        outputs, or `head(output, layer)` computed as soon as the layer has run."""
+        t = tokens.size(1)
+        if t > self.cfg.max_positions:
+            raise ConfigError(f"input of {t} tokens is longer than model.max_positions={self.cfg.max_positions}")
         embedded = self.embed(tokens)
         if self.embed_scale != 1.0:
             embedded = embedded * self.embed_scale
-        x = self.dropout(embedded + self.positions(positions))
+        tables = self.positions if isinstance(self.positions, nn.Parameter) else None  # at the layers' inputs
+        if tables is None:
+            x = self.dropout(embedded + self.positions(torch.arange(t, device=tokens.device)))
+        else:
+            x = self.dropout(embedded)
         taps: List[Tensor] = []
         for i, layer in enumerate(self.layers):
+            if tables is not None and i < tables.size(0):
+                x = x + tables[i, :t]
             x = layer(x, causal=True)
             if i + 1 in tapped:
-                taps.append(x)
+                taps.append(x if head is None else head(x, i + 1))
         return self.final_norm(x), taps
 
     def forward(
@@ -177,11 +227,18 @@ class TransformerLM(ToolkitModel):
         """
         if self.aux_heads is None or target is None:
             return self.output(self.hidden(tokens)), self._attention_aux()
+        # T64's order of operations (each head as its layer runs, the output before the k-ahead heads): backward
+        # sums gradients in this order, which char_transformer's runs and resumed checkpoints reproduce bit for bit
         layer_ids = self.aux_heads.tapped_layers(active_aux)
-        hidden, states = self.layer_states(tokens, layer_ids)
-        layer_logits = [self.aux_heads.layer_logits(x, l, self._shared_head) for l, x in zip(layer_ids, states)]
+        hidden, layer_logits = self.layer_states(tokens, layer_ids, self._layer_head)
+        logits = self.output(hidden)
         terms = self.aux_heads.terms(layer_ids, layer_logits, hidden, target, active_aux)
-        return self.output(hidden), {**terms, **self._attention_aux()}
+        return logits, {**terms, **self._attention_aux()}
+
+    def _layer_head(self, x: Tensor, layer: int) -> Tensor:
+        """Logits of the intermediate head after layer `layer` (1-based) from its output `x`."""
+        assert self.aux_heads is not None
+        return self.aux_heads.layer_logits(x, layer, self._shared_head)
 
     def _attention_aux(self) -> Dict[str, Tensor]:
         """The auxiliary terms of the last forward's attention (e.g. a learned span's cost), or none."""
@@ -224,6 +281,8 @@ class TransformerLM(ToolkitModel):
         }
         if self.aux_heads is not None:
             counts["aux_head_parameters"] = self.aux_heads.parameter_count()
+        if self.position_tables():
+            counts["position_parameters"] = sum(table.numel() for table in self.position_tables())
         return counts
 
 

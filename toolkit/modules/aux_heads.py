@@ -174,3 +174,20 @@ class AuxHeads(nn.Module):
     def parameter_count(self) -> int:
         """Parameters of the heads (dropped at inference)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def nest_aux_head_keys(state_dict: Dict[str, Tensor], prefix: str, *_: object) -> None:
+    """load_state_dict pre-hook of a model with aux heads: a checkpoint's `layer_heads.*` / `target_heads.*`
+    (the T64 model's own attributes before the heads became the `aux_heads` module) load as `aux_heads.*`."""
+    for key in [k for k in state_dict if k.startswith((f"{prefix}layer_heads.", f"{prefix}target_heads."))]:
+        state_dict[f"{prefix}aux_heads.{key[len(prefix) :]}"] = state_dict.pop(key)
+
+
+def with_nested_aux_heads(model: nn.Module, weights: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A copy of the state dict `weights` with the heads' keys as `model` holds them (what load_state_dict
+    does through the pre-hook), for the checks that compare a checkpoint's keys with the model's."""
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "aux_heads", None), AuxHeads):
+            nest_aux_head_keys(out, f"{name}." if name else "")
+    return out

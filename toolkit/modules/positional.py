@@ -1,4 +1,5 @@
-"""Position embeddings: learned or sinusoidal (Vaswani et al. 2017)."""
+"""Position embeddings: learned or sinusoidal (Vaswani et al. 2017), and learned tables added at the layers'
+inputs (Al-Rfou et al. 2019)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ def build_positions(kind: str, max_positions: int, dim: int) -> nn.Module:
     if kind == "sinusoidal":
         return SinusoidalPositions(max_positions, dim)
     raise ValueError(f"unknown position embedding '{kind}' (valid: learned, sinusoidal)")
+
+
+def layer_position_tables(n_tables: int, max_positions: int, dim: int) -> nn.Parameter:
+    """Learned position tables (n_tables, max_positions, dim), N(0, dim^-1/2): table i is added at the input of
+    layer i (T64: one per layer; a single table: at the first layer only)."""
+    return nn.Parameter(torch.randn(n_tables, max_positions, dim) * dim**-0.5)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from toolkit.errors import ConfigError
-from toolkit.models.char_transformer import with_nested_aux_heads
 from toolkit.modules.attention.base import with_stacked_projections
+from toolkit.modules.aux_heads import with_nested_aux_heads
 from toolkit.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.models.char_transformer import with_nested_aux_heads
 from toolkit.modules.attention.base import with_stacked_projections
+from toolkit.modules.aux_heads import with_nested_aux_heads
 
 
 class VocabularyMismatch(DataError):
