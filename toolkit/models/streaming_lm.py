@@ -273,9 +273,7 @@ class StreamingLM(ToolkitModel):
 
     def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
         """The head that only term `name` uses (the span cost has none of its own)."""
-        if self.aux_heads is None or name == "span_l1":
-            return []
-        return self.aux_heads.term_parameters(name)
+        return self.aux_heads.term_parameters(name) if self.aux_heads is not None else []
 
     def forward(
         self,

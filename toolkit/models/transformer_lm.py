@@ -254,10 +254,8 @@ class TransformerLM(ToolkitModel):
         return heads + attention_term_names(self)
 
     def aux_term_parameters(self, name: str) -> List[nn.Parameter]:
-        """The head that only term `name` uses."""
-        if self.aux_heads is None or name not in self.aux_heads.term_names():  # the attention's terms have none
-            return []
-        return self.aux_heads.term_parameters(name)
+        """The head that only term `name` uses (the attention's terms have none)."""
+        return self.aux_heads.term_parameters(name) if self.aux_heads is not None else []
 
     def after_update(self) -> None:
         """Attention upkeep after an optimizer step (e.g. learned spans back into range)."""

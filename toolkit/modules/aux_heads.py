@@ -128,7 +128,10 @@ class AuxHeads(nn.Module):
         return layers + [f"target_{k}_nll" for k in range(2, self.n_targets + 1)]
 
     def term_parameters(self, name: str) -> List[nn.Parameter]:
-        """The head that only term `name` uses (none for shared intermediate heads)."""
+        """The head that only term `name` uses (none for shared intermediate heads, and none for a term that
+        is not these heads', e.g. the attention's span_l1)."""
+        if name not in self.term_names():
+            return []
         kind, number = name.split("_")[0], int(name.split("_")[1])
         if kind == "layer" and self.intermediate_heads == IntermediateHeads.separate:
             return list(self.layer_heads[number - 1].parameters())
