@@ -67,6 +67,19 @@ def train_args(preset: str, data: Path, run_dir: Optional[Path], **overrides: ob
     return [f"config={preset}"] + [f"{k}={v}" for k, v in args.items() if v is not None]
 
 
+# A T64-style char model shrunk for tests: 4 layers of d16 on windows of 32 characters (override n_layers)
+TINY_T64 = {
+    "model.n_layers": 4,
+    "model.d_model": 16,
+    "model.n_heads": 2,
+    "model.d_ff": 32,
+    "model.max_positions": 32,
+    "task.tokens_per_sample": 32,
+    "task.batch_size": 4,
+    "task.eval_stride": 8,
+}
+
+
 def tiny_char_args(data: Path, run_dir: Path, **overrides: object) -> list[str]:
     """tk-train arguments for a 1-layer d32 char LM that trains in a fraction of a second per update."""
     tiny = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import read_log, tiny_char_args, train_args
+from tests.conftest import TINY_T64, read_log, tiny_char_args, train_args
 from toolkit.cli.train import main as train_main
 from toolkit.errors import DISTRIBUTED_EXIT, INTERRUPTED_EXIT
 from toolkit.train.checkpoint import load_checkpoint
@@ -104,16 +104,12 @@ def test_frozen_groups_under_ddp(text8_small, tmp_path):
 def t64_args(data: Path, run_dir: Path, batch_size: int) -> list[str]:
     """A 3-layer T64 model whose layer-1 and layer-2 heads switch off after updates 1 and 2 (of 4)."""
     small = {
+        **TINY_T64,
         "max_update": 4,
         "save_interval": 4,
         "model.n_layers": 3,
-        "model.d_model": 16,
-        "model.n_heads": 2,
-        "model.d_ff": 32,
-        "model.max_positions": 32,
         "model.dropout": 0.0,
         "optimizer.eps": 1e-3,
-        "task.tokens_per_sample": 32,
         "task.batch_size": batch_size,
         "lr_scheduler.warmup_updates": 0,
     }

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import read_log, tiny_mt_args, train_args
+from tests.conftest import TINY_T64, read_log, tiny_mt_args, train_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint
@@ -22,18 +22,7 @@ def last_eval(capsys: pytest.CaptureFixture) -> dict:
 
 def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "t64_span"
-    args = {
-        **SHORT,
-        "model.n_layers": 3,
-        "model.d_model": 16,
-        "model.n_heads": 2,
-        "model.d_ff": 32,
-        "model.max_positions": 32,
-        "task.tokens_per_sample": 32,
-        "task.batch_size": 4,
-        "task.eval_stride": 8,
-        "model.attention.span_init": 0.25,
-    }
+    args = {**SHORT, **TINY_T64, "model.n_layers": 3, "model.attention.span_init": 0.25}
     assert train_main(train_args("combinations/t64_adaptive_span_text8_tiny", text8_small, run_dir, **args)) == 0
     rows = read_log(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 7))

@@ -9,29 +9,18 @@ import shutil
 
 import torch
 
-from tests.conftest import read_log, train_args
+from tests.conftest import TINY_T64, read_log, train_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
 from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
 
 PRESET = "t64/t64_text8_tiny"
-# 4 layers of d16 on windows of 32 characters
-SMALL_T64 = {
-    "model.n_layers": 4,
-    "model.d_model": 16,
-    "model.n_heads": 2,
-    "model.d_ff": 32,
-    "model.max_positions": 32,
-    "task.tokens_per_sample": 32,
-    "task.batch_size": 4,
-    "task.eval_stride": 8,
-}
 
 
 def test_t64_tiny_preset_trains_with_scheduled_aux_terms_and_evaluates(text8_small, tmp_path, capsys):
     run_dir = tmp_path / "run"
     # layer l of 4 stops at 8 * l / 8 = update l (aux_layer_weights)
-    assert train_main(train_args(PRESET, text8_small, run_dir, save_interval=8, **SMALL_T64)) == 0
+    assert train_main(train_args(PRESET, text8_small, run_dir, save_interval=8, **TINY_T64)) == 0
     rows = read_log(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 9))
     for row in rows:
@@ -71,7 +60,7 @@ def test_a_checkpoint_of_the_old_layout_evaluates_and_resumes_as_today_s(text8_s
     per_layer_fraction/n_layers (what tk-train wrote before): tk-eval reads it, and resuming from it gives
     bit for bit the run resumed from today's form of the same checkpoint."""
     now, old = tmp_path / "now", tmp_path / "old"
-    first_half = train_args(PRESET, text8_small, now, max_update=3, save_interval=3, **SMALL_T64)
+    first_half = train_args(PRESET, text8_small, now, max_update=3, save_interval=3, **TINY_T64)
     assert train_main(first_half) == 0
     shutil.copytree(now, old)
     state = load_checkpoint(old / "checkpoint_last.pt")
@@ -93,7 +82,7 @@ def test_a_checkpoint_of_the_old_layout_evaluates_and_resumes_as_today_s(text8_s
     assert eval_main([f"checkpoint={old / 'checkpoint_last.pt'}", "subset=test", "task.eval_max_tokens=200"]) == 0
     assert 0 < json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bpc"] < 6
     for run_dir in (now, old):
-        assert train_main(train_args(PRESET, text8_small, run_dir, max_update=6, save_interval=6, **SMALL_T64)) == 0
+        assert train_main(train_args(PRESET, text8_small, run_dir, max_update=6, save_interval=6, **TINY_T64)) == 0
     resumed_now, resumed_old = (load_checkpoint(d / "checkpoint_last.pt") for d in (now, old))
     assert resumed_now["position"]["step"] == resumed_old["position"]["step"] == 6
     assert resumed_now["model"].keys() == resumed_old["model"].keys()
