@@ -38,9 +38,8 @@ from toolkit.modules.attention.mae_gate import (
     EXPERT_KEY,
     GATE_PARAM_PATTERN,
     SUM_KEY,
-    expert_usage,
-    gate_entropy,
 )
+from toolkit.modules.attention.mae_stats import mae_metrics
 from toolkit.modules.attention.registry import (
     AttentionChoice,
     AttentionFactory,
@@ -198,25 +197,6 @@ def slot_factories(cfg: TransformerConfig) -> Dict[str, AttentionFactory]:
         slot: build_choice(choice, SLOT_CONTEXTS[slot], where, max_len=cfg.max_positions, n_heads=cfg.n_heads)
         for slot, (choice, where) in slot_choices(cfg).items()
     }
-
-
-def mae_metrics(modules: Dict[str, MAEAttention], target_padding: Optional[Tensor]) -> Dict[str, float]:
-    """Gate statistics of each module's last forward (detached gates it already keeps): `mae/SLOT.I/entropy`
-    (nats; log(E) = uniform), `mae/SLOT.I/top_usage` (largest mean expert weight; 1/E = balanced) and
-    `mae/SLOT.I/usage_entropy` (entropy of the mean usage: low = collapsed onto few experts)."""
-    out: Dict[str, float] = {}
-    for name, module in modules.items():
-        g = module.last_gate
-        if g is None:  # UNI-MAE (no gate) or not run yet
-            continue
-        padding = module.last_gate_padding
-        if padding is None and g.dim() == 3 and target_padding is not None and target_padding.shape == g.shape[:2]:
-            padding = target_padding  # decoder gates: drop padded target positions
-        usage = expert_usage(g, padding)
-        out[f"mae/{name}/entropy"] = float(gate_entropy(g, padding))
-        out[f"mae/{name}/top_usage"] = float(usage.max())
-        out[f"mae/{name}/usage_entropy"] = float(gate_entropy(usage))
-    return out
 
 
 def build_embedding(vocab_size: int, dim: int, pad_idx: int) -> nn.Embedding:

@@ -38,7 +38,8 @@ from toolkit.models.adaptive_io import (
 from toolkit.models.base import ToolkitModel
 from toolkit.models.init_schemes import DEFAULT_SCHEME, InitTargets, apply_init, check_scheme
 from toolkit.modules.attention import Context, attention_factory
-from toolkit.modules.attention.mae import MAEConfig
+from toolkit.modules.attention.mae import ExpertMixture, MAEConfig
+from toolkit.modules.attention.mae_stats import layer_mae_modules, mae_metrics
 from toolkit.modules.attention.registry import OptionBlock
 from toolkit.modules.attention.terms import (
     attention_after_update,
@@ -263,9 +264,15 @@ class TransformerLM(ToolkitModel):
         if self.attention_has_terms:
             attention_after_update(self)
 
+    def mae_modules(self) -> Dict[str, ExpertMixture]:
+        """The layers' MAE attention modules, named `layer{i}` (none unless model.attention is mae)."""
+        return layer_mae_modules(self.layers)
+
     def metrics(self) -> Dict[str, float]:
-        """The attention's log metrics (e.g. learned spans: mean, max, largest window), and the base's."""
-        return {**(attention_metrics(self) if self.attention_has_terms else {}), **super().metrics()}
+        """The MAE gates' statistics of the last forward (`mae/layer{i}/...`), the attention's log metrics (e.g.
+        learned spans: mean, max, largest window), and the base's."""
+        gates = mae_metrics(self.mae_modules(), None)
+        return {**gates, **(attention_metrics(self) if self.attention_has_terms else {}), **super().metrics()}
 
     def parameter_breakdown(self) -> Dict[str, int]:
         """Parameters of the input embedding, the layers and what the output layer adds (tied ones counted once)."""
