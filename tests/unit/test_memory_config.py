@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import only_error_line, read_log, tiny_char_args
+from tests.conftest import only_error_line, read_in_blocks, read_log, tiny_char_args
 from tests.unit.golden_cases import (
     CHAR_BASE,
     CHAR_V,
@@ -112,11 +112,7 @@ def test_streamed_lm_with_a_memory_after_an_attention_only_layer_reads_blocks_li
     assert isinstance(model.layers[1], MemoryAfterLayer) and model.layers[1].layer.ffn is None
     tokens = torch.randint(2, 13, (2, 24), generator=torch.Generator().manual_seed(0))
     whole, _, _ = model(tokens)
-    cache, blocks = None, []
-    for block in tokens.split(8, dim=1):
-        logits, _, cache = model(block, cache)
-        blocks.append(logits)
-    torch.testing.assert_close(torch.cat(blocks, dim=1), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(read_in_blocks(model, tokens, 8), whole, rtol=1e-5, atol=1e-5)
     assert 0.0 < model.metrics()["pkm/layers.1.memory_usage"] <= 1.0
 
 

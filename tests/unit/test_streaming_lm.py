@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import read_in_blocks
 from toolkit.errors import ConfigError
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.modules.attention.relative import StreamInputs
@@ -64,11 +65,7 @@ def test_block_by_block_with_cache_equals_one_pass(overrides: dict) -> None:
             torch.nn.init.normal_(layer.self_attn.span.predictor.weight, std=0.3)
     tokens = torch.randint(0, V, (2, 6 * 16))  # longer than any window: the cache must be trimmed right
     whole, _, _ = model(tokens)
-    cache, blocks = None, []
-    for block in tokens.split(16, dim=1):
-        logits, _, cache = model(block, cache)
-        blocks.append(logits)
-    torch.testing.assert_close(torch.cat(blocks, dim=1), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(read_in_blocks(model, tokens, 16), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_cache_keeps_the_current_window_plus_margin_detached() -> None:

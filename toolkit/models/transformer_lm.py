@@ -222,10 +222,10 @@ class TransformerLM(ToolkitModel):
             if self.stream is None or self.key_pe is None:
                 x = layer(x, causal=True)
             else:
-                inputs = x
-                x = layer(inputs, causal=True, stream=StreamInputs(cache[i], self.key_pe))
-                window = self.stream.length(layer.self_attn.last_window)
-                new_cache.append(keep_last(cache[i], inputs, window))
+                x = layer(x, causal=True, stream=StreamInputs(cache[i], self.key_pe))
+                attention = layer.self_attn  # the cache holds what it attended over: its inputs
+                window = self.stream.length(attention.last_window)
+                new_cache.append(keep_last(cache[i], attention.last_stream_input, window))
             if i + 1 in tapped:
                 taps.append(x if head is None else head(x, i + 1))
         hidden = self.final_norm(x)

@@ -100,6 +100,9 @@ class CausalRelativeAttention(AttentionTerms, RelativeAttention):
             self.key_pe = nn.Parameter(torch.randn(self.head_dim, cfg.max_span))
         self.last_span_cost: Optional[Tensor] = None  # span L1 term of the last forward (None: fixed span)
         self.last_window = cfg.max_span  # keys per query of the last forward (what a carried cache must keep)
+        # the inputs of the last streamed forward (detached): what the next block's cache is cut from (a
+        # pre-LN layer's attention sees its normalised input, a post-LN layer's the layer input itself)
+        self.last_stream_input: Optional[Tensor] = None
 
     def forward(  # type: ignore[override]
         self,
@@ -130,6 +133,7 @@ class CausalRelativeAttention(AttentionTerms, RelativeAttention):
         else:
             result = self.step(query, cache)
         self.last_span_cost, self.last_window = result.span_cost, result.window
+        self.last_stream_input = query.detach() if stream is not None else None
         return result.out
 
     def step(self, h: Tensor, cache: Cache) -> AttentionOutput:
