@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Optional
 
 from omegaconf import MISSING
-from torch import Tensor
+from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
 from toolkit.models.adaptive_io import AdaptiveIOConfig, check_adaptive_config
@@ -195,6 +195,16 @@ def name_layer_attention_keys(state_dict: Dict[str, Tensor], prefix: str, *_: ob
         state_dict[pattern.sub(lambda m: f"{prefix}layers.{m.group(1)}.self_attn{m.group(2) or ''}.", key)] = (
             state_dict.pop(key)
         )
+
+
+def with_streamed_layer_names(model: nn.Module, weights: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A copy of the state dict `weights` with a streaming_lm's layer keys as `model` holds them (what
+    load_state_dict does through the pre-hook), for the checks that compare a checkpoint's keys with the model's."""
+    out = dict(weights)
+    for name, module in model.named_modules():
+        if isinstance(module, StreamingLM):
+            name_layer_attention_keys(out, f"{name}." if name else "")
+    return out
 
 
 @MODELS.register("streaming_lm", StreamingLMModelConfig)
