@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import read_in_blocks
+from toolkit.models.saved_names import with_current_names
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
 from toolkit.models.transformer_lm import TransformerLM, TransformerLMConfig
 from toolkit.modules.attention.mae import RelativeMAEAttention
@@ -73,5 +74,6 @@ def test_a_streaming_lm_checkpoint_with_the_streamed_layer_names_loads() -> None
     assert "layers.1.attn.span.span_param" in old and "layers.0.attn_norm.weight" in old
     torch.manual_seed(1)
     loaded = StreamingLM(cfg)
+    assert with_current_names(loaded, old).keys() == loaded.state_dict().keys()  # what resume checks compare
     loaded.load_state_dict(old, strict=True)
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))

@@ -95,7 +95,7 @@ class TransformerLM(ToolkitModel):
         check_aux_heads(cfg.aux_heads, cfg.adaptive_softmax)
         check_positions(cfg)
         if cfg.adaptive_softmax and not isinstance(self, AdaptiveSoftmaxLM):
-            raise TypeError("model.adaptive_softmax=true: build with TransformerLM.create(cfg, vocab_size)")
+            raise TypeError(f"model.adaptive_softmax=true: build with {type(self).__name__}.create")
         attention, relative = layer_attention(cfg, self.attention_blocks(cfg))
         self.cfg, self.vocab_size, self.padding_idx = cfg, vocab_size, padding_idx
         init_std = cfg.d_model**-0.5 if cfg.embedding_init == EmbeddingInit.scaled else None  # None: N(0, 1)
