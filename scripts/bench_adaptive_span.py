@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from bench_common import device_sync, median, peak_memory_mib, peak_rss_mib, print_result, set_threads
 
 from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.modules.attention.span_attention import current_windows
 
 VARIANTS = ("adaptive", "fixed", "untrimmed")
 
@@ -81,8 +82,8 @@ def build(args: argparse.Namespace, variant: str) -> StreamingLM:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
         spans = torch.linspace(args.span_low, args.span_high, n)[order]
         for layer, row in zip(model.layers, spans.view(args.layers, args.heads)):
-            layer.attn.span.span_param.data = row / args.max_span
-            layer.attn.trim = variant != "untrimmed"
+            layer.self_attn.span.span_param.data = row / args.max_span
+            layer.self_attn.trim = variant != "untrimmed"
     return model.to(args.device)
 
 
@@ -109,14 +110,14 @@ def worker(args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        model.clamp_spans()
+        model.after_update()  # spans back into range
         sync()
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
     result = {
         "variant": args.worker,
-        "windows": model.current_windows() if args.worker != "untrimmed" else [args.max_span] * args.layers,
+        "windows": current_windows(model) if args.worker != "untrimmed" else [args.max_span] * args.layers,
         "cache": [c.size(1) for c in cache],
         "step_ms": 1000 * median(times),
         "cpu_ms": 1000 * median(cpu_times),

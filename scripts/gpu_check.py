@@ -46,6 +46,7 @@ from torch import nn  # noqa: E402
 from toolkit.aux_layer_weights import build_aux_weights  # noqa: E402
 from toolkit.config.compose import compose_train_config  # noqa: E402
 from toolkit.eval.beam_search import GenerationConfig, generate  # noqa: E402
+from toolkit.modules.attention.span_attention import current_windows  # noqa: E402
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory  # noqa: E402
 from toolkit.registry import CRITERIONS, MODELS  # noqa: E402
 from toolkit.train.flops import peak_tflops, train_flops_per_token  # noqa: E402
@@ -347,7 +348,7 @@ def check_adaptive_span(args, device, clock) -> Dict[str, Any]:
         if span is not None:
             with torch.no_grad():
                 for layer in model.layers:
-                    layer.attn.span.span_param.fill_(span)
+                    layer.self_attn.span.span_param.fill_(span)
         batch = char_batch(cfg, device, stream=True)
         with torch.no_grad():  # fill the carried cache first: the steps then see a full window
             model(**{**batch["net_input"], "reset": True}, target=batch["target"])
@@ -355,7 +356,7 @@ def check_adaptive_span(args, device, clock) -> Dict[str, Any]:
         result = measure_training(
             model, criterion, batch, device, "bf16", clock, args.warmup, args.steps, batch["target"].size(1)
         )
-        result["windows"] = model.current_windows()
+        result["windows"] = current_windows(model)
         out[name] = result
         del model
     return out

@@ -141,3 +141,13 @@ def only_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def read_in_blocks(model: torch.nn.Module, tokens: torch.Tensor, block: int) -> torch.Tensor:
+    """The outputs of a model that carries a stream cache reading `tokens` (B, T) block by block, the cache
+    carried from each block to the next, concatenated over time (to compare with one pass over all of it)."""
+    cache, outputs = None, []
+    for piece in tokens.split(block, dim=1):
+        output, _, cache = model(piece, cache)
+        outputs.append(output)
+    return torch.cat(outputs, dim=1)

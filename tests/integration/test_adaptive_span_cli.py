@@ -88,7 +88,7 @@ def test_resume_restores_the_stream_cache_and_is_exact(text8_small, straight_run
 def test_training_logs_learned_spans_and_the_weighted_span_term(straight_run) -> None:
     record = read_log(straight_run)[-1]
     spans = load_checkpoint(straight_run / "checkpoint_last.pt")["model"]
-    expected = spans["layers.1.attn.span.span_param"][0].item() * 128
+    expected = spans["layers.1.self_attn.span.span_param"][0].item() * 128
     assert record["span/layer1_head0"] == pytest.approx(expected)
     assert {f"span/layer{l}_head{h}" for l in range(2) for h in range(2)} <= set(record)
     assert record["weight/span_l1"] == 2.0e-6 and record["aux/span_l1"] > 0
@@ -109,7 +109,7 @@ def test_analyze_spans_writes_png_and_json(straight_run, tmp_path, capsys) -> No
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     report = json.loads((out / "spans.json").read_text())
     weights = load_checkpoint(straight_run / "checkpoint_last.pt")["model"]
-    expected = [(weights[f"layers.{l}.attn.span.span_param"] * 128).tolist() for l in range(2)]
+    expected = [(weights[f"layers.{l}.self_attn.span.span_param"] * 128).tolist() for l in range(2)]
     assert report["spans"] == expected and report["kind"] == "static" and report["step"] == 8
     assert report["windows"] == [64 if max(z) + 32 <= 64 else 128 for z in expected]
     assert (out / "spans.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -137,6 +137,7 @@ def test_analyze_dynamic_spans_averages_predictions_over_validation_blocks(text8
     from toolkit.errors import DataError
     from toolkit.eval.span_analysis import analyze_spans
     from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+    from toolkit.modules.attention.span_attention import span_stats
 
     torch.manual_seed(0)
     cfg = dict(
@@ -152,7 +153,7 @@ def test_analyze_dynamic_spans_averages_predictions_over_validation_blocks(text8
     )
     model = StreamingLM(StreamingLMConfig(**cfg)).eval()
     for layer in model.layers:
-        torch.nn.init.normal_(layer.attn.span.predictor.weight, std=0.5)
+        torch.nn.init.normal_(layer.self_attn.span.predictor.weight, std=0.5)
     config = {"model": {**cfg, "name": "streaming_lm"}, "task": {"tokens_per_sample": 16}, "data": str(text8_small)}
     save_checkpoint({"config": config, "model": model.state_dict(), "position": {"step": 3}}, tmp_path / "ckpt.pt")
     report = analyze_spans(str(tmp_path / "ckpt.pt"))
@@ -161,7 +162,7 @@ def test_analyze_dynamic_spans_averages_predictions_over_validation_blocks(text8
 
     valid = torch.from_numpy(load_char_split(text8_small, "valid")[:128].astype("int64")).view(8, 16)
     model(valid)
-    assert report["kind"] == "dynamic" and report["spans"] == model.span_stats().tolist()
+    assert report["kind"] == "dynamic" and report["spans"] == span_stats(model).tolist()
     assert Path(report["json"]) == tmp_path / "ckpt_spans" / "spans.json" and Path(report["png"]).is_file()
     config["data"] = str(tmp_path / "gone")
     save_checkpoint({"config": config, "model": model.state_dict()}, tmp_path / "ckpt.pt")

@@ -52,8 +52,8 @@ def test_the_combination_trains_with_every_part_and_resumes_exactly(text8_small,
     assert all(torch.equal(half[k], weights[k]) for k in weights if k.startswith("aux_heads.layer_heads."))
     assert not torch.equal(half["aux_heads.target_heads.0.weight"], weights["aux_heads.target_heads.0.weight"])
     assert "layers.2.ffn.memory_values.weight" in weights  # the product-key memory in layer 3's FFN place
-    assert weights["layers.0.attn.persistent.keys"].shape == (2, 8, 16)  # heads, persistent vectors, head dim
-    assert weights["layers.0.attn.span.span_param"].numel() == 2  # a learned span per head
+    assert weights["layers.0.self_attn.persistent.keys"].shape == (2, 8, 16)  # heads, persistent vectors, head dim
+    assert weights["layers.0.self_attn.span.span_param"].numel() == 2  # a learned span per head
     assert {f"aux_heads.layer_heads.{i}.1.weight" for i in range(3)} | {"aux_heads.target_heads.0.weight"} <= set(
         weights
     )

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models import load_all
+from toolkit.modules.attention.span_attention import span_stats
 from toolkit.modules.pkm import PKMConfig, ProductKeyMemory
 from toolkit.registry import MODELS
 from toolkit.tasks.stream_lm_data import score_substreams
@@ -42,12 +43,17 @@ PKM_LAYER = "pkm_layer"  # the stand-alone ProductKeyMemory (not a registered mo
 # (new = None: the field was removed and its stored value is dropped). Empty today; add an entry (never edit
 # the fixtures) when a config field is renamed or removed.
 CONFIG_RENAMES: Dict[str, Dict[str, Optional[str]]] = {}
-# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key. A change of
-# layout (not just of names) needs the toolkit's own checkpoint upgrade, called in `replay`.
+# Likewise for state_dict keys: (regex, replacement) applied in order to every stored key, and to the parameter
+# names that key stored gradients (`expected_outputs`). A change of layout (not just of names) needs the
+# toolkit's own checkpoint upgrade, called in `replay`.
 STATE_RENAMES: List[Tuple[str, str]] = [
     # char_transformer's heads became one module, `aux_heads` (checkpoints: aux_heads.nest_aux_head_keys)
     (r"^layer_heads\.", "aux_heads.layer_heads."),
     (r"^target_heads\.", "aux_heads.target_heads."),
+    # streaming_lm's layers became transformer_lm's TransformerLayers (checkpoints:
+    # streaming_lm.name_layer_attention_keys)
+    (r"^layers\.(\d+)\.attn\.", r"layers.\1.self_attn."),
+    (r"^layers\.(\d+)\.attn_norm\.", r"layers.\1.self_attn_norm."),
 ]
 
 Outputs = Dict[str, Any]
@@ -193,7 +199,7 @@ def run_stream(model: nn.Module, inputs: Dict[str, Any]) -> Outputs:
         "substream_count": count,
         "train_loss": loss.detach(),
         "grads": grads,
-        "span_stats": model.span_stats(),
+        "span_stats": span_stats(model),
     }
 
 
@@ -268,19 +274,9 @@ def stream_inputs(g: torch.Generator) -> Dict[str, Any]:
     }
 
 
-def set_spans(values: List[float]) -> Callable[[nn.Module], None]:
-    """Span parameters r per head, shifted per layer, inside [0, 1] (spans of 10..60 positions of S=100)."""
-
-    @torch.no_grad()
-    def prepare(model: nn.Module) -> None:
-        for i, layer in enumerate(model.layers):
-            layer.attn.span.span_param.copy_(torch.tensor(values) + 0.1 * i)
-
-    return prepare
-
-
 def set_self_attention_spans(values: List[float], layers: str = "layers") -> Callable[[nn.Module], None]:
-    """Span parameters r per head of windowed adaptive_span attention (`layers`: the model's layer list)."""
+    """Span parameters r per head of adaptive_span attention, shifted per layer, inside [0, 1] (`layers`: the
+    model's layer list)."""
 
     @torch.no_grad()
     def prepare(model: nn.Module) -> None:
@@ -391,7 +387,7 @@ CASES: List[Case] = [
         ST_TASK,
         stream_inputs,
         run_stream,
-        prepare=set_spans([0.1, 0.4]),
+        prepare=set_self_attention_spans([0.1, 0.4]),
     ),
     Case(
         "stream_all_attention",
@@ -400,7 +396,7 @@ CASES: List[Case] = [
         ST_TASK,
         stream_inputs,
         run_stream,
-        prepare=set_spans([0.2, 0.05]),
+        prepare=set_self_attention_spans([0.2, 0.05]),
     ),
     Case(
         "stream_fixed_window",
@@ -431,7 +427,7 @@ CASES: List[Case] = [
         ST_TASK,
         stream_inputs,
         run_stream,
-        prepare=set_spans([0.15, 0.3]),
+        prepare=set_self_attention_spans([0.15, 0.3]),
     ),
     Case(
         "stream_mae",
@@ -440,7 +436,7 @@ CASES: List[Case] = [
         ST_TASK,
         stream_inputs,
         run_stream,
-        prepare=set_spans([0.1, 0.4]),
+        prepare=set_self_attention_spans([0.1, 0.4]),
     ),
     Case("mt_base", "transformer", MT_BASE, MT_TASK, mt_inputs, run_mt),
     Case(
@@ -528,15 +524,26 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+def renamed(key: str) -> str:
+    """A stored state_dict key (or parameter name) as the models name it now (STATE_RENAMES)."""
+    for pattern, replacement in STATE_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def expected_outputs(fixture: Dict[str, Any]) -> Outputs:
+    """The stored outputs, their gradients keyed by today's parameter names (STATE_RENAMES)."""
+    outputs = dict(fixture["outputs"])
+    if isinstance(outputs.get("grads"), dict):
+        outputs["grads"] = {renamed(name): grad for name, grad in outputs["grads"].items()}
+    return outputs
+
+
 def replay(fixture: Dict[str, Any]) -> Outputs:
     """Rebuild a stored case's model, load its weights and run it on its inputs."""
     case = CASES_BY_NAME[fixture["case"]]
     model = build_model(fixture["model"], fixture["config"], fixture["task"], fixture["memory"])
-    state = {}
-    for key, value in fixture["state_dict"].items():
-        for pattern, replacement in STATE_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        state[key] = value
+    state = {renamed(key): value for key, value in fixture["state_dict"].items()}
     model.load_state_dict(state, strict=True)
     return to_plain(case.run(model, fixture["inputs"]))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from typing import Callable, Dict, Optional
 
 import torch
@@ -101,11 +102,20 @@ def heads_as_recorded(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]
     return {key.removeprefix("aux_heads."): value for key, value in state.items()}
 
 
+def streamed_layers_as_recorded(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The state dict of a streaming_lm with its layers' attention named `attn` / `attn_norm`, as the streamed
+    layers named them when the digests were recorded (now TransformerLayer's `self_attn` / `self_attn_norm`)."""
+    pattern = re.compile(r"^layers\.(\d+)\.self_attn(_norm)?\.")
+    return {pattern.sub(lambda m: f"layers.{m.group(1)}.attn{m.group(2) or ''}.", k): v for k, v in state.items()}
+
+
 def digests(init: Optional[str] = None) -> Dict[str, Dict[str, str]]:
-    """model name -> {state_dict key (separate q/k/v projections, heads as recorded): sha256 of the tensor's
-    bytes}."""
+    """model name -> {state_dict key (separate q/k/v projections, heads and streamed layers as recorded): sha256
+    of the tensor's bytes}."""
     out = {}
     for name in zoo(init):
         state = heads_as_recorded(separate_projections(build(name, init).state_dict()))
+        if name.startswith("streaming_lm"):
+            state = streamed_layers_as_recorded(state)
         out[name] = {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in state.items()}
     return out

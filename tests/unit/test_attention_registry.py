@@ -108,14 +108,16 @@ def test_streamed_lm_refuses_plain_attention_and_takes_mae_on_relative_attention
     with pytest.raises(ConfigError, match=r"^model.attention: attention 'standard' cannot serve the streamed cache: "):
         StreamingLM(StreamingLMConfig(**cfg, attention="standard"))
     model = StreamingLM(StreamingLMConfig(**cfg, attention={"name": "mae", "gate_hidden": 8}))
-    assert all(type(layer.attn) is RelativeMAEAttention and layer.attn.max_span == 64 for layer in model.layers)
+    assert all(
+        type(layer.self_attn) is RelativeMAEAttention and layer.self_attn.max_span == 64 for layer in model.layers
+    )
     assert model.aux_term_names() == ["span_l1"] and model.parameter_breakdown()["gate_parameters"] == 2 * (
         16 * 8 + 8 + 8 * 4 + 4
     )
     # a mapping of adaptive_span options overrides the model's span fields
     fixed = StreamingLM(StreamingLMConfig(**cfg, attention={"name": "adaptive_span", "span": "fixed", "max_span": 32}))
-    assert fixed.cfg.attn_span == 32 and not fixed.cfg.adaptive_span and fixed.aux_term_names() == []
-    assert all(layer.attn.span is None for layer in fixed.layers)
+    assert fixed.key_pe.size(1) == 32 and fixed.aux_term_names() == []
+    assert all(layer.self_attn.span is None for layer in fixed.layers)
 
 
 def test_streamed_mae_with_a_uniform_gate_is_the_relative_attention():
@@ -127,13 +129,13 @@ def test_streamed_mae_with_a_uniform_gate_is_the_relative_attention():
     plain.load_state_dict({k: v for k, v in mae.state_dict().items() if "mae_gate" not in k})
     x = tokens(2, 8)
     for layer in mae.layers:
-        torch.nn.init.zeros_(layer.attn.mae_gate.fc2.weight)
-        torch.nn.init.zeros_(layer.attn.mae_gate.fc2.bias)
+        torch.nn.init.zeros_(layer.self_attn.mae_gate.fc2.weight)
+        torch.nn.init.zeros_(layer.self_attn.mae_gate.fc2.bias)
     a, _, cache = mae(x)
     b, _, _ = plain(x)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     for layer in mae.layers:  # a decisive gate changes the output, and only through later positions' prefixes
-        torch.nn.init.normal_(layer.attn.mae_gate.fc2.weight, std=3.0)
+        torch.nn.init.normal_(layer.self_attn.mae_gate.fc2.weight, std=3.0)
     c, _, _ = mae(x)
     assert (c - b).abs().max() > 1e-3
     changed = x.clone()

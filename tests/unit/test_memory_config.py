@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import only_error_line, read_log, tiny_char_args
+from tests.conftest import only_error_line, read_in_blocks, read_log, tiny_char_args
 from tests.unit.golden_cases import (
     CHAR_BASE,
     CHAR_V,
@@ -104,6 +104,18 @@ def test_streamed_lm_replaces_an_ffn_and_keeps_its_span_metrics() -> None:
     assert metrics["pkm/layers.1.ffn_usage"] == usage and "span/mean" in metrics and "span/layer1_head1" in metrics
 
 
+def test_streamed_lm_with_a_memory_after_an_attention_only_layer_reads_blocks_like_one_pass() -> None:
+    """The streamed layers are TransformerLayers: a memory after one (here without an FFN) sees the carried
+    cache's layer output, so block-by-block reading equals one pass."""
+    config = {**ST_BASE, "persistent_memory": 3}
+    model = built("streaming_lm", config, ST_TASK, layers=[1], mode="after_layer").eval()
+    assert isinstance(model.layers[1], MemoryAfterLayer) and model.layers[1].layer.ffn is None
+    tokens = torch.randint(2, 13, (2, 24), generator=torch.Generator().manual_seed(0))
+    whole, _, _ = model(tokens)
+    torch.testing.assert_close(read_in_blocks(model, tokens, 8), whole, rtol=1e-5, atol=1e-5)
+    assert 0.0 < model.metrics()["pkm/layers.1.memory_usage"] <= 1.0
+
+
 def test_translation_decoder_with_a_memory_after_its_layer_decodes_incrementally() -> None:
     """The wrapped decoder layer keeps its attention modules reachable: caches, beam search, MAE metrics."""
     model = built("transformer", {**MT_BASE, **MAE}, MT_TASK, layers=[1], mode="after_layer").eval()
@@ -132,15 +144,7 @@ def test_translation_decoder_with_a_memory_after_its_layer_decodes_incrementally
             {**ST_BASE, "persistent_memory": 3},
             ST_TASK,
             {"layers": [0]},
-            "model.memory.mode=replace_ffn: layer 0 of StreamingLM (StreamingLayer) has no FFN to replace",
-        ),
-        (
-            "streaming_lm",
-            ST_BASE,
-            ST_TASK,
-            {"layers": [1], "mode": "after_layer"},
-            "model.memory.mode=after_layer: layer 1 of StreamingLM (StreamingLayer) is not a TransformerLayer; "
-            "use mode=replace_ffn",
+            "model.memory.mode=replace_ffn: layer 0 of StreamingLM (TransformerLayer) has no FFN to replace",
         ),
         (
             "transformer_lm",
@@ -175,7 +179,7 @@ def test_a_placement_error_stops_a_dry_run_before_any_work(capsys) -> None:
     args = ["config=all_attention/text8_tiny", "dry_run=true", "model.memory.layers=[0]", f"model.memory.pkm={PKM}"]
     assert train_main(args) == 2
     assert only_error_line(capsys.readouterr().err) == (
-        "error: model.memory.mode=replace_ffn: layer 0 of StreamingLM (StreamingLayer) has no FFN to replace"
+        "error: model.memory.mode=replace_ffn: layer 0 of StreamingLM (TransformerLayer) has no FFN to replace"
     )
 
 

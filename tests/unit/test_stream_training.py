@@ -131,7 +131,7 @@ def test_training_through_the_carried_cache_learns_what_lies_before_the_block() 
 def test_task_checkpoints_the_training_cache_and_a_restored_one_continues_exactly(text8_small) -> None:
     task = char_task(text8_small)
     model = task.build_model(streaming_cfg())
-    assert model.cfg.vocab_size == 27 and model.cfg.block_size == BLOCK
+    assert model.cfg.vocab_size == 27 and model.cfg.max_positions == BLOCK
     assert task.state_dict() == {"stream_cache": None}
     for index in range(3):
         batch = task.train_batch(1, index)
@@ -168,7 +168,7 @@ def test_streamed_evaluation_scores_every_target_like_one_pass_over_each_substre
 def test_metrics_report_spans_per_layer_and_head_and_after_update_clamps() -> None:
     model = StreamingLM(StreamingLMConfig(vocab_size=11, d_model=16, n_layers=2, n_heads=2, d_ff=24, attn_span=200))
     for layer, spans in zip(model.layers, ([0.1, 0.5], [0.25, 1.5])):
-        layer.attn.span.span_param.data = torch.tensor(spans)
+        layer.self_attn.span.span_param.data = torch.tensor(spans)
     model.after_update()
     metrics = model.metrics()
     assert {k: metrics[k] for k in metrics if "layer" in k} == {
@@ -241,4 +241,4 @@ def test_preset_parameter_counts_are_the_papers(preset: str) -> None:
     count = sum(p.numel() for p in model.parameters())
     assert abs(count / 1e6 - PAPER_PARAMETERS[preset]) / PAPER_PARAMETERS[preset] < 0.05, count
     assert cfg.task.mode == "stream" and cfg.task.eval_protocol == "stream" and cfg.optimizer.name == "adagrad"
-    assert model.cfg.block_size == 512 and model.cfg.attn_span == 8192 and cfg.lr_scheduler.warmup_updates == 32000
+    assert model.cfg.max_positions == 512 and model.key_pe.size(1) == 8192 and cfg.lr_scheduler.warmup_updates == 32000

@@ -7,8 +7,18 @@ import math
 import pytest
 import torch
 
+from tests.conftest import read_in_blocks
 from toolkit.errors import ConfigError
-from toolkit.models.streaming_lm import StreamingLayer, StreamingLM, StreamingLMConfig
+from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.modules.attention.relative import StreamInputs
+from toolkit.modules.attention.span_attention import (
+    AdaptiveSpanConfig,
+    CausalRelativeAttention,
+    SpanMode,
+    current_windows,
+    span_stats,
+)
+from toolkit.modules.transformer_layer import TransformerLayer
 
 V, D, H = 13, 16, 2
 
@@ -33,7 +43,7 @@ def tiny(**overrides) -> StreamingLMConfig:
 def set_spans(model: StreamingLM, spans: list) -> None:
     """Span z per head (same for every layer)."""
     for layer in model.layers:
-        layer.attn.span.span_param.data = torch.tensor(spans) / model.cfg.attn_span
+        layer.self_attn.span.span_param.data = torch.tensor(spans) / layer.self_attn.max_span
 
 
 @pytest.mark.parametrize(
@@ -48,18 +58,14 @@ def set_spans(model: StreamingLM, spans: list) -> None:
 def test_block_by_block_with_cache_equals_one_pass(overrides: dict) -> None:
     torch.manual_seed(0)
     model = StreamingLM(tiny(**overrides)).eval()
-    if model.cfg.adaptive_span and not model.cfg.dynamic_span:
+    if overrides.get("adaptive_span", True) and not overrides.get("dynamic_span"):
         set_spans(model, [12.0, 55.5])  # 55.5 + 8: the key at distance 63 still counts
-    if model.cfg.dynamic_span:
+    if overrides.get("dynamic_span"):
         for layer in model.layers:
-            torch.nn.init.normal_(layer.attn.span.predictor.weight, std=0.3)
+            torch.nn.init.normal_(layer.self_attn.span.predictor.weight, std=0.3)
     tokens = torch.randint(0, V, (2, 6 * 16))  # longer than any window: the cache must be trimmed right
     whole, _, _ = model(tokens)
-    cache, blocks = None, []
-    for block in tokens.split(16, dim=1):
-        logits, _, cache = model(block, cache)
-        blocks.append(logits)
-    torch.testing.assert_close(torch.cat(blocks, dim=1), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(read_in_blocks(model, tokens, 16), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_cache_keeps_the_current_window_plus_margin_detached() -> None:
@@ -72,7 +78,7 @@ def test_cache_keeps_the_current_window_plus_margin_detached() -> None:
         _, _, cache = model(torch.randint(0, V, (3, 16)), cache)
         assert [c.size(1) for c in cache] == [expected] * 2
         assert not any(c.requires_grad for c in cache)
-    assert model.current_windows() == [64, 64]
+    assert current_windows(model) == [64, 64]
 
 
 def test_span_l1_is_sum_of_layer_means_with_gradient_to_span_parameters() -> None:
@@ -83,26 +89,26 @@ def test_span_l1_is_sum_of_layer_means_with_gradient_to_span_parameters() -> Non
     assert aux["span_l1"].item() == pytest.approx(3 * 20.0)
     aux["span_l1"].backward()
     for layer in model.layers:
-        assert layer.attn.span.span_param.grad.tolist() == pytest.approx([100.0, 100.0])  # S / H
+        assert layer.self_attn.span.span_param.grad.tolist() == pytest.approx([100.0, 100.0])  # S / H
 
 
-def test_clamp_spans_after_an_optimizer_step_keeps_spans_in_range() -> None:
+def test_after_update_keeps_spans_in_range() -> None:
     model = StreamingLM(tiny())
     set_spans(model, [10.0, 190.0])
-    optimizer = torch.optim.SGD([layer.attn.span.span_param for layer in model.layers], lr=1.0)
+    optimizer = torch.optim.SGD([layer.self_attn.span.span_param for layer in model.layers], lr=1.0)
     for layer in model.layers:
-        layer.attn.span.span_param.grad = torch.tensor([3.0, -3.0])
+        layer.self_attn.span.span_param.grad = torch.tensor([3.0, -3.0])
     optimizer.step()
-    model.clamp_spans()
-    assert model.span_stats().tolist() == [[0.0, 200.0], [0.0, 200.0]]
+    model.after_update()
+    assert span_stats(model).tolist() == [[0.0, 200.0], [0.0, 200.0]]
 
 
 def test_span_stats_per_layer_and_head() -> None:
     model = StreamingLM(tiny(n_layers=3))
     set_spans(model, [12.5, 50.0])
-    assert model.span_stats().tolist() == [[12.5, 50.0]] * 3
+    assert span_stats(model).tolist() == [[12.5, 50.0]] * 3
     fixed = StreamingLM(tiny(adaptive_span=False, attn_span=24))
-    assert fixed.span_stats().tolist() == [[24.0, 24.0]] * 2
+    assert span_stats(fixed).tolist() == [[24.0, 24.0]] * 2
     _, aux, _ = fixed(torch.randint(0, V, (1, 16)))
     assert aux == {}
 
@@ -111,34 +117,35 @@ def test_dynamic_span_model_reports_per_position_spans_in_range() -> None:
     torch.manual_seed(2)
     model = StreamingLM(tiny(dynamic_span=True, span_init=0.1))
     for layer in model.layers:
-        torch.nn.init.normal_(layer.attn.span.predictor.weight, std=0.5)
+        torch.nn.init.normal_(layer.self_attn.span.predictor.weight, std=0.5)
     _, aux, _ = model(torch.randint(0, V, (2, 16)))
-    stats = model.span_stats()
+    stats = span_stats(model)
     assert stats.shape == (2, H) and bool((stats > 0).all() and (stats < 200).all())
     aux["span_l1"].backward()
-    assert all(layer.attn.span.predictor.weight.grad.abs().sum() > 0 for layer in model.layers)
+    assert all(layer.self_attn.span.predictor.weight.grad.abs().sum() > 0 for layer in model.layers)
 
 
 def test_all_attention_layer_without_memory_is_plain_attention_without_ffn() -> None:
     torch.manual_seed(3)
-    cfg = tiny(persistent_memory=0)
-    layer = StreamingLayer(cfg, use_ffn=False)
-    set_spans_layer = torch.tensor([12.0, 40.0]) / cfg.attn_span
-    layer.attn.span.span_param.data = set_spans_layer
+    relative = AdaptiveSpanConfig(200, SpanMode.adaptive, span_ramp=8)
+    attention = lambda d, h, p: CausalRelativeAttention(d, h, p, relative, shared_keys=True)  # noqa: E731
+    layer = TransformerLayer(D, H, 24, dropout=0.0, self_attention_cls=attention, use_ffn=False)
+    assert layer.ffn is None and layer.ffn_norm is None
+    layer.self_attn.span.span_param.data = torch.tensor([12.0, 40.0]) / 200
     h, cache, key_pe = torch.randn(2, 16, D), torch.randn(2, 70, D), torch.randn(D // H, 200)
-    out, _, _ = layer(h, cache, key_pe)
+    out = layer(h, causal=True, stream=StreamInputs(cache, key_pe))
     # plain attention written out: softmax over the 64 most recent keys, masked, renormalised
     x = torch.cat([cache, h], dim=1)
     split = lambda t: t.view(2, -1, H, D // H).transpose(1, 2)  # noqa: E731
-    q, k, v = split(layer.attn.q_proj(h)), split(layer.attn.k_proj(x)), split(layer.attn.v_proj(x))
+    q, k, v = split(layer.self_attn.q_proj(h)), split(layer.self_attn.k_proj(x)), split(layer.self_attn.v_proj(x))
     dist = (70 + torch.arange(16))[:, None] - torch.arange(86)[None, :]
     pos = torch.einsum("bhmd,dmn->bhmn", q, key_pe[:, (199 - dist).clamp(0, 199)])
     logits = (q @ k.transpose(-1, -2) + pos) / math.sqrt(D // H)
     logits = logits.masked_fill((dist < 0) | (dist >= 64), -math.inf)
     w = logits.softmax(-1) * ((8 + torch.tensor([12.0, 40.0])[:, None, None] - dist) / 8).clamp(0, 1)
     w = w / (w.sum(-1, keepdim=True) + 1e-8)
-    attn = layer.attn.out_proj((w @ v).transpose(1, 2).reshape(2, 16, D))
-    torch.testing.assert_close(out, layer.attn_norm(h + attn), atol=1e-5, rtol=1e-5)
+    attn = layer.self_attn.out_proj((w @ v).transpose(1, 2).reshape(2, 16, D))
+    torch.testing.assert_close(out, layer.self_attn_norm(h + attn), atol=1e-5, rtol=1e-5)
 
 
 def test_all_attention_drops_the_ffn_unless_kept() -> None:
@@ -147,10 +154,10 @@ def test_all_attention_drops_the_ffn_unless_kept() -> None:
         return {n[len("layers.0.") :] for n, _ in params if n.startswith("layers.0.")}
 
     all_attention = names(tiny(persistent_memory=4))
-    assert "attn.persistent.keys" in all_attention and not any(n.startswith("ffn") for n in all_attention)
+    assert "self_attn.persistent.keys" in all_attention and not any(n.startswith("ffn") for n in all_attention)
     assert "ffn.fc1.weight" in names(tiny(persistent_memory=4, keep_ffn=True))
     assert "ffn.fc1.weight" in names(tiny())
-    assert not any(n.endswith("bias") for n in all_attention if n.startswith("attn."))
+    assert not any(n.endswith("bias") for n in all_attention if n.startswith("self_attn."))
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ def test_all_attention_wt103_preset_has_the_papers_size() -> None:
     count = sum(p.numel() for p in model.parameters())
     assert abs(count / 133e6 - 1) < 0.05, count
     assert isinstance(model, AdaptiveSoftmaxStreamingLM) and model.cfg.vocab_size == 267744
-    assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.persistent_memory, model.cfg.keep_ffn) == (
+    persistent = model.cfg.adaptive_span.persistent_memory
+    assert (model.cfg.n_layers, model.cfg.d_model, persistent, model.cfg.ffn) == (
         36,
         512,
         2048,

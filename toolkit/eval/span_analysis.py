@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ from omegaconf import MISSING, OmegaConf
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
 from toolkit.errors import ConfigError, DataError
 from toolkit.eval.analysis_output import write_analysis
-from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig, relative_attention
+from toolkit.modules.attention.span_attention import SpanMode, current_windows, span_stats
 from toolkit.train.trained_run import RunCheckpoint, read_run_checkpoint
 
 DYNAMIC_SAMPLE_STREAMS = 8  # dynamic spans: rows of the validation blocks the mean predicted span is taken over
@@ -37,8 +38,9 @@ class SpansConfig:
     data: Optional[str] = None  # dynamic spans only: the dataset folder (default: the checkpoint's)
 
 
-def load_model(checkpoint: RunCheckpoint) -> StreamingLM:
-    """The checkpoint's StreamingLM with its weights (built on the meta device, then given the saved tensors).
+def load_model(checkpoint: RunCheckpoint) -> Tuple[StreamingLM, StreamingLMConfig]:
+    """The checkpoint's model with its weights (built on the meta device, then given the saved tensors), and
+    its streaming_lm config.
 
     Built from the checkpoint alone, without its task: static spans need no dataset folder."""
     model_cfg = checkpoint.config.model
@@ -49,21 +51,22 @@ def load_model(checkpoint: RunCheckpoint) -> StreamingLM:
     values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
     values["vocab_size"] = int(checkpoint.weights["embed.weight"].shape[0])
     values["block_size"] = values.get("block_size") or int(checkpoint.config.task.get("tokens_per_sample", 1))
+    cfg = StreamingLMConfig(**values)
     with torch.device("meta"):
-        model = StreamingLM(StreamingLMConfig(**values))
+        model = StreamingLM(cfg)
     model.load_state_dict(checkpoint.weights, assign=True)
-    return model.eval()
+    return model.eval(), cfg
 
 
 @torch.no_grad()
-def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint) -> None:
-    """Run the first validation blocks through a dynamic-span model so that span_stats has something to average."""
+def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint, block: int) -> None:
+    """Run the first validation blocks (of `block` tokens) through a dynamic-span model so that span_stats has
+    something to average."""
     from toolkit.data.char_corpus import load_char_split
 
     folder = checkpoint.config.get("data")
     if not folder or not Path(folder).is_dir():
         raise DataError(f"dynamic spans depend on the input: the dataset folder is needed (data={folder})")
-    block = model.cfg.block_size
     tokens = np.asarray(load_char_split(folder, "valid")[: DYNAMIC_SAMPLE_STREAMS * block], dtype=np.int64)
     rows = len(tokens) // block
     if rows == 0:
@@ -71,22 +74,22 @@ def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint) -> None
     model(torch.from_numpy(tokens[: rows * block]).view(rows, block))
 
 
-def span_report(model: StreamingLM, checkpoint: str, step: Optional[int]) -> Dict[str, Any]:
-    """The numbers of spans.json."""
-    spans = model.span_stats()
-    cfg = model.cfg
-    kind = "fixed" if not cfg.adaptive_span else ("dynamic" if cfg.dynamic_span else "static")
+def span_report(model: StreamingLM, cfg: StreamingLMConfig, checkpoint: str, step: Optional[int]) -> Dict[str, Any]:
+    """The numbers of spans.json (`cfg`: the model's streaming_lm config)."""
+    spans = span_stats(model)
+    relative = relative_attention(cfg)
+    kind = {SpanMode.fixed: "fixed", SpanMode.dynamic: "dynamic"}.get(relative.span, "static")
     return {
         "checkpoint": checkpoint,
         "step": step,
         "kind": kind,
-        "max_span": cfg.attn_span,
-        "ramp": cfg.span_ramp,
+        "max_span": relative.max_span,
+        "ramp": relative.span_ramp,
         "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads,
-        "persistent_memory": cfg.persistent_memory,
+        "persistent_memory": relative.persistent_memory,
         "spans": spans.tolist(),  # [layer][head], in tokens
-        "windows": model.current_windows(),  # keys per query each layer computes (trimmed length)
+        "windows": current_windows(model),  # keys per query each layer computes (trimmed length)
         "layer_mean": spans.mean(dim=1).tolist(),
         "layer_max": spans.max(dim=1).values.tolist(),
         "mean_span": float(spans.mean()),
@@ -136,10 +139,10 @@ def render_png(report: Dict[str, Any]) -> bytes:
 def analyze_spans(checkpoint: str, output: Optional[str] = None, data: Optional[str] = None) -> Dict[str, Any]:
     """Write spans.png and spans.json for a checkpoint; returns the report plus the paths written."""
     saved = read_run_checkpoint(checkpoint, data=data)
-    model = load_model(saved)
-    if model.cfg.dynamic_span:
-        observe_dynamic_spans(model, saved)
-    report = span_report(model, checkpoint, saved.step)
+    model, cfg = load_model(saved)
+    if relative_attention(cfg).span == SpanMode.dynamic:
+        observe_dynamic_spans(model, saved, cfg.block_size)
+    report = span_report(model, cfg, checkpoint, saved.step)
     png = render_png(report)
     return write_analysis(checkpoint, output, "spans", report, png)
 

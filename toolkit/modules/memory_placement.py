@@ -1,5 +1,5 @@
-"""Place product-key memories into any model built from TransformerLayer (char LM, word LM, MT decoder) or
-from layers with an FFN (the streamed LM).
+"""Place product-key memories into any model built from TransformerLayer (the decoder LM in all its
+configurations: transformer_lm, char_transformer, streaming_lm; the MT encoder and decoder).
 
 Config: the model config's `memory` field (MemoryConfigMixin): which layers, and whether the memory replaces
 the layer's FFN or is added as a residual sublayer after it. `ToolkitModel.from_config` places the memories
@@ -105,7 +105,6 @@ def _check_layer(model: nn.Module, layer: nn.Module, index: int, mode: str) -> N
     """ConfigError when `mode` cannot work in this layer."""
     kind = f"layer {index} of {type(model).__name__} ({type(layer).__name__})"
     if mode == "after_layer" and not isinstance(layer, TransformerLayer):
-        # e.g. a streamed layer returns (output, span cost, window): a memory cannot be added to that
         raise ConfigError(f"{WHERE}.mode=after_layer: {kind} is not a TransformerLayer; use mode=replace_ffn")
     if mode == "replace_ffn" and (getattr(layer, "ffn", None) is None or getattr(layer, "ffn_norm", None) is None):
         raise ConfigError(f"{WHERE}.mode=replace_ffn: {kind} has no FFN to replace")
@@ -129,7 +128,7 @@ def place_memories(model: nn.Module, raw: Optional[object]) -> List[ProductKeyMe
     memories = []
     for index in cfg.layers:
         layer = stack[index]
-        d_model = layer.ffn_norm.normalized_shape[0]
+        d_model = layer.self_attn_norm.normalized_shape[0]
         memory = ProductKeyMemory(d_model, d_model, pkm_cfg)
         if cfg.mode == "replace_ffn":
             layer.ffn = memory

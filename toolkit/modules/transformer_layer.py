@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from toolkit.modules.attention.base import Cache, MultiheadAttention
 from toolkit.modules.attention.registry import AttentionFactory
+from toolkit.modules.attention.relative import StreamInputs
 
 
 class Activation(StrEnum):
@@ -55,15 +56,21 @@ class TransformerLayer(nn.Module):
         self_attention_cls: AttentionFactory = MultiheadAttention,
         cross_attention_cls: AttentionFactory = MultiheadAttention,
         ffn: Optional[nn.Module] = None,
+        use_ffn: bool = True,
     ):
+        """`ffn`: the position-wise sublayer (default: a FeedForward of d_ff); `use_ffn=False`: none at all
+        (attention-only layers, e.g. all-attention's, whose persistent memory takes the FFN's place)."""
         super().__init__()
         self.pre_ln, self.dropout = pre_ln, dropout
         self.self_attn = self_attention_cls(d_model, n_heads, attention_dropout)
         self.self_attn_norm = nn.LayerNorm(d_model)
         self.cross_attn = cross_attention_cls(d_model, n_heads, attention_dropout) if cross_attention else None
         self.cross_attn_norm = nn.LayerNorm(d_model) if cross_attention else None
-        self.ffn = ffn if ffn is not None else FeedForward(d_model, d_ff, activation_dropout, activation)
-        self.ffn_norm = nn.LayerNorm(d_model)
+        self.ffn: Optional[nn.Module] = None
+        self.ffn_norm: Optional[nn.LayerNorm] = None
+        if use_ffn:
+            self.ffn = ffn if ffn is not None else FeedForward(d_model, d_ff, activation_dropout, activation)
+            self.ffn_norm = nn.LayerNorm(d_model)
 
     def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_ln:
@@ -81,16 +88,23 @@ class TransformerLayer(nn.Module):
         self_cache: Optional[Cache] = None,
         cross_cache: Optional[Cache] = None,
         ffn_padding_mask: Optional[Tensor] = None,
+        stream: Optional[StreamInputs] = None,
     ) -> Tensor:
         """x: (B, T, D). padding_mask: (B, T), True at padding. Caches enable incremental decoding.
 
         `ffn_padding_mask` marks x's padding for the position-wise sublayer only (default: `padding_mask`): a
         causal decoder's self-attention needs no mask for right padding, but a product-key memory in place of
-        the FFN must keep pad rows out of its BatchNorm statistics."""
+        the FFN must keep pad rows out of its BatchNorm statistics.
+
+        `stream` (relative self-attention only) carries the layer's cached earlier inputs and the position keys
+        the model's layers share."""
+        extra = {"stream": stream} if stream is not None else {}
         x = self._residual(
             x,
             self.self_attn_norm,
-            lambda h: self.self_attn(h, key_padding_mask=padding_mask, causal=causal, cache=self_cache, context=h),
+            lambda h: self.self_attn(
+                h, key_padding_mask=padding_mask, causal=causal, cache=self_cache, context=h, **extra
+            ),
         )
         if self.cross_attn is not None and encoder_out is not None:
             x = self._residual(
@@ -105,5 +119,7 @@ class TransformerLayer(nn.Module):
                     context=h,
                 ),
             )
-        ffn_mask = ffn_padding_mask if ffn_padding_mask is not None else padding_mask
-        return self._residual(x, self.ffn_norm, lambda h: self.ffn(h, ffn_mask))
+        if self.ffn is None or self.ffn_norm is None:
+            return x
+        ffn, ffn_mask = self.ffn, ffn_padding_mask if ffn_padding_mask is not None else padding_mask
+        return self._residual(x, self.ffn_norm, lambda h: ffn(h, ffn_mask))

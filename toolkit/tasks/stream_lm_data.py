@@ -93,8 +93,8 @@ def score_substreams(
     """Sum of next-token NLL (nats) over every target of `tokens` and their number, read as sub-streams.
 
     `model(inputs, cache)` must return (logits, aux, new_cache) and `model.init_cache(batch)` an empty
-    cache (toolkit.models.streaming_lm.StreamingLM); a model that `scores_own_output` (adaptive softmax) returns
-    hidden states instead of logits and scores them itself. Targets equal to `skip_target` (e.g. <eos>) are
+    cache (a decoder LM with relative positions, e.g. streaming_lm); a model that `scores_own_output`
+    (adaptive softmax) returns hidden states instead of logits and scores them itself. Targets equal to `skip_target` (e.g. <eos>) are
     read as context but not scored. `per_token` (float64, one entry per target) receives each scored NLL.
     """
     if max_tokens:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ConfigError
-from toolkit.modules.attention.base import with_stacked_projections
-from toolkit.modules.aux_heads import with_nested_aux_heads
+from toolkit.models.saved_names import with_current_names
 from toolkit.train.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,8 +40,7 @@ def init_weights(model: nn.Module, path: str, min_fraction: float) -> Dict[str, 
     state = load_checkpoint(path).get("model")
     if not isinstance(state, dict):
         raise ConfigError(f"init_from={path}: not a tk-train checkpoint (no model weights inside)")
-    state = with_stacked_projections(model, state)  # separate q/k/v projections of older checkpoints
-    state = with_nested_aux_heads(model, state)  # the T64 heads saved before they were one module
+    state = with_current_names(model, state)  # older checkpoints' keys, as load_state_dict reads them
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if mismatched:

@@ -15,8 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from toolkit.errors import ConfigError, DataError
-from toolkit.modules.attention.base import with_stacked_projections
-from toolkit.modules.aux_heads import with_nested_aux_heads
+from toolkit.models.saved_names import with_current_names
 
 
 class VocabularyMismatch(DataError):
@@ -89,8 +88,7 @@ def load_trained_run(
 
 def check_weights_fit(model: nn.Module, weights: Dict[str, torch.Tensor], source: str, data: Any, task: Any) -> None:
     """DataError when a saved tensor's shape differs from the model's: the data's vocabulary, or the model config."""
-    weights = with_stacked_projections(model, weights)  # as load_state_dict reads separate q/k/v projections
-    weights = with_nested_aux_heads(model, weights)  # the T64 heads saved before they were one module
+    weights = with_current_names(model, weights)  # older checkpoints' keys, as load_state_dict reads them
     own = model.state_dict()
     for key, saved in weights.items():
         if key in own and tuple(own[key].shape) != tuple(saved.shape):

@@ -12,8 +12,8 @@ whose layer input is the decoder state, and the LM) pools each prefix: one gate 
 the running sum/count live in the cache dict, so incremental decoding equals full recomputation.
 
 The gate and the reweighting (`ExpertMixture`) mix into any attention whose heads are computed before one
-output projection: `MAEAttention` on MultiheadAttention, `RelativeMAEAttention` on the streamed LM's relative
-attention. Registered as the attention variant `mae` (every slot: encoder, decoder, cross, windowed LM,
+output projection: `MAEAttention` on MultiheadAttention, `RelativeMAEAttention` on the relative attention of a
+decoder LM with relative positions (the streamed configuration). Registered as the attention variant `mae` (every slot: encoder, decoder, cross, windowed LM,
 streamed LM).
 """
 
@@ -39,8 +39,7 @@ from toolkit.modules.attention.mae_gate import (
     prefix_mean,
 )
 from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
-from toolkit.modules.attention.relative import RelativeAttention
-from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, build_span
+from toolkit.modules.attention.span_attention import AdaptiveSpanConfig, CausalRelativeAttention
 
 __all__ = [
     "MAEConfig",
@@ -240,37 +239,24 @@ class MAEAttention(ExpertMixture, MultiheadAttention):
         return self.combine_heads(heads)
 
 
-class RelativeMAEAttention(ExpertMixture, RelativeAttention):
-    """MAE on the streamed LM's relative attention: the gate reweights the relative attention's heads
-    (context and persistent-memory reads together) before the one output projection.
+class RelativeMAEAttention(ExpertMixture, CausalRelativeAttention):
+    """MAE on relative attention with the model's shared position keys (a decoder LM with relative positions):
+    the gate reweights the relative attention's heads (context and persistent-memory reads together) before
+    the one output projection.
 
     The gate is causal: at each position it pools the block's inputs up to that position (the same per-window
     prefix mean as MAE in a windowed LM; the carried cache is not pooled, so the gate of a position does not
     depend on how far back the span reaches)."""
 
     def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        max_span: int,
-        dropout: float = 0.0,
-        span: Optional[nn.Module] = None,
-        n_persistent: int = 0,
-        cfg: Optional[MAEConfig] = None,
+        self, d_model: int, n_heads: int, dropout: float, relative: AdaptiveSpanConfig, cfg: Optional[MAEConfig] = None
     ):
-        super().__init__(d_model, n_heads, max_span, dropout, span, n_persistent)
+        # the span first, as for plain relative attention (same RNG order), then the projections, then the gate
+        super().__init__(d_model, n_heads, dropout, relative, shared_keys=True)
         self._init_experts(d_model, n_heads, cfg, causal_gate=True)
 
     def combine_heads(self, heads: Tensor, h: Tensor) -> Tensor:
         return super().combine_heads(self.reweight(heads, self.head_weights(h, None, True, None)), h)
-
-
-def streamed_mae_attention(
-    d_model: int, n_heads: int, dropout: float, cfg: MAEConfig, relative: AdaptiveSpanConfig
-) -> RelativeMAEAttention:
-    """The streamed LM's layer attention with MAE: the model's relative-attention settings plus the gate."""
-    span = build_span(relative, d_model, n_heads)  # first, as for plain relative attention (same RNG order)
-    return RelativeMAEAttention(d_model, n_heads, relative.max_span, dropout, span, relative.persistent_memory, cfg)
 
 
 # the gate per slot: one per sequence in an encoder, per position (running prefix mean) wherever attention
@@ -282,7 +268,7 @@ def build_mae(cfg: MAEConfig, spec: BuildSpec) -> AttentionFactory:
     if spec.context == Context.streamed:
         if spec.relative is None:
             raise ValueError("MAE in a streamed model needs the model's relative attention settings")
-        return partial(streamed_mae_attention, cfg=cfg, relative=spec.relative)
+        return partial(RelativeMAEAttention, relative=spec.relative, cfg=cfg)
     return partial(MAEAttention, cfg=cfg, causal_gate=GATE_CAUSAL[spec.context])
 
 

@@ -77,6 +77,14 @@ class PersistentMemory(nn.Module):
         return weights @ (self.values * math.sqrt(self.size))
 
 
+class StreamInputs(NamedTuple):
+    """What a decoder LM with relative positions gives each layer's attention besides the block: the layer's
+    carried cache of earlier inputs (B, C, D), C >= 0, and the position keys (d_h, S) all layers share."""
+
+    memory: Tensor
+    position_keys: Tensor
+
+
 class AttentionOutput(NamedTuple):
     out: Tensor  # (B, M, D)
     span_cost: Optional[Tensor]  # the layer's span L1 term (mean z), None without an adaptive span

@@ -1,19 +1,22 @@
 """`adaptive_span`: relative-position attention (relative.py) with a fixed, adaptive or dynamic span and
 optional persistent memory (Sukhbaatar et al. 2019), as a registered attention variant.
 
-In the streamed LM it is the layer's RelativeAttention over [carried cache ; block], sharing the model's
-position-key table. In a windowed causal model (decoder-only LMs) and in an encoder-decoder's decoder
-self-attention it is the same computation with the cache holding only what came before the window:
-nothing for a window (earlier slots are masked, not zeros); while decoding step by step, the keys and values
-of the last max_span - 1 target positions, projected once (in the decoder's cache dict, so incremental
-decoding equals full recomputation). There each layer owns its position-key table (head_dim x max_span, N(0, 1) as the reference's).
+In a decoder LM with relative positions (`model.positions=relative`, the streamed configuration) it attends
+over [the layer's carried cache of earlier inputs ; block] with the one position-key table the model shares
+among its layers (`StreamInputs`, context `streamed`). In a windowed causal model (decoder-only LMs with
+absolute positions) and in an encoder-decoder's decoder self-attention it is the same computation with the
+cache holding only what came before the window: nothing for a window (earlier slots are masked, not zeros);
+while decoding step by step, the keys and values of the last max_span - 1 target positions, projected once
+(in the decoder's cache dict, so incremental decoding equals full recomputation). There each layer owns its
+position-key table (head_dim x max_span, N(0, 1) as the reference's).
 
 Relative positions and spans measure distance back within one sequence: the variant is causal only, so it
 cannot be an encoder's (bidirectional) self-attention or encoder-decoder attention.
 
-A learned span adds the auxiliary term `span_l1` (sum over layers of the mean span z, as in the streamed LM;
-weight it with `aux_weights.span_l1`), is clamped after each update and logged (span/mean, span/max,
-span/window_max): through toolkit.modules.attention.terms, which every model calls.
+A learned span adds the auxiliary term `span_l1` (sum over layers of the mean span z; weight it with
+`aux_weights.span_l1`), is clamped after each update and logged (span/layer{l}_head{h}, span/mean, span/max,
+span/window_max): through toolkit.modules.attention.terms, which every model calls. `span_stats` and
+`current_windows` read the spans and windows of any model's span modules (tk-analyze spans, benchmarks).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from enum import StrEnum
 from functools import partial
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,7 +35,7 @@ from toolkit.errors import ConfigError
 from toolkit.modules.attention.adaptive_span import AdaptiveMask, DynamicSpanMask
 from toolkit.modules.attention.base import Cache
 from toolkit.modules.attention.registry import ATTENTIONS, AttentionFactory, AttentionVariant, BuildSpec, Context
-from toolkit.modules.attention.relative import AttentionOutput, RelativeAttention
+from toolkit.modules.attention.relative import AttentionOutput, RelativeAttention, StreamInputs
 from toolkit.modules.attention.terms import AttentionTerms
 
 # cache entries: keys and values (B, H, T, d_h) of the earlier positions, batch-first for reorder_cache
@@ -82,23 +86,23 @@ def build_span(cfg: AdaptiveSpanConfig, d_model: int, n_heads: int) -> Optional[
     return AdaptiveMask(n_heads, cfg.max_span, cfg.span_ramp, cfg.span_init)
 
 
-def streamed_relative_attention(
-    d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig
-) -> RelativeAttention:
-    """The streamed LM's layer attention (the model passes its shared position keys at each call)."""
-    span = build_span(cfg, d_model, n_heads)  # first: a dynamic span's predictor draws from the RNG before q/k/v
-    return RelativeAttention(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
-
-
 class CausalRelativeAttention(AttentionTerms, RelativeAttention):
-    """Relative attention behind TransformerLayer's interface: causal self-attention over a window or, with
-    a cache dict, step by step (see the module docstring). Owns its position keys."""
+    """Relative attention behind TransformerLayer's interface: causal self-attention over a window, step by step
+    with a cache dict, or over a block after a carried cache of the layer's inputs (`stream`; see the module
+    docstring). Owns its position keys, unless `shared_keys`: the model then passes the table all its layers
+    share with every call (`stream`)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig):
-        span = build_span(cfg, d_model, n_heads)
+    def __init__(self, d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig, shared_keys: bool = False):
+        span = build_span(cfg, d_model, n_heads)  # first: a dynamic span's predictor draws from the RNG before q/k/v
         super().__init__(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
-        self.key_pe = nn.Parameter(torch.randn(self.head_dim, cfg.max_span))
+        self.key_pe: Optional[nn.Parameter] = None
+        if not shared_keys:
+            self.key_pe = nn.Parameter(torch.randn(self.head_dim, cfg.max_span))
         self.last_span_cost: Optional[Tensor] = None  # span L1 term of the last forward (None: fixed span)
+        self.last_window = cfg.max_span  # keys per query of the last forward (what a carried cache must keep)
+        # the inputs of the last streamed forward (detached): what the next block's cache is cut from (a
+        # pre-LN layer's attention sees its normalised input, a post-LN layer's the layer input itself)
+        self.last_stream_input: Optional[Tensor] = None
 
     def forward(  # type: ignore[override]
         self,
@@ -110,25 +114,34 @@ class CausalRelativeAttention(AttentionTerms, RelativeAttention):
         cache: Optional[Cache] = None,
         static_kv: bool = False,
         context: Optional[Tensor] = None,
+        stream: Optional[StreamInputs] = None,
     ) -> Tensor:
-        """(B, T, D) -> (B, T, D); with `cache`, T new positions after those cached."""
+        """(B, T, D) -> (B, T, D); with `cache`, T new positions after those cached; with `stream`, the block
+        after the carried inputs `stream.memory`, with the shared position keys `stream.position_keys`."""
         if not causal or static_kv or (key is not None and key is not query):
             raise ValueError("adaptive_span attention is causal self-attention only")
         if key_padding_mask is not None:
             raise ValueError("adaptive_span attention takes no key padding mask (causality keeps right padding out)")
-        if cache is None:
+        if stream is not None:
+            result = RelativeAttention.forward(self, query, stream.memory, stream.position_keys)
+        elif self.key_pe is None:
+            raise ValueError("this attention shares its model's position keys: pass them with stream=")
+        elif cache is None:
             result = RelativeAttention.forward(
                 self, query, query.new_zeros(query.size(0), 0, self.d_model), self.key_pe
             )
         else:
             result = self.step(query, cache)
-        self.last_span_cost = result.span_cost
+        self.last_span_cost, self.last_window = result.span_cost, result.window
+        self.last_stream_input = query.detach() if stream is not None else None
         return result.out
 
     def step(self, h: Tensor, cache: Cache) -> AttentionOutput:
         """Incremental decoding: the block `h` (B, M, D) after the positions whose keys and values the cache
         holds (projected once, as the window path would project them from the cached inputs; a padded slot
         is a zero key and value there too, the projections having no bias)."""
+        if self.key_pe is None:
+            raise ValueError("step-by-step decoding needs the module's own position keys")
         z, window = self.span_window(h)
         q = self._split(self.q_proj(h)) / math.sqrt(self.head_dim)
         k, v = self._split(self.k_proj(h)), self._split(self.v_proj(h))
@@ -157,18 +170,45 @@ class CausalRelativeAttention(AttentionTerms, RelativeAttention):
         if self.span is not None:
             self.span.clamp_()
 
+    def current_window(self) -> int:
+        """Keys per query now: the learned span's trimmed window; S for a fixed or a dynamic span (the latter's
+        depends on the input)."""
+        return self.span.window_length() if self.span is not None else self.max_span
+
     @classmethod
     def summary_metrics(cls, modules: Sequence[AttentionTerms]) -> Dict[str, float]:
-        """Mean and largest span over the heads of the learned-span modules, and the largest window."""
-        spans = [m.span for m in modules if isinstance(m, CausalRelativeAttention) and m.span is not None]
+        """The learned spans: per module (layer l, counting the model's span modules in order) and head, their
+        mean and max over all, and the largest window."""
+        spans = [m for m in modules if isinstance(m, CausalRelativeAttention) and m.span is not None]
         if not spans:
             return {}
-        z = torch.cat([span.stats() for span in spans])
-        out = {"span/mean": float(z.mean()), "span/max": float(z.max())}
-        windows = [span.window_length() for span in spans if isinstance(span, AdaptiveMask)]
-        if windows:
-            out["span/window_max"] = float(max(windows))
+        z = torch.stack([m.span.stats() for m in spans])  # type: ignore[union-attr]
+        out = {f"span/layer{layer}_head{head}": float(v) for (layer, head), v in np.ndenumerate(z.numpy())}
+        out.update({"span/mean": float(z.mean()), "span/max": float(z.max())})
+        out["span/window_max"] = float(max(m.current_window() for m in spans))
         return out
+
+
+def span_modules(model: nn.Module) -> List[CausalRelativeAttention]:
+    """The relative attention modules of `model`, in order (one per layer of a decoder LM)."""
+    return [m for m in model.modules() if isinstance(m, CausalRelativeAttention)]
+
+
+@torch.no_grad()
+def span_stats(model: nn.Module) -> Tensor:
+    """Span z per relative attention module (layer) and head, (layers, heads) on CPU: the learned span
+    (static), the mean predicted span of the last forward (dynamic), or S everywhere for a fixed window."""
+    return torch.stack(
+        [
+            m.span.stats() if m.span is not None else torch.full((m.n_heads,), float(m.max_span))
+            for m in span_modules(model)
+        ]
+    )
+
+
+def current_windows(model: nn.Module) -> List[int]:
+    """Keys per query each relative attention module (layer) of `model` uses now (S for fixed or dynamic spans)."""
+    return [m.current_window() for m in span_modules(model)]
 
 
 def last_positions(x: Tensor, n: int) -> Tensor:
@@ -177,12 +217,11 @@ def last_positions(x: Tensor, n: int) -> Tensor:
 
 
 def build_adaptive_span(cfg: AdaptiveSpanConfig, spec: BuildSpec) -> AttentionFactory:
-    if spec.context == Context.streamed:
-        return partial(streamed_relative_attention, cfg=cfg)
     cfg = replace(cfg, max_span=cfg.max_span or spec.max_len)
     if cfg.max_span <= 0:
         raise ConfigError("attention 'adaptive_span' needs max_span > 0 (the model has no longest input to take)")
-    return partial(CausalRelativeAttention, cfg=cfg)
+    # streamed: the model's one table of position keys serves every layer
+    return partial(CausalRelativeAttention, cfg=cfg, shared_keys=spec.context == Context.streamed)
 
 
 CAUSAL_ONLY = "relative positions and spans measure distance back within one sequence"
