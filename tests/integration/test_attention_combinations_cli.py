@@ -5,6 +5,7 @@ encoder-decoder with adaptive span in the decoder's self-attention, decoded with
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -55,7 +56,9 @@ def test_streamed_lm_with_mae_trains_streamed_and_evaluates(text8_small, tmp_pat
     assert train_main(train_args("combinations/streaming_mae_text8_tiny", text8_small, run_dir, **args)) == 0
     weights = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
     assert weights["layers.0.self_attn.mae_gate.fc2.weight"].shape == (4, 8)  # 4 experts of 3 heads
-    assert read_log(run_dir)[-1]["aux/span_l1"] > 0
+    last = read_log(run_dir)[-1]
+    assert last["aux/span_l1"] > 0
+    assert 0 < last["mae/layer0/entropy"] <= math.log(4) + 1e-6  # the gates' statistics, as in any MAE model
     capsys.readouterr()
     assert eval_main([f"checkpoint={run_dir / 'checkpoint_last.pt'}", "task.eval_streams=4"]) == 0
     metrics = last_eval(capsys)
