@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from tests.conftest import TINY_T64, read_log, tiny_mt_args, train_args
 from toolkit.cli.eval import main as eval_main
 from toolkit.cli.train import main as train_main
+from toolkit.eval.span_analysis import analyze_spans
 from toolkit.train.checkpoint import load_checkpoint
 
 SHORT = {"max_update": 6, "save_interval": 6}  # 6 updates, one checkpoint
@@ -32,6 +34,10 @@ def test_t64_with_adaptive_span_trains_with_its_span_term_and_evaluates(text8_sm
     assert rows[-1]["span/mean"] == pytest.approx(sum(z) / 3, rel=1e-5)
     assert rows[-1]["weight/span_l1"] == 1.6e-5 and rows[-1]["aux/span_l1"] > 0
     assert rows[-1]["weight/target_2_nll"] == 0.5  # T64's auxiliary losses are still there
+    report = analyze_spans(str(run_dir / "checkpoint_last.pt"), str(tmp_path / "spans"))  # tk-analyze spans
+    assert report["kind"] == "static" and (report["n_layers"], report["n_heads"], report["max_span"]) == (3, 2, 32)
+    expected = [[float(z) * 32 for z in spans[f"layers.{l}.self_attn.span.span_param"]] for l in range(3)]
+    np.testing.assert_allclose(report["spans"], expected, rtol=1e-6)
     capsys.readouterr()
     assert eval_main([f"checkpoint={run_dir / 'checkpoint_last.pt'}", "subset=test", "task.eval_max_tokens=200"]) == 0
     metrics = last_eval(capsys)

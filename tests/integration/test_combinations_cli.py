@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,17 @@ def test_the_combination_evaluates(straight, capsys):
     assert metrics["protocol"] == "stream" and metrics["block"] == 16
     assert metrics["tokens"] == 10_000 - 1  # the whole 10k test split, every target
     assert 1.0 < metrics["bpc"] < 6.0
+
+
+def test_the_combination_s_spans_are_analysed_with_its_memory_in_place(straight, tmp_path):
+    from toolkit.eval.span_analysis import analyze_spans
+
+    report = analyze_spans(str(straight / "checkpoint_last.pt"), str(tmp_path / "spans"))
+    weights = load_checkpoint(straight / "checkpoint_last.pt")["model"]
+    n_layers = report["n_layers"]
+    expected = [
+        [float(z) * report["max_span"] for z in weights[f"layers.{l}.self_attn.span.span_param"]]
+        for l in range(n_layers)
+    ]
+    assert report["kind"] == "static"
+    np.testing.assert_allclose(report["spans"], expected, rtol=1e-6)

@@ -1,7 +1,7 @@
 """tk-analyze ANALYSIS key=value ...: analyses of trained checkpoints, one subcommand each.
 
-  spans checkpoint=PATH [output=DIR]   learned attention span per layer and head of a streaming_lm
-                                       checkpoint: OUTPUT/spans.png and OUTPUT/spans.json
+  spans checkpoint=PATH [output=DIR]   learned attention span per layer and head of a model with relative
+                                       attention (adaptive_span): OUTPUT/spans.png, spans.json
   gates checkpoint=PATH [subset=valid] [output=DIR]
                                        mean MAE gate per layer and expert: OUTPUT/gates.png, gates.json
 

@@ -1,4 +1,5 @@
-"""`tk-analyze spans`: the learned attention span of every layer and head of a streaming_lm checkpoint.
+"""`tk-analyze spans`: the learned attention span of every layer and head of a checkpoint with relative attention
+(a streaming_lm, or any model with `adaptive_span` attention, e.g. a T64 char model or a translation decoder).
 
 Writes OUTPUT/spans.png (a layers x heads heatmap, and per layer the heads' spans sorted, as bars, like
 figure 3 of Sukhbaatar et al. 2019) and OUTPUT/spans.json (the numbers), both at once (atomic folder).
@@ -12,18 +13,21 @@ import io
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import MISSING, OmegaConf
+from torch import nn
 
 from toolkit.config.cli_overrides import apply_overrides, check_complete, split_overrides
 from toolkit.errors import ConfigError, DataError
 from toolkit.eval.analysis_output import write_analysis
-from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig, relative_attention
-from toolkit.modules.attention.span_attention import SpanMode, current_windows, span_stats
-from toolkit.train.trained_run import RunCheckpoint, read_run_checkpoint
+from toolkit.models.streaming_lm import StreamingLM, StreamingLMConfig
+from toolkit.models.transformer_lm import TransformerLM
+from toolkit.modules.attention.span_attention import SpanMode, current_windows, span_modules, span_stats
+from toolkit.modules.memory_placement import place_memories
+from toolkit.train.trained_run import RunCheckpoint, load_trained_run, read_run_checkpoint
 
 DYNAMIC_SAMPLE_STREAMS = 8  # dynamic spans: rows of the validation blocks the mean predicted span is taken over
 
@@ -32,38 +36,47 @@ DYNAMIC_SAMPLE_STREAMS = 8  # dynamic spans: rows of the validation blocks the m
 class SpansConfig:
     """Arguments of `tk-analyze spans`."""
 
-    checkpoint: str = MISSING  # a tk-train checkpoint of a streaming_lm model
+    checkpoint: str = MISSING  # a tk-train checkpoint of a model with relative attention (streaming_lm, or
+    #                            model.attention=adaptive_span); other models than streaming_lm need their dataset
     output: Optional[str] = None  # folder for spans.png and spans.json (default: beside the checkpoint,
     #                               <checkpoint name>_spans/)
     data: Optional[str] = None  # dynamic spans only: the dataset folder (default: the checkpoint's)
 
 
-def load_model(checkpoint: RunCheckpoint) -> Tuple[StreamingLM, StreamingLMConfig]:
-    """The checkpoint's model with its weights (built on the meta device, then given the saved tensors), and
-    its streaming_lm config.
+def load_model(checkpoint: RunCheckpoint) -> nn.Module:
+    """The checkpoint's model with its weights, in eval mode.
 
-    Built from the checkpoint alone, without its task: static spans need no dataset folder."""
+    A streaming_lm is built from the checkpoint alone (on the meta device, then given the saved tensors), so
+    static spans need no dataset folder; any other model is built with its task (the checkpoint's dataset)."""
     model_cfg = checkpoint.config.model
-    if model_cfg.get("name") != "streaming_lm":
+    name = model_cfg.get("name")
+    if name == "streaming_lm":
+        values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
+        values["vocab_size"] = int(checkpoint.weights["embed.weight"].shape[0])
+        values["block_size"] = values.get("block_size") or int(checkpoint.config.task.get("tokens_per_sample", 1))
+        cfg = StreamingLMConfig(**values)
+        with torch.device("meta"):
+            model: nn.Module = StreamingLM(cfg)
+            place_memories(model, cfg.memory)
+        model.load_state_dict(checkpoint.weights, assign=True)
+    else:
+        model = load_trained_run(checkpoint.path, data=checkpoint.config.data).model
+    if not span_modules(model):
         raise ConfigError(
-            f"{checkpoint.path}: model '{model_cfg.get('name')}' has no learned attention spans (needs streaming_lm)"
+            f"{checkpoint.path}: model '{name}' has no relative attention with spans "
+            "(needs streaming_lm or model.attention=adaptive_span)"
         )
-    values = {f.name: model_cfg[f.name] for f in fields(StreamingLMConfig) if f.name in model_cfg}
-    values["vocab_size"] = int(checkpoint.weights["embed.weight"].shape[0])
-    values["block_size"] = values.get("block_size") or int(checkpoint.config.task.get("tokens_per_sample", 1))
-    cfg = StreamingLMConfig(**values)
-    with torch.device("meta"):
-        model = StreamingLM(cfg)
-    model.load_state_dict(checkpoint.weights, assign=True)
-    return model.eval(), cfg
+    return model.eval()
 
 
 @torch.no_grad()
-def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint, block: int) -> None:
-    """Run the first validation blocks (of `block` tokens) through a dynamic-span model so that span_stats has
-    something to average."""
+def observe_dynamic_spans(model: nn.Module, checkpoint: RunCheckpoint, block: int) -> None:
+    """Run the first validation blocks (of `block` tokens) through a dynamic-span decoder LM so that span_stats
+    has something to average."""
     from toolkit.data.char_corpus import load_char_split
 
+    if not isinstance(model, TransformerLM):
+        raise ConfigError(f"{checkpoint.path}: dynamic spans are analysed in decoder LMs only (they need its input)")
     folder = checkpoint.config.get("data")
     if not folder or not Path(folder).is_dir():
         raise DataError(f"dynamic spans depend on the input: the dataset folder is needed (data={folder})")
@@ -74,20 +87,21 @@ def observe_dynamic_spans(model: StreamingLM, checkpoint: RunCheckpoint, block: 
     model(torch.from_numpy(tokens[: rows * block]).view(rows, block))
 
 
-def span_report(model: StreamingLM, cfg: StreamingLMConfig, checkpoint: str, step: Optional[int]) -> Dict[str, Any]:
-    """The numbers of spans.json (`cfg`: the model's streaming_lm config)."""
+def span_report(model: nn.Module, checkpoint: str, step: Optional[int]) -> Dict[str, Any]:
+    """The numbers of spans.json."""
     spans = span_stats(model)
-    relative = relative_attention(cfg)
-    kind = {SpanMode.fixed: "fixed", SpanMode.dynamic: "dynamic"}.get(relative.span, "static")
+    modules = span_modules(model)
+    settings = modules[0].span_settings  # every layer's relative attention is built from the same settings
+    kind = {SpanMode.fixed: "fixed", SpanMode.dynamic: "dynamic"}.get(settings.span, "static")
     return {
         "checkpoint": checkpoint,
         "step": step,
         "kind": kind,
-        "max_span": relative.max_span,
-        "ramp": relative.span_ramp,
-        "n_layers": cfg.n_layers,
-        "n_heads": cfg.n_heads,
-        "persistent_memory": relative.persistent_memory,
+        "max_span": settings.max_span,
+        "ramp": settings.span_ramp,
+        "n_layers": len(modules),
+        "n_heads": modules[0].n_heads,
+        "persistent_memory": settings.persistent_memory,
         "spans": spans.tolist(),  # [layer][head], in tokens
         "windows": current_windows(model),  # keys per query each layer computes (trimmed length)
         "layer_mean": spans.mean(dim=1).tolist(),
@@ -139,10 +153,10 @@ def render_png(report: Dict[str, Any]) -> bytes:
 def analyze_spans(checkpoint: str, output: Optional[str] = None, data: Optional[str] = None) -> Dict[str, Any]:
     """Write spans.png and spans.json for a checkpoint; returns the report plus the paths written."""
     saved = read_run_checkpoint(checkpoint, data=data)
-    model, cfg = load_model(saved)
-    if relative_attention(cfg).span == SpanMode.dynamic:
-        observe_dynamic_spans(model, saved, cfg.block_size)
-    report = span_report(model, cfg, checkpoint, saved.step)
+    model = load_model(saved)
+    if span_modules(model)[0].span_settings.span == SpanMode.dynamic:
+        observe_dynamic_spans(model, saved, int(saved.config.task.get("tokens_per_sample", 1)))
+    report = span_report(model, checkpoint, saved.step)
     png = render_png(report)
     return write_analysis(checkpoint, output, "spans", report, png)
 

@@ -95,6 +95,7 @@ class CausalRelativeAttention(AttentionTerms, RelativeAttention):
     def __init__(self, d_model: int, n_heads: int, dropout: float, cfg: AdaptiveSpanConfig, shared_keys: bool = False):
         span = build_span(cfg, d_model, n_heads)  # first: a dynamic span's predictor draws from the RNG before q/k/v
         super().__init__(d_model, n_heads, cfg.max_span, dropout, span, cfg.persistent_memory)
+        self.span_settings = cfg  # what it was built from (analyses report it)
         self.key_pe: Optional[nn.Parameter] = None
         if not shared_keys:
             self.key_pe = nn.Parameter(torch.randn(self.head_dim, cfg.max_span))
