@@ -259,3 +259,21 @@ def test_a_checkpoint_with_the_old_top_level_key_resumes_exactly_and_evaluates(t
     usage, kl = usage_by_hand(reads["layers.0.ffn"], PKM["mem_size"])
     assert reported["step"] == 4 and reported["pkm/layers.0.ffn_usage"] == usage
     assert reported["pkm/layers.0.ffn_kl_uniform"] == pytest.approx(kl, rel=1e-12)
+
+
+def test_validation_reads_are_reported_with_the_validation_so_a_resumed_run_logs_the_same_usage(text8_small, tmp_path):
+    extra = {"model.memory.layers": "[0]", "model.memory.pkm": "{mem_size: 36, key_dim: 8, heads: 2, knn: 3}"}
+    extra.update({"validate_interval": 2, "task.valid_max_tokens": 500})
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert train_main(tiny_char_args(text8_small, straight, max_update=4, save_interval=2, **extra)) == 0
+    assert train_main(tiny_char_args(text8_small, resumed, max_update=2, save_interval=2, **extra)) == 0
+    assert train_main(tiny_char_args(text8_small, resumed, max_update=4, save_interval=2, **extra)) == 0
+    names = ("pkm/layers.0.ffn_usage", "pkm/layers.0.ffn_kl_uniform")
+    # step 3 follows the validation at step 2: the uninterrupted run counts only step 3's training reads too
+    assert [[r[k] for k in names] for r in read_log(resumed)[-2:]] == [
+        [r[k] for k in names] for r in read_log(straight)[2:]
+    ]
+    valid = read_log(straight, "valid")
+    assert [r["step"] for r in valid] == [2, 4] and all(0.0 < r[names[0]] <= 1.0 for r in valid)
+    # the validation's usage is that of its own reads: the same model on the same tokens in the resumed run
+    assert read_log(resumed, "valid")[-1][names[0]] == valid[-1][names[0]]

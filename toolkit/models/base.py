@@ -13,7 +13,8 @@ The base class adds no parameters and no buffers, so checkpoints are those of th
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -84,6 +85,16 @@ class ToolkitModel(nn.Module):
         """Per product-key memory, the share of its slots read and the KL from uniform of their weights over
         every read since the last call (`pkm/NAME_usage`, `pkm/NAME_kl_uniform`); {} without memories."""
         return self._memory_usage.report() if self._memory_usage is not None else {}
+
+    @contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Forwards inside do not count towards the memory usage `metrics()` reports (e.g. the trainer's second
+        look at a batch before a checkpoint, which a resumed run would not repeat)."""
+        if self._memory_usage is None:
+            yield
+            return
+        with self._memory_usage.paused():
+            yield
 
     def memory_parameter_count(self) -> int:
         """Parameters of the product-key memories (dry runs report them beside the total)."""

@@ -10,9 +10,10 @@ right after the model is built, so training, checkpoints, tk-eval and dry runs s
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -148,6 +149,7 @@ class UsageMonitor:
 
     def __init__(self, model: nn.Module):
         self.trackers: Dict[str, MemoryUsageTracker] = {}
+        self.counting = True  # False inside `paused()`
         for name, module in model.named_modules():
             if isinstance(module, ProductKeyMemory):
                 module.track_usage = True
@@ -155,12 +157,21 @@ class UsageMonitor:
                 self.trackers[name] = tracker
                 module.register_forward_hook(self._hook(tracker))
 
-    @staticmethod
-    def _hook(tracker: MemoryUsageTracker) -> Callable:
+    def _hook(self, tracker: MemoryUsageTracker) -> Callable:
         def hook(module: ProductKeyMemory, inputs: object, output: object) -> None:
-            tracker.update_from(module)
+            if self.counting:
+                tracker.update_from(module)
 
         return hook
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Reads inside do not count."""
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
 
     def report(self, reset: bool = True) -> Dict[str, float]:
         out: Dict[str, float] = {}

@@ -148,7 +148,7 @@ class Trainer:
             return None
         stream = self.task.state_dict()
         self.model.eval()
-        with autocast(self.cfg.precision, self.device):
+        with self.model.uncounted(), autocast(self.cfg.precision, self.device):
             _, _, logs = self.criterion(self.model, self.last_batch, self.step)
         self.model.train()
         self.task.load_state_dict(stream)
@@ -306,6 +306,9 @@ class Trainer:
     def validate(self) -> Dict[str, Any]:
         self.model.eval()
         metrics = self.task.evaluate(self.model, "valid", self.device, during_training=True)
+        # product-key memory usage over the validation reads, so that the next training row counts training
+        # reads only (and a run resumed after a validation logs what the uninterrupted run logs)
+        metrics.update(self.model.memory_metrics())
         self.model.train()
         return metrics
 
