@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from tests.conftest import tiny_char_args
@@ -57,3 +58,20 @@ def test_averaging_needs_the_checkpoints_kept(text8_small, tmp_path, capsys):
         "save_interval > 0 (got keep_interval_checkpoints=2, save_interval=4)\n"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_whose_models_name_their_tensors_differently_are_not_averaged(tmp_path):
+    from toolkit.errors import DataError
+    from toolkit.train.averaging import average_checkpoints
+    from toolkit.train.checkpoint import save_checkpoint
+
+    w = torch.ones(2)
+    save_checkpoint({"model": {"layers.0.attn.k": w}, "config": {}}, tmp_path / "checkpoint_2.pt")
+    save_checkpoint({"model": {"layers.0.self_attn.k": w}, "config": {}}, tmp_path / "checkpoint_4.pt")
+    with pytest.raises(DataError) as error:
+        average_checkpoints([tmp_path / "checkpoint_2.pt", tmp_path / "checkpoint_4.pt"])
+    assert str(error.value) == (
+        f"cannot average {tmp_path / 'checkpoint_2.pt'} with {tmp_path / 'checkpoint_4.pt'}: their models name "
+        "their tensors differently ('layers.0.attn.k' is in one only); average checkpoints written by the same "
+        "toolkit version"
+    )

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, DataError
 from toolkit.train.checkpoint import interval_checkpoints, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("toolkit.train")
@@ -27,6 +27,13 @@ def average_checkpoints(paths: Sequence[Path]) -> Dict[str, Any]:
     if not paths:
         raise ValueError("no checkpoints to average")
     states = [load_checkpoint(p)["model"] for p in paths]
+    for path, state in zip(paths, states):
+        if state.keys() != states[-1].keys():  # e.g. written before a model renamed its tensors (resumed since)
+            odd = sorted(state.keys() ^ states[-1].keys())[0]
+            raise DataError(
+                f"cannot average {path} with {paths[-1]}: their models name their tensors differently "
+                f"('{odd}' is in one only); average checkpoints written by the same toolkit version"
+            )
     newest = load_checkpoint(paths[-1])
     averaged = {}
     for key, value in states[-1].items():
