@@ -6,7 +6,7 @@ import json
 import lzma
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -151,3 +151,13 @@ def read_in_blocks(model: torch.nn.Module, tokens: torch.Tensor, block: int) -> 
         output, _, cache = model(piece, cache)
         outputs.append(output)
     return torch.cat(outputs, dim=1)
+
+
+def decode_incrementally(model: torch.nn.Module, prev: torch.Tensor, encoder_out: object) -> tuple[torch.Tensor, Any]:
+    """An encoder-decoder's logits for `prev` (B, T) decoded through its cache (the first two tokens at once,
+    then one at a time; equal to `model.decode(prev, encoder_out)` when incremental decoding is right), and the
+    decoder state they leave."""
+    state = model.init_decoder_state(encoder_out)
+    steps = [model.decode(prev[:, :2], None, state)]
+    steps += [model.decode(prev[:, i : i + 1], None, state) for i in range(2, prev.size(1))]
+    return torch.cat(steps, 1), state

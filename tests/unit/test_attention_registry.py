@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tests.conftest import decode_incrementally
 from toolkit.config.compose import compose_train_config
 from toolkit.errors import ConfigError
 from toolkit.eval.beam_search import GenerationConfig, generate
@@ -205,10 +206,8 @@ def test_incremental_decoding_with_a_span_equals_full_recomputation(span):
     prev = torch.cat([torch.full((3, 1), BOS), tokens(3, 11, seed=3)], 1)  # longer than the 8-key span
     enc = model.encode(src)
     full = model.decode(prev, enc)
-    state = model.init_decoder_state(enc)
-    first = model.decode(prev[:, :2], None, state)  # several tokens at once, then one at a time
-    steps = [first] + [model.decode(prev[:, i : i + 1], None, state) for i in range(2, prev.size(1))]
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-10)
+    steps, state = decode_incrementally(model, prev, enc)
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-10)
     assert state.self_caches[0]["relative_k"].shape == (3, 4, 7, 4)  # max_span - 1 earlier positions kept
 
 

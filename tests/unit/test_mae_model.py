@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.conftest import decode_incrementally
 from toolkit.errors import ConfigError
 from toolkit.eval.beam_search import GenerationConfig, generate
 from toolkit.models.transformer import TransformerConfig, TransformerModel
@@ -95,10 +96,7 @@ def test_incremental_decoding_equals_full_recomputation(pre_ln):
     src, prev = batch()
     enc = model.encode(src)
     full = model.decode(prev, enc)
-    state = model.init_decoder_state(enc)
-    first = model.decode(prev[:, :2], None, state)  # several tokens at once, then one at a time
-    steps = [first] + [model.decode(prev[:, i : i + 1], None, state) for i in range(2, prev.size(1))]
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-10)
+    torch.testing.assert_close(decode_incrementally(model, prev, enc)[0], full, rtol=0, atol=1e-10)
 
 
 def test_beam_reordering_without_static_copies_moves_the_gate_state():
