@@ -32,6 +32,7 @@ import re
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -352,7 +353,9 @@ def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]],
     return buffer.getvalue()
 
 
-def report(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int, seeds: int) -> str:
+def report(
+    comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int, seeds: int, overrides: List[str]
+) -> str:
     finals = {label: [r["final"] for r in runs] for label, runs in results.items()}
     lines = [
         f"# {comparison.name} at CPU scale",
@@ -367,6 +370,7 @@ def report(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], upd
             else "Budget set on the command line."
         ),
         "",
+        *([f"Overrides for every run (`--set`): `{' '.join(overrides)}`.", ""] if overrides else []),
         f"| arm | final {comparison.metric} (mean ± std) | per seed | parameters |",
         "|---|---|---|---|",
     ]
@@ -404,10 +408,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="an override for every run (e.g. task.eval_max_tokens=20000 for a quick look)",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs of one comparison trained side by side (one thread each)"
+    )
     parser.add_argument("--docs", type=Path, default=Path("docs/reproduce_small"), help="where NAME.md/.png go")
     args = parser.parse_args()
-    if args.seeds < 1 or args.updates < 0:
-        print("error: --seeds must be >= 1 and --updates >= 0", file=sys.stderr)
+    if args.seeds < 1 or args.updates < 0 or args.jobs < 1:
+        print("error: --seeds and --jobs must be >= 1 and --updates >= 0", file=sys.stderr)
         sys.exit(2)
     for name in args.only or list(COMPARISONS):
         comparison = COMPARISONS[name]
@@ -418,12 +425,13 @@ def main() -> None:
         comparison = COMPARISONS[name]
         updates = args.updates or comparison.default_updates
         seeds = range(1, args.seeds + 1)
-        results = {
-            arm.label: [train(comparison, arm, seed, updates, args.out, args.set) for seed in seeds]
-            for arm in comparison.arms
-        }
+        # Seed-major order, so that an interrupted suite has every arm of the first seeds.
+        runs = [(arm, seed) for seed in seeds for arm in comparison.arms]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda run: train(comparison, run[0], run[1], updates, args.out, args.set), runs))
+        results = {arm.label: [r for (a, _), r in zip(runs, done) if a is arm] for arm in comparison.arms}
         args.docs.mkdir(parents=True, exist_ok=True)
-        text = report(comparison, results, updates, args.seeds)
+        text = report(comparison, results, updates, args.seeds, args.set)
         atomic_write_bytes(args.docs / f"{name}.md", text.encode())
         atomic_write_bytes(args.docs / f"{name}.png", curves_png(comparison, results, updates))
         if comparison.extra is span_stats:

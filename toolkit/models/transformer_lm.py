@@ -14,7 +14,8 @@ provides `output_nll(output, target)` (per-token NLL; the criterion and the eval
 
 Positions are added either with the token embeddings (`positions_at: input`, dropout over the sum) or, as a
 learned table (`positions_at: first_layer`) or one table per layer (`every_layer`, T64), at the layers' inputs
-after the embedding dropout. `positions: relative` adds none: one learned table of relative position keys
+after the embedding dropout. `positions: rotary` adds none either: every layer's self-attention rotates its
+queries and keys to their positions (toolkit.modules.rotary). `positions: relative` adds none: one learned table of relative position keys
 (head_dim x S, N(0, 1)), shared by every layer's relative attention (adaptive_span, or mae over it), tells
 the layers how far back each key is; such a model reads a corpus as streams (below).
 
@@ -73,7 +74,9 @@ from toolkit.modules.attention.terms import (
     attention_terms,
 )
 from toolkit.modules.aux_heads import build_aux_heads, check_aux_heads, nest_aux_head_keys
+from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.positional import build_positions, layer_position_tables
+from toolkit.modules.rotary import RotaryPositions
 from toolkit.modules.transformer_layer import TransformerLayer
 from toolkit.registry import MODELS
 
@@ -112,6 +115,8 @@ class TransformerLM(ToolkitModel):
         if relative is not None:
             self.key_pe = nn.Parameter(torch.randn(cfg.d_model // cfg.n_heads, relative.max_span))
             self.stream = StreamCache(cfg.n_layers, cfg.d_model, relative.max_span, cfg.cache_margin)
+        elif cfg.positions == LMPositions.rotary:
+            pass  # the layers' attention rotates queries and keys (below)
         elif cfg.positions_at == PositionsAt.input:
             self.positions = build_positions(cfg.positions, cfg.max_positions, cfg.d_model)
         else:
@@ -133,6 +138,8 @@ class TransformerLM(ToolkitModel):
             )
             for _ in range(cfg.n_layers)
         )
+        if cfg.positions == LMPositions.rotary:
+            self._use_rotary(RotaryPositions(cfg.d_model // cfg.n_heads, cfg.max_positions))
         self.final_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_ln and cfg.final_norm else nn.Identity()
         self.output: nn.Module = self._build_output(cfg, vocab_size)
         self.aux_heads = build_aux_heads(cfg.aux_heads, cfg.d_model, vocab_size, cfg.n_layers)  # None when off
@@ -144,6 +151,16 @@ class TransformerLM(ToolkitModel):
     def carries_stream_cache(self) -> bool:  # type: ignore[override]
         """With relative positions: the model reads streams, carrying a cache of earlier inputs."""
         return self.stream is not None
+
+    def _use_rotary(self, rotary: RotaryPositions) -> None:
+        """Every layer's self-attention rotates its queries and keys by the one shared `rotary`."""
+        for layer in self.layers:
+            if not isinstance(layer.self_attn, MultiheadAttention):
+                raise ConfigError(
+                    f"model.positions=rotary needs query-key attention; model.attention={self.cfg.attention} "
+                    "attends with relative position keys of its own"
+                )
+            layer.self_attn.use_rotary(rotary)
 
     def attention_blocks(self, cfg: Any) -> Dict[str, OptionBlock]:
         """The option blocks of the config that `model.attention` takes defaults from: MAE's (`mae:`) and

@@ -22,6 +22,9 @@ class LMPositions(StrEnum):
 
     learned = "learned"  # a learned absolute position table
     sinusoidal = "sinusoidal"  # fixed absolute sinusoids
+    # no position vectors: each self-attention rotates its queries and keys to their positions (RoPE), so
+    # attention scores depend on relative distance; the windowed model only (no carried cache)
+    rotary = "rotary"
     # no absolute positions: one learned table of relative position keys that every layer's (relative)
     # attention reads; the model can then carry a cache of earlier inputs across blocks (a stream)
     relative = "relative"
@@ -60,7 +63,7 @@ class TransformerLMConfig(AdaptiveIOConfig, MemoryConfigMixin):
     attention: Any = "standard"  # a registered attention (docs/architecture.md): a name (standard, mae,
     #                              adaptive_span) or {name: NAME, option: value, ...}
     mae: MAEConfig = field(default_factory=MAEConfig)  # MAE's options when attention is mae (a mapping overrides them)
-    positions: LMPositions = LMPositions.learned  # learned, sinusoidal or relative (see below)
+    positions: LMPositions = LMPositions.learned  # learned, sinusoidal, rotary or relative (see below)
     positions_at: PositionsAt = PositionsAt.input  # input, first_layer or every_layer (learned tables only)
     max_positions: int = 1024  # longest input the position table covers
     tie_embeddings: bool = True  # share the plain input embedding and the plain output projection

@@ -8,6 +8,9 @@ The query, key and value projections are one stacked (3 d_model x d_model) weigh
 computes all three with one matmul, encoder-decoder attention its query with the first block and keys and values
 of the source with the other two (one matmul). Checkpoints that hold them as `q_proj`/`k_proj`/`v_proj` load
 (a load_state_dict pre-hook stacks them).
+
+With rotary positions (`use_rotary`) self-attention rotates its queries and keys to their positions, counted
+from the steps already in its cache, before they are cached.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from toolkit.modules.rotary import RotaryPositions
 from toolkit.modules.stacked_linear import StackedLinear
 
 Cache = Dict[str, Tensor]
@@ -47,7 +51,12 @@ class MultiheadAttention(nn.Module):
         for weight in self.qkv_proj.weight.chunk(3):  # each d x d block as the separate layer it stands for
             nn.init.xavier_uniform_(weight, gain=2**-0.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
+        self.rotary: Optional[RotaryPositions] = None
         self._register_load_state_dict_pre_hook(stack_separate_projections)
+
+    def use_rotary(self, rotary: RotaryPositions) -> None:
+        """Rotate self-attention's queries and keys by `rotary` (shared by the layers; nothing is saved)."""
+        self.rotary = rotary
 
     def split(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, H, T, Dh)."""
@@ -80,6 +89,9 @@ class MultiheadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         if key is query and not static_kv:  # self-attention: q, k and v in one matmul
             q, k, v = self.split_stacked(self.qkv_proj(query), 3)
+            if self.rotary is not None:
+                past = _cached_steps(cache)
+                q, k = self.rotary(q, past), self.rotary(k, past)
         else:
             q = self.split(self._projection(query, 0, 1))
             if cache is not None and static_kv and "k" in cache:
@@ -180,6 +192,15 @@ def with_stacked_projections(model: nn.Module, weights: Dict[str, Tensor]) -> Di
         if isinstance(module, MultiheadAttention):
             stack_separate_projections(out, f"{name}." if name else "")
     return out
+
+
+def _cached_steps(cache: Optional[Cache]) -> int:
+    """Time steps a self-attention cache holds (a grown buffer's free last slot is not one)."""
+    if cache is None:
+        return 0
+    if GROWN["k"] in cache:
+        return cache[GROWN["k"]].size(2) - 1
+    return cache["k"].size(2) if "k" in cache else 0
 
 
 def _fill_free_slot(grown: Tensor, new: Tensor) -> Tensor:
