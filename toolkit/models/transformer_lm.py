@@ -62,6 +62,7 @@ from toolkit.models.transformer_lm_config import (
     check_positions,
     layer_attention,
 )
+from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.attention.mae import ExpertMixture
 from toolkit.modules.attention.mae_gate import GATE_PARAM_PATTERN
 from toolkit.modules.attention.mae_stats import layer_mae_modules, mae_metrics
@@ -74,7 +75,6 @@ from toolkit.modules.attention.terms import (
     attention_terms,
 )
 from toolkit.modules.aux_heads import build_aux_heads, check_aux_heads, nest_aux_head_keys
-from toolkit.modules.attention.base import MultiheadAttention
 from toolkit.modules.positional import build_positions, layer_position_tables
 from toolkit.modules.rotary import RotaryPositions
 from toolkit.modules.transformer_layer import TransformerLayer
