@@ -136,10 +136,28 @@ def spans_png(runs: List[Dict[str, Any]]) -> bytes:
 
 
 def gate_entropy(run_dir: Path) -> Dict[str, float]:
-    """Per-token gate entropy (nats; ln 8 = 2.079 is uniform), mean over MAE modules, last 10 train records."""
+    """Per-token gate entropy (nats; ln 8 = 2.079 is uniform), mean over MAE modules, last 10 train records;
+    and from `tk-analyze gates` on the best checkpoint (valid set; RUN_DIR/gates/gates.png is the expert usage
+    plot): the entropy of each module's mean expert usage (mean over modules) and the largest mean usage of
+    any expert (1/8 = balanced)."""
     train = [r for r in read_log(run_dir) if r["kind"] == "train"][-10:]
     values = [v for r in train for k, v in r.items() if k.startswith("mae/") and k.endswith("/entropy")]
-    return {"gate entropy": sum(values) / len(values)} if values else {}
+    if not values:
+        return {}
+    report = run_dir / "gates" / "gates.json"
+    if not report.is_file():
+        import torch
+
+        from toolkit.eval.gate_analysis import analyze_gates
+
+        torch.set_num_threads(1)  # one thread, like every run
+        analyze_gates(str(run_dir / "checkpoint_best.pt"), "valid", str(report.parent))
+    usage = json.loads(report.read_text())
+    return {
+        "gate entropy": sum(values) / len(values),
+        "valid usage entropy": statistics.mean(usage["usage_entropy"]),
+        "largest expert usage": max(max(row) for row in usage["mean_gate"]),
+    }
 
 
 COMMON = ["progress=plain", "tensorboard=false", "threads=1"]
@@ -260,8 +278,12 @@ def last_json(stdout: str) -> Dict[str, Any]:
     raise RuntimeError("no JSON result on stdout")
 
 
+def run_folder(out: Path, comparison: str, label: str, seed: int) -> Path:
+    return out / comparison / re.sub(r"\W+", "_", label) / f"seed{seed}"
+
+
 def train(comparison: Comparison, arm: Arm, seed: int, updates: int, out: Path, extra: List[str]) -> Dict[str, Any]:
-    run_dir = out / comparison.name / re.sub(r"\W+", "_", arm.label) / f"seed{seed}"
+    run_dir = run_folder(out, comparison.name, arm.label, seed)
     steps = max(1, round(updates * arm.update_factor))
     interval = max(1, steps // 6)
     cmd = [
@@ -390,6 +412,9 @@ def report(
     lines += ["", verdict(comparison, finals), "", f"![curves]({comparison.name}.png)", ""]
     if comparison.extra is span_stats:
         lines += [f"![learned spans]({comparison.name}_spans.png)", ""]
+    if comparison.extra is gate_entropy:
+        lines += [f"Expert usage of {comparison.arms[0].label}, seed 1 (valid set, tk-analyze gates):", ""]
+        lines += [f"![expert usage]({comparison.name}_gates.png)", ""]
     lines += ["Commands:", ""]
     lines += [f"    {r['command']}" for runs in results.values() for r in runs]
     return "\n".join(lines) + "\n"
@@ -436,6 +461,9 @@ def main() -> None:
         atomic_write_bytes(args.docs / f"{name}.png", curves_png(comparison, results, updates))
         if comparison.extra is span_stats:
             atomic_write_bytes(args.docs / f"{name}_spans.png", spans_png(results[comparison.arms[0].label]))
+        if comparison.extra is gate_entropy:  # the expert usage of the first arm's first seed
+            gates = run_folder(args.out, name, comparison.arms[0].label, 1) / "gates" / "gates.png"
+            atomic_write_bytes(args.docs / f"{name}_gates.png", gates.read_bytes())
         atomic_write_bytes(args.out / name / "results.json", json.dumps(results, indent=1).encode())
         print(text, flush=True)
 

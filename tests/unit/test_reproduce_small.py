@@ -94,7 +94,8 @@ def test_report_states_budget_reason_per_seed_values_and_verdict(harness):
     memory, deep = pkm.arms[0].label, pkm.arms[1].label
     run = lambda final: {"final": final, "command": "tk-train ...", "params": {"parameters": 10}, "valid": []}  # noqa: E731
     results = {memory: [run(3.311), run(3.318), run(3.323)], deep: [run(3.324), run(3.351), run(3.364)]}
-    text = harness.report(pkm, results, pkm.default_updates, 3)
+    text = harness.report(pkm, results, pkm.default_updates, 3, ["model.d_model=128"])
     assert pkm.budget_reason in text
+    assert "Overrides for every run (`--set`): `model.d_model=128`." in text
     assert f"| {memory} | 3.317 ± 0.006 | 3.311, 3.318, 3.323 | parameters 10 |" in text
     assert "Effect APPEARED" in text
