@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if [ ! -f data-bin/text8_sample/meta.json ]; then
   tk-preprocess config=text8 input=data/text8/text8-prefix-5M.xz destdir=data-bin/text8_sample
 fi
-tk-train config=baselines/transformer_lm_text8_tiny "$@"
+tk-train config=baselines/rotary_lm_text8_tiny "$@"

@@ -6,6 +6,7 @@ embeddings whose positions are 16x smaller than the tokens) the same run stays a
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.conftest import tiny_char_args
@@ -46,7 +47,8 @@ def valid_bpc_after_training(data, run_dir, **overrides) -> tuple[float, dict]:
     return metrics["bpc"], references
 
 
-def test_quickstart_scheme_falls_below_the_bigram_level_in_200_updates(text8_small, tmp_path):
-    bpc, references = valid_bpc_after_training(text8_small, tmp_path / "run")
+@pytest.mark.parametrize("positions", ["learned", "rotary"])  # the Quickstart's rotary, its base's learned table
+def test_quickstart_scheme_falls_below_the_bigram_level_in_200_updates(text8_small, tmp_path, positions):
+    bpc, references = valid_bpc_after_training(text8_small, tmp_path / "run", **{"model.positions": positions})
     assert references["trigram"] < references["bigram"] < references["unigram"]
     assert bpc < references["bigram"] - 0.05, (bpc, references)
