@@ -2,7 +2,8 @@
 
 Both run in this process on the task's own batches, alternating in rounds so that machine load affects both
 alike; the report is the median tokens/s of each and their ratio. Workloads: baselines/transformer_lm_text8_tiny (char LM, 2 layers,
-d256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam) and baselines/transformer_iwslt14_tiny (2+2 layers, d256, 2048 tokens per
+d256, 4 heads, FFN 1024, batch 16 x 256, dropout 0, Adam), the same with rotary positions
+(baselines/rotary_lm_text8_tiny, the Quickstart) and baselines/transformer_iwslt14_tiny (2+2 layers, d256, 2048 tokens per
 batch, label smoothing 0.1); 2 threads.
 
   python scripts/bench_train.py [--config baselines/transformer_lm_text8_tiny] [--data data-bin/text8_sample] [--rounds 5] [--steps 20]
@@ -25,8 +26,9 @@ from toolkit.config.preset_names import current_name
 from toolkit.train.run import single_process_trainer
 
 WORKLOADS = {
-    # the Quickstart model at the benchmark batch (16 x 256)
+    # the Quickstart model at the benchmark batch (16 x 256), with learned positions and with rotary ones
     "baselines/transformer_lm_text8_tiny": CHAR_LM_WORKLOAD,
+    "baselines/rotary_lm_text8_tiny": CHAR_LM_WORKLOAD,
     # a 2+2-layer d256 translation model on the shipped IWSLT sample
     "baselines/transformer_iwslt14_tiny": [
         "model.encoder_layers=2",
