@@ -25,15 +25,19 @@ class RotaryPositions(nn.Module):
             raise ConfigError(f"rotary positions rotate pairs of dimensions: head_dim={head_dim} must be even")
         inverse_wavelengths = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inverse_wavelengths[None, :]
-        angles = torch.cat([angles, angles], dim=1)  # both members of a pair turn by the same angle
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # x rotated by a = x * cos(a) + swap(x) * sin(a) with swap(x) = (x2, x1) for x = (x1, x2) and the
+        # sine's first half negated: one roll and one fused multiply-add instead of chunk, negate and concatenate
+        self.register_buffer("cos", torch.cat([angles, angles], dim=1).cos().float(), persistent=False)
+        self.register_buffer("sin", torch.cat([-angles, angles], dim=1).sin().float(), persistent=False)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """x (B, H, T, head_dim) at positions offset .. offset + T - 1 (offset: steps already in a cache)."""
-        t = x.size(2)
+    def forward(self, x: Tensor, offset: int = 0, time_dim: int = -2) -> Tensor:
+        """x (..., T, ..., head_dim), time on `time_dim` (default: (B, H, T, head_dim)), at positions offset ..
+        offset + T - 1 (offset: steps already in a cache)."""
+        t = x.size(time_dim)
         if offset + t > self.cos.size(0):
             raise ConfigError(f"position {offset + t - 1} is beyond model.max_positions={self.cos.size(0)}")
-        cos, sin = self.cos[offset : offset + t].to(x.dtype), self.sin[offset : offset + t].to(x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        return x * cos + torch.cat([-second, first], dim=-1) * sin
+        shape = [1] * x.dim()
+        shape[time_dim], shape[-1] = t, x.size(-1)
+        cos = self.cos[offset : offset + t].view(shape).to(x.dtype)
+        sin = self.sin[offset : offset + t].view(shape).to(x.dtype)
+        return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), sin)

@@ -68,6 +68,14 @@ class MultiheadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, parts, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
+    def rotated_heads(self, qkv: Tensor, past: int) -> tuple[Tensor, Tensor, Tensor]:
+        """`split_stacked(qkv, 3)` with queries and keys rotated to positions past .. past + T - 1 (both at once)."""
+        assert self.rotary is not None
+        b, t, _ = qkv.shape
+        parts = qkv.view(b, t, 3, self.n_heads, self.head_dim)
+        q, k = self.rotary(parts[:, :, :2], past, time_dim=1).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, parts[:, :, 2].transpose(1, 2)
+
     def _projection(self, x: Tensor, first: int, parts: int) -> Tensor:
         """Blocks first..first+parts-1 of the stacked q/k/v projection applied to x (one matmul)."""
         rows = slice(first * self.d_model, (first + parts) * self.d_model)
@@ -88,10 +96,11 @@ class MultiheadAttention(nn.Module):
         self, query: Tensor, key: Tensor, cache: Optional[Cache], static_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         if key is query and not static_kv:  # self-attention: q, k and v in one matmul
-            q, k, v = self.split_stacked(self.qkv_proj(query), 3)
-            if self.rotary is not None:
-                past = _cached_steps(cache)
-                q, k = self.rotary(q, past), self.rotary(k, past)
+            qkv = self.qkv_proj(query)
+            if self.rotary is None:
+                q, k, v = self.split_stacked(qkv, 3)
+            else:
+                q, k, v = self.rotated_heads(qkv, _cached_steps(cache))
         else:
             q = self.split(self._projection(query, 0, 1))
             if cache is not None and static_kv and "k" in cache:
