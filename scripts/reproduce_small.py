@@ -8,7 +8,8 @@ band), and states whether the paper's effect appeared. The verdict rule is fixed
 (below); each comparison's default budget and the reason for it were written down before any run at that
 budget (`budget_reason`, copied into NAME.md); nothing is retried until it looks right. Each finished run
 keeps its result in RUN_DIR/result.json, so an interrupted suite resumes where it stopped and a report is
-rewritten without training again. Runs use one thread each; run two comparisons at once on 2 cores.
+rewritten without training again. Runs use one thread each; `--jobs 2` trains two runs of a comparison at
+once on 2 cores.
 
     tk-preprocess config=text8 input=data/text8/text8-prefix-5M.xz destdir=data-bin/text8_sample
     tk-preprocess config=iwslt14_sample destdir=data-bin/iwslt14_sample      # for --only mae
