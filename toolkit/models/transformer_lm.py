@@ -14,10 +14,10 @@ provides `output_nll(output, target)` (per-token NLL; the criterion and the eval
 
 Positions are added either with the token embeddings (`positions_at: input`, dropout over the sum) or, as a
 learned table (`positions_at: first_layer`) or one table per layer (`every_layer`, T64), at the layers' inputs
-after the embedding dropout. `positions: rotary` adds none either: every layer's self-attention rotates its
-queries and keys to their positions (toolkit.modules.rotary). `positions: relative` adds none: one learned table of relative position keys
-(head_dim x S, N(0, 1)), shared by every layer's relative attention (adaptive_span, or mae over it), tells
-the layers how far back each key is; such a model reads a corpus as streams (below).
+after the embedding dropout. `positions: rotary` adds none: every layer's self-attention rotates its queries
+and keys to their positions (toolkit.modules.rotary). `positions: relative` adds none either: one learned table
+of relative position keys (head_dim x S, N(0, 1)), shared by every layer's relative attention (adaptive_span, or
+mae over it), tells the layers how far back each key is; such a model reads a corpus as streams (below).
 
 `aux_heads` (off by default) adds T64's auxiliary heads (toolkit.modules.aux_heads): intermediate-layer
 losses on the outputs of layers 1..n-1 and multiple targets from the final states, as named auxiliary terms.
