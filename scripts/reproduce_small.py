@@ -465,6 +465,7 @@ def main() -> None:
         if comparison.extra is gate_entropy:  # the expert usage of the first arm's first seed
             gates = run_folder(args.out, name, comparison.arms[0].label, 1) / "gates" / "gates.png"
             atomic_write_bytes(args.docs / f"{name}_gates.png", gates.read_bytes())
+        (args.out / name).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(args.out / name / "results.json", json.dumps(results, indent=1).encode())
         print(text, flush=True)
 

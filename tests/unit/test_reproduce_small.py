@@ -99,3 +99,33 @@ def test_report_states_budget_reason_per_seed_values_and_verdict(harness):
     assert "Overrides for every run (`--set`): `model.d_model=128`." in text
     assert f"| {memory} | 3.317 ± 0.006 | 3.311, 3.318, 3.323 | parameters 10 |" in text
     assert "Effect APPEARED" in text
+
+
+def test_runs_side_by_side_are_reported_per_arm_in_seed_order(harness, tmp_path, monkeypatch):
+    pkm = harness.COMPARISONS["pkm"]
+    labels = [arm.label for arm in pkm.arms]
+    started = []
+
+    def fake_train(comparison, arm, seed, updates, out, extra):
+        started.append((arm.label, seed))
+        final = 3.0 + labels.index(arm.label) + seed / 100
+        return {"final": final, "command": f"{arm.label} {seed}", "params": {}, "valid": [(updates, final)]}
+
+    monkeypatch.setattr(harness, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / pkm.data).mkdir(parents=True)
+    argv = ["reproduce_small.py", "--only", "pkm", "--seeds", "3", "--jobs", "2", "--out", "out", "--docs", "docs"]
+    monkeypatch.setattr(sys, "argv", argv)
+    harness.main()
+    assert sorted(started) == sorted((label, seed) for label in labels for seed in (1, 2, 3))
+    results = json.loads((tmp_path / "out" / "pkm" / "results.json").read_text())
+    assert [[run["final"] for run in results[label]] for label in labels] == [[3.01, 3.02, 3.03], [4.01, 4.02, 4.03]]
+    assert "| 3.020 ± 0.010 | 3.010, 3.020, 3.030 |" in (tmp_path / "docs" / "pkm.md").read_text()
+
+
+def test_jobs_below_one_is_a_user_error(harness, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reproduce_small.py", "--jobs", "0"])
+    with pytest.raises(SystemExit) as stopped:
+        harness.main()
+    assert stopped.value.code == 2
+    assert "--seeds and --jobs must be >= 1" in capsys.readouterr().err
