@@ -17,7 +17,8 @@ ROTARY_BASE = 10000.0  # the wavelength scale of the original paper
 
 
 class RotaryPositions(nn.Module):
-    """Rotates (B, H, T, head_dim) queries or keys to their positions; one instance serves every layer."""
+    """Rotates queries or keys (head_dim last, time on any axis) to their positions; one instance serves every
+    layer."""
 
     def __init__(self, head_dim: int, max_positions: int, base: float = ROTARY_BASE):
         super().__init__()
