@@ -111,3 +111,18 @@ def test_char_transformer_is_transformer_lm_in_its_configuration(overrides: dict
     expected, expected_aux = plain(tokens(), target=target)
     assert torch.equal(logits, expected) and aux.keys() == expected_aux.keys()
     assert all(torch.equal(aux[k], expected_aux[k]) for k in aux)
+
+
+def test_char_transformer_with_rotary_positions_is_the_rotary_lm_without_position_tables() -> None:
+    shape = dict(n_layers=LAYERS, d_model=D, n_heads=2, d_ff=32, max_positions=MAX)
+    cfg = transformer_lm_config(CharTransformerConfig(**shape, positions="rotary"))
+    assert (cfg.positions, cfg.positions_at) == ("rotary", "input")
+    torch.manual_seed(0)
+    char = CharTransformer(CharTransformerConfig(**shape, positions="rotary"), V).eval()
+    torch.manual_seed(0)
+    plain = TransformerLM(cfg, V).eval()
+    tables = CharTransformer(CharTransformerConfig(**shape), V)
+    assert char.position_tables() == [] and all(layer.self_attn.rotary is not None for layer in char.layers)
+    assert list(char.state_dict()) == [k for k in tables.state_dict() if not k.startswith("positions")]
+    char.load_state_dict(plain.state_dict())
+    assert torch.equal(char(tokens())[0], plain(tokens())[0])

@@ -2,7 +2,7 @@
 
 `char_transformer` keeps its own config (the presets, stored checkpoints and fixtures compose unchanged) and
 builds the decoder LM of toolkit.models.transformer_lm with: pre-LN layers and a final LayerNorm, learned
-position tables added at every layer's input (or the first's only), an output layer with a bias, untied by
+position tables added at every layer's input (or the first's only; or rotary positions), an output layer with a bias, untied by
 default, and T64's auxiliary heads (toolkit.modules.aux_heads) on by default: ``layer_{l}_nll`` from a head
 after layer l (l = 1..n-1) and ``target_{k}_nll`` for the character k ahead (k = 2..m).
 
@@ -19,20 +19,20 @@ from typing import Any, Dict
 
 from toolkit.errors import ConfigError
 from toolkit.models.init_schemes import DEFAULT_SCHEME
-from toolkit.models.transformer_lm import PositionsAt, TransformerLM, TransformerLMConfig
+from toolkit.models.transformer_lm import LMPositions, PositionsAt, TransformerLM, TransformerLMConfig
 from toolkit.modules.attention.registry import OptionBlock
 from toolkit.modules.aux_heads import AuxHeadsConfig, IntermediateHeads
 from toolkit.modules.memory_placement import MemoryConfigMixin
-from toolkit.modules.positional import PositionKind
 from toolkit.modules.transformer_layer import Activation
 from toolkit.registry import MODELS
 
 
 class CharPositions(StrEnum):
-    """Where learned positions are added."""
+    """Where learned positions are added, or none added: rotary positions."""
 
     every_layer = "every_layer"  # at the input of every layer (T64)
     first_layer = "first_layer"  # at the input of the first layer only
+    rotary = "rotary"  # no tables: every self-attention rotates its queries and keys (toolkit.modules.rotary)
 
 
 @dataclass
@@ -49,7 +49,8 @@ class CharTransformerConfig(MemoryConfigMixin):
     attention: Any = "standard"  # a registered attention (docs/architecture.md): a name (standard, mae,
     #                              adaptive_span) or {name: NAME, option: value, ...}
     max_positions: int = 512  # rows of each learned position table (>= the window length)
-    positions: CharPositions = CharPositions.every_layer  # learned positions added at every layer or the first only
+    positions: CharPositions = CharPositions.every_layer  # learned positions added at every layer or the first
+    #                                                       only, or rotary positions in every self-attention
     intermediate_heads: IntermediateHeads = IntermediateHeads.separate  # heads after layers 1..n-1 (IntermediateHeads)
     n_targets: int = 2  # m: predict the characters 1..m ahead (1 = next character only, no target_k terms)
     tie_embeddings: bool = False  # share the input embedding and the final output projection
@@ -63,6 +64,7 @@ def transformer_lm_config(cfg: Any) -> TransformerLMConfig:
     """The transformer_lm configuration of a char_transformer config (a dataclass or a DictConfig)."""
     if cfg.n_targets < 1:  # named as this config's key (transformer_lm's is model.aux_heads.n_targets)
         raise ConfigError(f"model.n_targets must be >= 1, got {cfg.n_targets}")
+    rotary = str(cfg.positions) == CharPositions.rotary
     return TransformerLMConfig(
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
@@ -75,8 +77,8 @@ def transformer_lm_config(cfg: Any) -> TransformerLMConfig:
         pre_ln=True,  # pre-LN: the residual stream of every layer can feed a prediction head
         final_norm=True,
         attention=cfg.attention,
-        positions=PositionKind.learned,
-        positions_at=PositionsAt(str(cfg.positions)),
+        positions=LMPositions.rotary if rotary else LMPositions.learned,
+        positions_at=PositionsAt.input if rotary else PositionsAt(str(cfg.positions)),
         max_positions=cfg.max_positions,
         tie_embeddings=cfg.tie_embeddings,
         output_bias=True,
