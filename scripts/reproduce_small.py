@@ -33,6 +33,7 @@ import re
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,15 @@ class Comparison:
     extra: Optional[Callable[[Path], Dict[str, float]]] = None  # per-run statistics from the run folder
     common: List[str] = field(default_factory=list)  # overrides for every arm (e.g. how much of test to score)
     budget_reason: str = ""  # why default_updates, written before any result at that budget was seen
+
+
+@dataclass
+class Elapsed:
+    """One comparison's wall-clock: all its runs, `jobs` at a time, from a machine at load average `load`."""
+
+    seconds: float
+    jobs: int
+    load: float
 
 
 def read_log(run_dir: Path) -> List[Dict[str, Any]]:
@@ -311,9 +321,7 @@ def train(comparison: Comparison, arm: Arm, seed: int, updates: int, out: Path, 
         result = json.loads(saved.read_text())
         if result["command"] == " ".join(cmd):
             print(f"done before: {saved}", flush=True)
-            if comparison.extra is not None:
-                result["extra"] = comparison.extra(run_dir)
-            return result
+            return with_run_statistics(comparison, {**result, "resumed": True}, run_dir)
     if run_dir.exists():
         sys.exit(f"error: {run_dir} exists without a matching result.json (remove it to rerun)")
     print(" ".join(cmd), flush=True)
@@ -328,8 +336,16 @@ def train(comparison: Comparison, arm: Arm, seed: int, updates: int, out: Path, 
         "valid": [(r["step"], r[comparison.valid_metric]) for r in read_log(run_dir) if r["kind"] == "valid"],
     }
     atomic_write_bytes(saved, json.dumps(result).encode())
+    return with_run_statistics(comparison, result, run_dir)
+
+
+def with_run_statistics(comparison: Comparison, result: Dict[str, Any], run_dir: Path) -> Dict[str, Any]:
+    """`result` plus the comparison's own statistics and the run's training wall-clock (its summary.json)."""
     if comparison.extra is not None:
         result["extra"] = comparison.extra(run_dir)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        result["seconds"] = json.loads(summary.read_text())["wall_seconds"]
     return result
 
 
@@ -379,8 +395,30 @@ def curves_png(comparison: Comparison, results: Dict[str, List[Dict[str, Any]]],
     return buffer.getvalue()
 
 
+def time_line(results: Dict[str, List[Dict[str, Any]]], elapsed: Optional[Elapsed]) -> List[str]:
+    """What the comparison cost: each run's training wall-clock (one thread) and the whole comparison's."""
+    seconds = [r["seconds"] for runs in results.values() for r in runs if "seconds" in r]
+    if not seconds:
+        return []
+    text = (
+        f"Time: {len(seconds)} runs of one thread, {sum(seconds) / 60:.1f} minutes of training in all "
+        f"({min(seconds):.0f}-{max(seconds):.0f} s per run, evaluation included)"
+    )
+    if elapsed is not None:
+        text += (
+            f"; this comparison took {elapsed.seconds / 60:.1f} minutes of wall-clock with --jobs {elapsed.jobs} "
+            f"(load average {elapsed.load:.1f} when it started)"
+        )
+    return [text + ".", ""]
+
+
 def report(
-    comparison: Comparison, results: Dict[str, List[Dict[str, Any]]], updates: int, seeds: int, overrides: List[str]
+    comparison: Comparison,
+    results: Dict[str, List[Dict[str, Any]]],
+    updates: int,
+    seeds: int,
+    overrides: List[str],
+    elapsed: Optional[Elapsed] = None,
 ) -> str:
     finals = {label: [r["final"] for r in runs] for label, runs in results.items()}
     lines = [
@@ -413,7 +451,14 @@ def report(
             keys = runs[0]["extra"].keys()
             means = {k: statistics.mean(r["extra"][k] for r in runs) for k in keys if "_head" not in k}
             lines += ["", f"{label}: " + ", ".join(f"{k} {v:.3g}" for k, v in means.items()) + " (mean over seeds)"]
-    lines += ["", verdict(comparison, finals), "", f"![curves]({comparison.name}.png)", ""]
+    lines += [
+        "",
+        verdict(comparison, finals),
+        "",
+        *time_line(results, elapsed),
+        f"![curves]({comparison.name}.png)",
+        "",
+    ]
     if comparison.extra is span_stats:
         lines += [f"![learned spans]({comparison.name}_spans.png)", ""]
     if comparison.extra is gate_entropy:
@@ -456,11 +501,14 @@ def main() -> None:
         seeds = range(1, args.seeds + 1)
         # Seed-major order, so that an interrupted suite has every arm of the first seeds.
         runs = [(arm, seed) for seed in seeds for arm in comparison.arms]
+        load, start = os.getloadavg()[0], time.monotonic()
         with ThreadPoolExecutor(args.jobs) as pool:
             done = list(pool.map(lambda run: train(comparison, run[0], run[1], updates, args.out, args.set), runs))
+        # The comparison's wall-clock only means something when this invocation trained every run.
+        elapsed = None if any(r.get("resumed") for r in done) else Elapsed(time.monotonic() - start, args.jobs, load)
         results = {arm.label: [r for (a, _), r in zip(runs, done) if a is arm] for arm in comparison.arms}
         args.docs.mkdir(parents=True, exist_ok=True)
-        text = report(comparison, results, updates, args.seeds, args.set)
+        text = report(comparison, results, updates, args.seeds, args.set, elapsed)
         atomic_write_bytes(args.docs / f"{name}.md", text.encode())
         atomic_write_bytes(args.docs / f"{name}.png", curves_png(comparison, results, updates))
         if comparison.extra is span_stats:

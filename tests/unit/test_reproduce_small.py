@@ -82,7 +82,9 @@ def test_a_finished_run_is_reused_and_a_stale_folder_refused(harness, tmp_path, 
     ]
     saved = {"final": 3.35, "command": " ".join(command), "params": {}, "valid": [(33, 3.9), (200, 3.4)]}
     (run_dir / "result.json").write_text(json.dumps(saved))
-    assert harness.train(pkm, arm, 1, steps, tmp_path, []) == {**saved, "valid": [[33, 3.9], [200, 3.4]]}
+    (run_dir / "summary.json").write_text(json.dumps({"wall_seconds": 61.5}))
+    expected = {**saved, "valid": [[33, 3.9], [200, 3.4]], "resumed": True, "seconds": 61.5}
+    assert harness.train(pkm, arm, 1, steps, tmp_path, []) == expected
     assert "done before" in capsys.readouterr().out
     # another budget for the same folder: refused rather than overwritten
     with pytest.raises(SystemExit, match="exists without a matching result.json"):
@@ -99,6 +101,18 @@ def test_report_states_budget_reason_per_seed_values_and_verdict(harness):
     assert "Overrides for every run (`--set`): `model.d_model=128`." in text
     assert f"| {memory} | 3.317 ± 0.006 | 3.311, 3.318, 3.323 | parameters 10 |" in text
     assert "Effect APPEARED" in text
+    assert "Time:" not in text  # no run recorded its wall-clock
+
+
+def test_report_adds_up_the_runs_wall_clock(harness):
+    pkm = harness.COMPARISONS["pkm"]
+    run = lambda seconds: {"final": 3.3, "command": "", "params": {}, "valid": [], "seconds": seconds}  # noqa: E731
+    results = {pkm.arms[0].label: [run(100.0), run(140.0)], pkm.arms[1].label: [run(120.0), run(240.0)]}
+    text = harness.report(pkm, results, 200, 2, [], harness.Elapsed(330.0, 2, 0.4))
+    assert (
+        "Time: 4 runs of one thread, 10.0 minutes of training in all (100-240 s per run, evaluation included); "
+        "this comparison took 5.5 minutes of wall-clock with --jobs 2 (load average 0.4 when it started)."
+    ) in text
 
 
 def test_runs_side_by_side_are_reported_per_arm_in_seed_order(harness, tmp_path, monkeypatch):
