@@ -2,9 +2,10 @@
 
 `char_transformer` keeps its own config (the presets, stored checkpoints and fixtures compose unchanged) and
 builds the decoder LM of toolkit.models.transformer_lm with: pre-LN layers and a final LayerNorm, learned
-position tables added at every layer's input (or the first's only; or rotary positions), an output layer with a bias, untied by
-default, and T64's auxiliary heads (toolkit.modules.aux_heads) on by default: ``layer_{l}_nll`` from a head
-after layer l (l = 1..n-1) and ``target_{k}_nll`` for the character k ahead (k = 2..m).
+position tables added at every layer's input (or the first's only; or rotary positions instead), an output
+layer with a bias, untied by default, and T64's auxiliary heads (toolkit.modules.aux_heads) on by default:
+``layer_{l}_nll`` from a head after layer l (l = 1..n-1) and ``target_{k}_nll`` for the character k ahead
+(k = 2..m).
 
 The model never weights the terms: schedules in the config do (toolkit.aux_weights). Only the terms in
 ``active_aux`` (non-zero weight at this step) are computed, so a switched-off loss costs nothing and sends no
