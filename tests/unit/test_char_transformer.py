@@ -123,7 +123,7 @@ def test_positions_first_layer_only_and_no_heads():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"positions": "all"}, "model.positions: 'all' (valid: every_layer, first_layer)"),
+        ({"positions": "all"}, "model.positions: 'all' (valid: every_layer, first_layer, rotary)"),
         ({"intermediate_heads": "own"}, "model.intermediate_heads: 'own' (valid: separate, shared, none)"),
         ({"n_targets": 0}, "model.n_targets must be >= 1, got 0"),
     ],
