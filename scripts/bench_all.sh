@@ -5,7 +5,8 @@
 #
 # Run it only on an idle machine (`uptime`: a 1-minute load well under 1 before it starts); a figure taken
 # while anything else ran is not published. Needs data-bin/text8_sample and data-bin/iwslt14_sample
-# (README Quickstart / scripts/quickstart.sh prepare them).
+# (README Quickstart / scripts/quickstart.sh prepare them). With FAIRSEQ_PYTHON set (a Python with fairseq 0.12.2:
+# bash scripts/setup_fairseq_bench.sh), beam search is also timed against fairseq's.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 logs="${1:-runs/bench_all}"
@@ -32,5 +33,5 @@ run mae python scripts/bench_mae.py --threads 1 --clock cpu --gate-hidden 64 --l
 run mae_causal python scripts/bench_mae.py --threads 1 --clock cpu --gate-hidden 64 --layers 6 --tokens 2048 --causal
 run binarize python scripts/bench_binarize.py --lines 300000
 run generate python scripts/bench_generate.py --data data-bin/iwslt14_sample --force-len 31 --beams 1,5 \
-    --batch-sizes 128 --limit 256 --threads 1 --rounds 3 --device cpu
+    --batch-sizes 128 --limit 500 --threads 1 --rounds 3 --device cpu ${FAIRSEQ_PYTHON:+--fairseq-python "$FAIRSEQ_PYTHON"}
 run ddp python scripts/bench_ddp.py --updates 30

@@ -13,6 +13,8 @@ after them: min_len = max_len = N), the model needs no training (an untrained on
 alternating rounds. The clock is CPU time (time.process_time; use --threads 1), less sensitive than wall time to
 other processes; every figure is printed with the load average beside it, as `uptime` reports it. The script
 reports each side's median sentences/s and their ratio, and checks that both returned the same best hypotheses.
+With --fairseq-python PY, fairseq 0.12.2's SequenceGenerator is timed as a third side on the same weights and
+batches, in its own interpreter (scripts/fairseq_runner.py; scripts/setup_fairseq_bench.sh builds PY).
 
 DIR is a dataset folder from tk-preprocess (meta.json, spm.model, SPLIT.SRC-TGT.{SRC,TGT}.{bin,idx},
 SPLIT.TGT.txt). The model comes from a run checkpoint ("model" state dict, "config" with the model section),
@@ -47,7 +49,8 @@ from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plain_beam_search import plain_beam_search  # noqa: E402  (a sibling script module)
+from fairseq_runner import FairseqBeamSearch  # noqa: E402  (sibling script modules)
+from plain_beam_search import plain_beam_search  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,6 +94,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--fairseq-python",
+        help="with --force-len: also time fairseq 0.12.2's beam search on the same model, run by this Python "
+        "(scripts/setup_fairseq_bench.sh builds one)",
+    )
     return p.parse_args()
 
 
@@ -247,11 +255,32 @@ def forced_config(beam: int, length: int, lenpen: float) -> GenerationConfig:
     return GenerationConfig(beam=beam, lenpen=lenpen, min_len=length, max_len_a=0.0, max_len_b=length)
 
 
+def timed(clock, cuda: bool, decode):
+    """`decode` (one batch -> best hypotheses) run over a list of batches: (all hypotheses, seconds)."""
+
+    def run(batches: list) -> tuple:
+        if cuda:
+            torch.cuda.synchronize()
+        start = clock()
+        hypotheses = [h for b in batches for h in decode(b)]
+        if cuda:
+            torch.cuda.synchronize()
+        return hypotheses, clock() - start
+
+    return run
+
+
 def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: IndexedDataset, order) -> None:
-    """Alternating rounds of the toolkit and the plain loop on the same batches; medians and their ratio."""
+    """Alternating rounds of the toolkit and the plain loop (and fairseq, with --fairseq-python) on the same
+    batches; medians and their ratios."""
     n, cuda = len(order), args.device.startswith("cuda")
     clock = time.perf_counter if cuda else time.process_time  # CPU time is the load-robust clock on the CPU
     results = []
+    # decoder logits of a short teacher-forced batch: both sides must compute them alike (the same model)
+    probe = collate(order[:4], src_ds, src_ds, task.pad_idx, task.eos_idx)
+    probe = (probe["src_tokens"].to(args.device), probe["prev_output_tokens"].to(args.device))
+    with torch.no_grad():
+        probe_logits = model(*probe)[0].float().cpu()
     for beam in map(int, args.beams.split(",")):
         cfg = forced_config(beam, args.force_len, args.lenpen)
         cfg.shared_source_attention = args.shared_source_attention
@@ -263,24 +292,28 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
                 for i in range(0, n, batch_size)
             ]
             runners = {
-                "toolkit": lambda b: [nbest[0].tokens[:-1] for nbest in generate(model, b, cfg)],
-                "plain": lambda b: [
-                    h["tokens"][:-1] for h in plain_beam_search(model, b, beam, args.force_len, args.lenpen)
-                ],
+                "toolkit": timed(clock, cuda, lambda b: [nbest[0].tokens[:-1] for nbest in generate(model, b, cfg)]),
+                "plain": timed(
+                    clock,
+                    cuda,
+                    lambda b: [
+                        h["tokens"][:-1] for h in plain_beam_search(model, b, beam, args.force_len, args.lenpen)
+                    ],
+                ),
             }
-            for run_one in runners.values():  # warm-up
-                run_one(batches[0])
+            for name, run_one in runners.items():  # warm-up
+                run_one(batches[:1])
+            if args.fairseq_python:
+                fairseq = FairseqBeamSearch(
+                    args.fairseq_python, model, batches, probe, beam, args.force_len, args.lenpen, args.threads
+                )
+                runners["fairseq"] = lambda _: fairseq()
             rates: dict[str, list[float]] = {name: [] for name in runners}
             outputs: dict[str, list] = {}
             for r in range(args.rounds):
                 for name, run_one in runners.items():
-                    if cuda:
-                        torch.cuda.synchronize()
-                    start = clock()
-                    outputs[name] = [h for b in batches for h in run_one(b)]
-                    if cuda:
-                        torch.cuda.synchronize()
-                    rates[name].append(n / (clock() - start))
+                    outputs[name], seconds = run_one(batches)
+                    rates[name].append(n / seconds)
                     print(
                         f"beam {beam} batch {batch_size} round {r + 1} {name}: {rates[name][-1]:.1f} "
                         f"sentences/s ({load()})",
@@ -289,6 +322,19 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
             lengths = {len(h) for hyps in outputs.values() for h in hyps}
             same = sum(bool(torch.equal(a, b)) for a, b in zip(outputs["toolkit"], outputs["plain"]))
             toolkit, plain = statistics.median(rates["toolkit"]), statistics.median(rates["plain"])
+            versus_fairseq = {}
+            if args.fairseq_python:
+                theirs = statistics.median(rates["fairseq"])
+                same_fs = sum(bool(torch.equal(a, b)) for a, b in zip(outputs["toolkit"], outputs["fairseq"]))
+                versus_fairseq = dict(
+                    fairseq_sentences_per_s=round(theirs, 1),
+                    ratio_to_fairseq=round(toolkit / theirs, 3),
+                    same_best_hypotheses_as_fairseq=f"{same_fs}/{n}",
+                    # at real target positions only: padded ones hold garbage on both sides
+                    probe_logits_max_abs_diff=float(
+                        (probe_logits - fairseq.probe_logits)[probe[1].ne(task.pad_idx).cpu()].abs().max()
+                    ),
+                )
             row = dict(
                 beam=beam,
                 batch_size=batch_size,
@@ -300,6 +346,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
                 ratio=round(toolkit / plain, 3),
                 output_lengths=sorted(lengths),
                 same_best_hypotheses=f"{same}/{n}",
+                **versus_fairseq,
                 load=load(),
             )
             results.append(row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ import torch
 from toolkit.data.indexed_dataset import IndexedDataset
 from toolkit.data.spm import SpmVocab
 from toolkit.data.token_batching import collate
+from toolkit.errors import UserError
 from toolkit.eval.beam_search import generate
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 
@@ -59,44 +61,64 @@ def test_forced_length_and_plain_loop_match_the_toolkit(small_model_and_batch, b
         assert nbest[0].score == ref["score"]  # same float32 sums in the same order
 
 
+def forced_mode_argv(iwslt_sample: Path, out: Path, *extra: str) -> list:
+    """A tiny untrained model, 10 sentences forced to 6 tokens, beam 2, one round."""
+    tiny = ["--layers", "1", "--d-model", "32", "--ffn-dim", "64", "--heads", "2", "--device", "cpu"]
+    run = ["--force-len", "6", "--beams", "2", "--batch-sizes", "5", "--limit", "10", "--rounds", "1"]
+    return ["bench_generate.py", "--data", str(iwslt_sample), *run, *tiny, "--json", str(out), *extra]
+
+
 def test_bench_script_forced_mode_on_an_untrained_model(iwslt_sample: Path, tmp_path: Path, monkeypatch) -> None:
     bench = load_script("bench_generate")
     out = tmp_path / "bench.json"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "bench_generate.py",
-            "--data",
-            str(iwslt_sample),
-            "--force-len",
-            "6",
-            "--beams",
-            "2",
-            "--batch-sizes",
-            "5",
-            "--limit",
-            "10",
-            "--rounds",
-            "1",
-            "--layers",
-            "1",
-            "--d-model",
-            "32",
-            "--ffn-dim",
-            "64",
-            "--heads",
-            "2",
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-        ],
-    )
+    monkeypatch.setattr(sys, "argv", forced_mode_argv(iwslt_sample, out))
     bench.main()
     (row,) = json.loads(out.read_text())
     assert row["output_lengths"] == [6] and row["same_best_hypotheses"] == "10/10"
     assert row["sentences"] == 10 and row["toolkit_sentences_per_s"] > 0 and row["plain_sentences_per_s"] > 0
+
+
+def test_fairseq_export_holds_every_weight_once_under_fairseqs_names(small_model_and_batch) -> None:
+    model, _ = small_model_and_batch
+    export = load_script("fairseq_runner").fairseq_state_dict(model)
+    ours = model.state_dict()
+    # the shared embedding appears as fairseq's three tied tensors; every other tensor exactly once
+    tied = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "decoder.output_projection.weight"]
+    for name in tied:
+        assert torch.equal(export[name], ours["encoder_embed.weight"])
+    rest = sum(t.numel() for k, t in export.items() if k not in tied)
+    assert rest + ours["encoder_embed.weight"].numel() == sum(p.numel() for p in model.parameters())
+    for side, attn, theirs in (("encoder", "self_attn", "self_attn"), ("decoder", "cross_attn", "encoder_attn")):
+        stacked = ours[f"{side}_layers.0.{attn}.qkv_proj.weight"]
+        parts = [export[f"{side}.layers.0.{theirs}.{p}_proj.weight"] for p in "qkv"]
+        assert torch.equal(torch.cat(parts), stacked)
+    assert torch.equal(export["decoder.layers.1.final_layer_norm.bias"], ours["decoder_layers.1.ffn_norm.bias"])
+
+
+def test_fairseq_export_refuses_a_model_fairseqs_transformer_cannot_hold(iwslt_sample: Path) -> None:
+    vocab = SpmVocab(iwslt_sample / "spm.model")
+    task = SimpleNamespace(vocab_size=len(vocab), pad_idx=vocab.pad, eos_idx=vocab.eos, bos_idx=vocab.bos)
+    cfg = TransformerConfig(encoder_layers=1, decoder_layers=1, d_model=16, ffn_dim=32, n_heads=2, pre_ln=True)
+    with pytest.raises(UserError, match="only the post-LN, sinusoidal, shared-embedding standard transformer"):
+        load_script("fairseq_runner").fairseq_state_dict(TransformerModel.build(cfg, task))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FAIRSEQ_PYTHON"),
+    reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
+)
+def test_fairseq_runs_the_same_model_and_finds_the_same_hypotheses(
+    iwslt_sample: Path, tmp_path: Path, monkeypatch
+) -> None:
+    bench = load_script("bench_generate")
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(
+        sys, "argv", forced_mode_argv(iwslt_sample, out, "--fairseq-python", os.environ["FAIRSEQ_PYTHON"])
+    )
+    bench.main()
+    (row,) = json.loads(out.read_text())
+    assert row["probe_logits_max_abs_diff"] < 1e-5  # float32 rounding only: the same weights and positions
+    assert row["same_best_hypotheses_as_fairseq"] == "10/10" and row["fairseq_sentences_per_s"] > 0
 
 
 def test_bench_script_rejects_a_folder_without_a_dataset(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -1,0 +1,108 @@
+"""Run fairseq's beam search on the toolkit's model, for scripts/bench_generate.py --fairseq-python.
+
+fairseq runs in its own interpreter (scripts/fairseq_beam_search.py; scripts/setup_fairseq_bench.sh builds
+one), because fairseq 0.12.2 pins hydra-core 1.0 and omegaconf 2.0. This side exports the model's weights
+under fairseq's parameter names with the batches to decode, and reads back fairseq's timing and hypotheses.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from toolkit.errors import UserError
+from toolkit.models.transformer import TransformerModel
+
+FAIRSEQ_SCRIPT = Path(__file__).resolve().parent / "fairseq_beam_search.py"
+
+
+def fairseq_state_dict(model: TransformerModel) -> Dict[str, Tensor]:
+    """The toolkit transformer's weights under fairseq's names: the stacked q/k/v projection split in three,
+    `*_norm` as fairseq's `*_layer_norm`, the tied output projection as the shared embedding."""
+    cfg = model.cfg
+    if cfg.pre_ln or cfg.positions.value != "sinusoidal" or not cfg.share_all_embeddings or cfg.attention != "standard":
+        raise UserError("--fairseq-python: only the post-LN, sinusoidal, shared-embedding standard transformer maps")
+    src = model.state_dict()
+    out = {
+        "encoder.embed_tokens.weight": src["encoder_embed.weight"],
+        "decoder.embed_tokens.weight": src["decoder_embed.weight"],
+        "decoder.output_projection.weight": src["decoder_embed.weight"],
+    }
+    attention = {
+        "self_attn": ("self_attn", "self_attn_layer_norm"),
+        "cross_attn": ("encoder_attn", "encoder_attn_layer_norm"),
+    }
+    for side in ("encoder", "decoder"):
+        for i in range(cfg.encoder_layers if side == "encoder" else cfg.decoder_layers):
+            ours, theirs = f"{side}_layers.{i}.", f"{side}.layers.{i}."
+            for mine, (name, norm) in attention.items():
+                if ours + f"{mine}.qkv_proj.weight" not in src:
+                    continue  # the encoder has no cross-attention
+                for part in ("weight", "bias"):
+                    q, k, v = src[ours + f"{mine}.qkv_proj.{part}"].chunk(3)
+                    out.update({theirs + f"{name}.{p}_proj.{part}": w for p, w in zip("qkv", (q, k, v))})
+                    out[theirs + f"{name}.out_proj.{part}"] = src[ours + f"{mine}.out_proj.{part}"]
+                    out[theirs + f"{norm}.{part}"] = src[ours + f"{mine}_norm.{part}"]
+            for part in ("weight", "bias"):
+                out[theirs + f"fc1.{part}"] = src[ours + f"ffn.fc1.{part}"]
+                out[theirs + f"fc2.{part}"] = src[ours + f"ffn.fc2.{part}"]
+                out[theirs + f"final_layer_norm.{part}"] = src[ours + f"ffn_norm.{part}"]
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+class FairseqBeamSearch:
+    """One exported model and batch list; each call runs fairseq once in a fresh interpreter."""
+
+    def __init__(
+        self,
+        python: str,
+        model: TransformerModel,
+        batches: List[Tensor],
+        probe: Tuple[Tensor, Tensor],
+        beam: int,
+        force_len: int,
+        lenpen: float,
+        threads: int,
+    ):
+        self.python = python
+        self.dir = tempfile.TemporaryDirectory(prefix="fairseq_bench_")
+        self.export = Path(self.dir.name) / "export.pt"
+        cfg = model.cfg
+        torch.save(
+            {
+                "weights": fairseq_state_dict(model),
+                "arch": dict(
+                    layers=cfg.encoder_layers,
+                    d_model=cfg.d_model,
+                    ffn_dim=cfg.ffn_dim,
+                    heads=cfg.n_heads,
+                    max_positions=cfg.max_positions,
+                ),
+                "vocab_size": model.decoder_embed.num_embeddings,
+                "positions": model.encoder_positions.table.clone(),
+                "batches": [b.cpu() for b in batches],
+                "probe": tuple(t.cpu() for t in probe),
+                "beam": beam,
+                "force_len": force_len,
+                "lenpen": lenpen,
+                "threads": threads or torch.get_num_threads(),
+            },
+            self.export,
+        )
+
+    def __call__(self) -> Tuple[List[Tensor], float]:
+        """fairseq's best hypotheses (without eos) and the CPU seconds of its timed pass; keeps its probe logits."""
+        result = Path(self.dir.name) / "result.pt"
+        done = subprocess.run(
+            [self.python, str(FAIRSEQ_SCRIPT), str(self.export), str(result)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise UserError(f"--fairseq-python {self.python} failed: {done.stderr.strip().splitlines()[-1:]}")
+        out = torch.load(result, weights_only=True)
+        self.probe_logits = out["probe_logits"]
+        return [h[:-1] for h in out["hypotheses"]], out["seconds"]  # without eos, as the toolkit side
