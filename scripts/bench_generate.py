@@ -49,7 +49,7 @@ from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fairseq_runner import FairseqBeamSearch  # noqa: E402  (sibling script modules)
+from fairseq_runner import FairseqBeamSearch, check_fairseq_python, fairseq_state_dict  # noqa: E402  (sibling script modules)
 from plain_beam_search import plain_beam_search  # noqa: E402
 
 
@@ -176,6 +176,12 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     if args.force_len < 0 or args.rounds < 1:
         raise UserError("--force-len must be >= 0 and --rounds >= 1")
+    if args.fairseq_python and not args.force_len:
+        raise UserError("--fairseq-python needs --force-len (fairseq is timed in the forced-length comparison)")
+    if args.fairseq_python and not os.access(args.fairseq_python, os.X_OK):
+        raise UserError(f"--fairseq-python {args.fairseq_python}: not an executable file")
+    if args.fairseq_python:
+        check_fairseq_python(args.fairseq_python)
     if args.train_steps is None:
         args.train_steps = 0 if args.force_len else 300
     data = Path(args.data)
@@ -189,6 +195,8 @@ def run(args: argparse.Namespace) -> None:
     vocab = SpmVocab(data / "spm.model")
     task = SimpleNamespace(vocab_size=len(vocab), pad_idx=vocab.pad, eos_idx=vocab.eos, bos_idx=vocab.bos)
     model = load_model(args, task, data, src, tgt)
+    if args.fairseq_python:
+        fairseq_state_dict(model)  # refuses a model fairseq's transformer cannot hold, before any timing
     src_ds = IndexedDataset(data / f"{args.split}.{src}-{tgt}.{src}")
     refs = (data / f"{args.split}.{tgt}.txt").read_text(encoding="utf-8").split("\n")[: len(src_ds)]
     n = min(args.limit or len(src_ds), len(src_ds))

@@ -55,6 +55,17 @@ def fairseq_state_dict(model: TransformerModel) -> Dict[str, Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
+def check_fairseq_python(python: str) -> None:
+    """Refuse (UserError) an interpreter that cannot import fairseq's beam search."""
+    probe = "import fairseq, fairseq.sequence_generator; print(fairseq.__version__)"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise UserError(
+            f"--fairseq-python {python} cannot import fairseq ({last}); bash scripts/setup_fairseq_bench.sh"
+        )
+
+
 class FairseqBeamSearch:
     """One exported model and batch list; each call runs fairseq once in a fresh interpreter."""
 
@@ -102,7 +113,8 @@ class FairseqBeamSearch:
             [self.python, str(FAIRSEQ_SCRIPT), str(self.export), str(result)], capture_output=True, text=True
         )
         if done.returncode != 0:
-            raise UserError(f"--fairseq-python {self.python} failed: {done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise UserError(f"--fairseq-python {self.python} failed: {last}")
         out = torch.load(result, weights_only=True)
         self.probe_logits = out["probe_logits"]
         return [h[:-1] for h in out["hypotheses"]], out["seconds"]  # without eos, as the toolkit side

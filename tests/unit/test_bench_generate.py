@@ -103,6 +103,30 @@ def test_fairseq_export_refuses_a_model_fairseqs_transformer_cannot_hold(iwslt_s
         load_script("fairseq_runner").fairseq_state_dict(TransformerModel.build(cfg, task))
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--force-len", "0"], "--fairseq-python needs --force-len (fairseq is timed in the forced-length comparison)"),
+        (["--fairseq-python", "/nonexistent/python"], "--fairseq-python /nonexistent/python: not an executable file"),
+        (
+            [],
+            f"--fairseq-python {sys.executable} cannot import fairseq (ModuleNotFoundError: No module named "
+            "'fairseq'); bash scripts/setup_fairseq_bench.sh",
+        ),
+    ],
+)
+def test_bench_script_refuses_a_fairseq_run_it_cannot_do(
+    iwslt_sample: Path, tmp_path: Path, monkeypatch, capsys, extra: list, message: str
+) -> None:
+    bench = load_script("bench_generate")
+    argv = forced_mode_argv(iwslt_sample, tmp_path / "bench.json", "--fairseq-python", sys.executable, *extra)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "bench.json").exists()
+
+
 @pytest.mark.skipif(
     not os.environ.get("FAIRSEQ_PYTHON"),
     reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
