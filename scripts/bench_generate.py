@@ -13,8 +13,13 @@ after them: min_len = max_len = N), the model needs no training (an untrained on
 alternating rounds. The clock is CPU time (time.process_time; use --threads 1), less sensitive than wall time to
 other processes; every figure is printed with the load average beside it, as `uptime` reports it. The script
 reports each side's median sentences/s and their ratio, and checks that both returned the same best hypotheses.
-With --fairseq-python PY, fairseq 0.12.2's SequenceGenerator is timed as a third side on the same weights and
-batches, in its own interpreter (scripts/fairseq_runner.py; scripts/setup_fairseq_bench.sh builds PY).
+
+With --fairseq-python PY (CPU only), fairseq 0.12.2's SequenceGenerator runs on the same weights, batches and
+settings in its own interpreter (scripts/fairseq_runner.py; scripts/setup_fairseq_bench.sh builds PY): a third
+timed side with --force-len; otherwise one pass after the toolkit's (wall clock), with fairseq's BLEU, how many
+best hypotheses are the same and the largest score difference among those. fairseq bounds every sentence of a
+batch by max_len_a x the batch's padded source width + max_len_b, the toolkit each sentence by its own source
+length, so hypotheses differ where a sentence reaches its bound unless --max-len-a 0.
 
 DIR is a dataset folder from tk-preprocess (meta.json, spm.model, SPLIT.SRC-TGT.{SRC,TGT}.{bin,idx},
 SPLIT.TGT.txt). The model comes from a run checkpoint ("model" state dict, "config" with the model section),
@@ -109,7 +114,7 @@ def load_model(args: argparse.Namespace, task: SimpleNamespace, data: Path, src:
         cfg = TransformerConfig(**{k: v for k, v in state["config"]["model"].items() if k in fields})
         model = TransformerModel.build(cfg, task)
         model.load_state_dict(state["model"])
-        return model.to(args.device)
+        return model.to(args.device).eval()
     cfg = TransformerConfig(
         encoder_layers=args.layers,
         decoder_layers=args.layers,
@@ -176,8 +181,8 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     if args.force_len < 0 or args.rounds < 1:
         raise UserError("--force-len must be >= 0 and --rounds >= 1")
-    if args.fairseq_python and not args.force_len:
-        raise UserError("--fairseq-python needs --force-len (fairseq is timed in the forced-length comparison)")
+    if args.fairseq_python and args.device != "cpu":
+        raise UserError("--fairseq-python needs --device cpu (fairseq runs on the CPU)")
     if args.fairseq_python and not os.access(args.fairseq_python, os.X_OK):
         raise UserError(f"--fairseq-python {args.fairseq_python}: not an executable file")
     if args.fairseq_python:
@@ -219,6 +224,7 @@ def run(args: argparse.Namespace) -> None:
         )
         for batch_size in map(int, args.batch_sizes.split(",")):
             hyps: dict[int, list[int]] = {}
+            scores: dict[int, float] = {}
             generate(
                 model,
                 collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device),
@@ -231,7 +237,7 @@ def run(args: argparse.Namespace) -> None:
                 ids = order[i : i + batch_size]
                 tokens = collate(ids, src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device)
                 for j, nbest in zip(ids.tolist(), generate(model, tokens, cfg)):
-                    hyps[j] = nbest[0].tokens.tolist()
+                    hyps[j], scores[j] = nbest[0].tokens.tolist(), nbest[0].score
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
@@ -246,6 +252,14 @@ def run(args: argparse.Namespace) -> None:
                 tokens_per_s=round(out_tokens / seconds, 1),
                 bleu=round(bleu.score, 2),
             )
+            if args.fairseq_python:
+                row.update(fairseq_at_natural_lengths(args, model, task, src_ds, order, batch_size, cfg, hyps, scores))
+                theirs = row.pop("fairseq_hypotheses")
+                fairseq_bleu = corpus_bleu([vocab.decode(theirs[j]) for j in range(n)], refs[:n], args.protocol, tgt)
+                row.update(
+                    ratio_to_fairseq=round(row["fairseq_seconds"] / seconds, 3),
+                    fairseq_bleu=round(fairseq_bleu.score, 2),
+                )
             results.append(row)
             print(json.dumps(row), flush=True)
     print(f"BLEU signature: {bleu.signature}")
@@ -261,6 +275,46 @@ def load() -> str:
 def forced_config(beam: int, length: int, lenpen: float) -> GenerationConfig:
     """Exactly `length` tokens before eos: eos masked before them (min_len), forced after them (max_len)."""
     return GenerationConfig(beam=beam, lenpen=lenpen, min_len=length, max_len_a=0.0, max_len_b=length)
+
+
+def probe_batch(order, src_ds: IndexedDataset, task, device: str) -> tuple:
+    """A short teacher-forced batch (its sources as targets) whose decoder logits both sides of the fairseq
+    comparison compute: equal logits mean the same model."""
+    batch = collate(order[:4], src_ds, src_ds, task.pad_idx, task.eos_idx)
+    return batch["src_tokens"].to(device), batch["prev_output_tokens"].to(device)
+
+
+def probe_gap(model: TransformerModel, probe: tuple, fairseq: FairseqBeamSearch, pad: int) -> float:
+    """Largest difference of the toolkit's and fairseq's probe logits at real target positions (padded ones
+    hold garbage on both sides)."""
+    with torch.no_grad():
+        ours = model(*probe)[0].float().cpu()
+    return float((ours - fairseq.probe_logits)[probe[1].ne(pad).cpu()].abs().max())
+
+
+def fairseq_at_natural_lengths(
+    args, model, task, src_ds, order, batch_size: int, cfg, hyps: dict, scores: dict
+) -> dict:
+    """fairseq's SequenceGenerator on the same batches and settings as the toolkit's timed pass (wall clock):
+    its time, hypotheses (by sentence index) and how many of them and their scores equal the toolkit's."""
+    batches = [
+        collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
+        for i in range(0, len(order), batch_size)
+    ]
+    probe = probe_batch(order, src_ds, task, args.device)
+    fairseq = FairseqBeamSearch(args.fairseq_python, model, batches, probe, cfg, args.threads)
+    theirs, seconds = fairseq(wall=True)
+    ids = order.tolist()
+    same = [hyps[j][:-1] == h.tolist() for j, h in zip(ids, theirs)]
+    gaps = [abs(scores[j] - float(s)) for j, s, equal in zip(ids, fairseq.scores, same) if equal]
+    return dict(
+        fairseq_seconds=round(seconds, 3),
+        fairseq_sentences_per_s=round(len(ids) / seconds, 1),
+        same_best_hypotheses_as_fairseq=f"{sum(same)}/{len(ids)}",
+        score_max_abs_diff_where_same=max(gaps, default=0.0),
+        probe_logits_max_abs_diff=probe_gap(model, probe, fairseq, task.pad_idx),
+        fairseq_hypotheses={j: h.tolist() + [task.eos_idx] for j, h in zip(ids, theirs)},
+    )
 
 
 def timed(clock, cuda: bool, decode):
@@ -284,11 +338,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
     n, cuda = len(order), args.device.startswith("cuda")
     clock = time.perf_counter if cuda else time.process_time  # CPU time is the load-robust clock on the CPU
     results = []
-    # decoder logits of a short teacher-forced batch: both sides must compute them alike (the same model)
-    probe = collate(order[:4], src_ds, src_ds, task.pad_idx, task.eos_idx)
-    probe = (probe["src_tokens"].to(args.device), probe["prev_output_tokens"].to(args.device))
-    with torch.no_grad():
-        probe_logits = model(*probe)[0].float().cpu()
+    probe = probe_batch(order, src_ds, task, args.device)
     for beam in map(int, args.beams.split(",")):
         cfg = forced_config(beam, args.force_len, args.lenpen)
         cfg.shared_source_attention = args.shared_source_attention
@@ -312,9 +362,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
             for name, run_one in runners.items():  # warm-up
                 run_one(batches[:1])
             if args.fairseq_python:
-                fairseq = FairseqBeamSearch(
-                    args.fairseq_python, model, batches, probe, beam, args.force_len, args.lenpen, args.threads
-                )
+                fairseq = FairseqBeamSearch(args.fairseq_python, model, batches, probe, cfg, args.threads)
                 runners["fairseq"] = lambda _: fairseq()
             rates: dict[str, list[float]] = {name: [] for name in runners}
             outputs: dict[str, list] = {}
@@ -338,10 +386,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
                     fairseq_sentences_per_s=round(theirs, 1),
                     ratio_to_fairseq=round(toolkit / theirs, 3),
                     same_best_hypotheses_as_fairseq=f"{same_fs}/{n}",
-                    # at real target positions only: padded ones hold garbage on both sides
-                    probe_logits_max_abs_diff=float(
-                        (probe_logits - fairseq.probe_logits)[probe[1].ne(task.pad_idx).cpu()].abs().max()
-                    ),
+                    probe_logits_max_abs_diff=probe_gap(model, probe, fairseq, task.pad_idx),
                 )
             row = dict(
                 beam=beam,

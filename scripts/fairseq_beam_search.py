@@ -5,11 +5,11 @@
 Runs under a Python that has fairseq (scripts/setup_fairseq_bench.sh builds one) and imports nothing from the
 toolkit: fairseq pins hydra-core 1.0 and omegaconf 2.0, which the toolkit's own versions replace. EXPORT.pt
 (tensors and plain values only, read with weights_only=True) holds the model's weights under fairseq's
-parameter names, its architecture, the vocabulary size, the source batches, a probe batch and the decoding
-settings. The script builds fairseq's `transformer` with those weights and the toolkit's position table, writes the probe batch's decoder
-logits (so the caller can check that both sides run the same model), warms up on the first batch, then times
-one pass of fairseq's SequenceGenerator over all batches with the CPU-time clock (time.process_time) and
-writes the sentences/s and every best hypothesis to RESULT.pt.
+parameter names, its architecture and position table, the vocabulary size, the source batches, a probe batch
+and the decoding settings. The script builds fairseq's `transformer` with those weights and positions, writes
+the probe batch's decoder logits (so the caller can check that both sides run the same model), warms up on
+the first batch, then times one pass of fairseq's SequenceGenerator over all batches (CPU time and wall-clock
+time) and writes both, every best hypothesis and its score to RESULT.pt.
 """
 
 from __future__ import annotations
@@ -65,29 +65,39 @@ def main() -> None:
     torch.set_num_threads(export["threads"])
     model = build_model(export)
     vocab = model.decoder.dictionary
+    settings = export["generation"]
     gen = SequenceGenerator(
         [model],
         vocab,
-        beam_size=export["beam"],
-        max_len_a=0,
-        max_len_b=export["force_len"],
-        min_len=export["force_len"],
-        len_penalty=export["lenpen"],
+        beam_size=settings["beam"],
+        max_len_a=settings["max_len_a"],
+        max_len_b=settings["max_len_b"],
+        min_len=settings["min_len"],
+        len_penalty=settings["lenpen"],
     )
 
     def run(src_tokens: torch.Tensor) -> list:
         lengths = src_tokens.ne(vocab.pad()).sum(1)
         sample = {"net_input": {"src_tokens": src_tokens, "src_lengths": lengths}}
-        return [nbest[0]["tokens"] for nbest in gen.generate([model], sample)]
+        return [nbest[0] for nbest in gen.generate([model], sample)]
 
     with torch.no_grad():
         probe_src, probe_prev = export["probe"]
         logits = model(probe_src, probe_src.ne(vocab.pad()).sum(1), probe_prev)[0]
         run(export["batches"][0])  # warm-up
-        start = time.process_time()
+        start, wall_start = time.process_time(), time.perf_counter()
         hypotheses = [h for batch in export["batches"] for h in run(batch)]
-        seconds = time.process_time() - start
-    torch.save({"probe_logits": logits, "seconds": seconds, "hypotheses": hypotheses}, result_path)
+        seconds, wall_seconds = time.process_time() - start, time.perf_counter() - wall_start
+    torch.save(
+        {
+            "probe_logits": logits,
+            "seconds": seconds,
+            "wall_seconds": wall_seconds,
+            "hypotheses": [h["tokens"] for h in hypotheses],
+            "scores": torch.stack([h["score"] for h in hypotheses]),
+        },
+        result_path,
+    )
 
 
 if __name__ == "__main__":

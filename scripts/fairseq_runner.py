@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from toolkit.errors import UserError
+from toolkit.eval.beam_search import GenerationConfig
 from toolkit.models.transformer import TransformerModel
 
 FAIRSEQ_SCRIPT = Path(__file__).resolve().parent / "fairseq_beam_search.py"
@@ -25,7 +26,8 @@ def fairseq_state_dict(model: TransformerModel) -> Dict[str, Tensor]:
     """The toolkit transformer's weights under fairseq's names: the stacked q/k/v projection split in three,
     `*_norm` as fairseq's `*_layer_norm`, the tied output projection as the shared embedding."""
     cfg = model.cfg
-    if cfg.pre_ln or cfg.positions.value != "sinusoidal" or not cfg.share_all_embeddings or cfg.attention != "standard":
+    positions = getattr(cfg.positions, "value", cfg.positions)  # an enum, or its value in a checkpoint's config
+    if cfg.pre_ln or positions != "sinusoidal" or not cfg.share_all_embeddings or cfg.attention != "standard":
         raise UserError("--fairseq-python: only the post-LN, sinusoidal, shared-embedding standard transformer maps")
     src = model.state_dict()
     out = {
@@ -75,9 +77,7 @@ class FairseqBeamSearch:
         model: TransformerModel,
         batches: List[Tensor],
         probe: Tuple[Tensor, Tensor],
-        beam: int,
-        force_len: int,
-        lenpen: float,
+        generation: GenerationConfig,
         threads: int,
     ):
         self.python = python
@@ -98,16 +98,21 @@ class FairseqBeamSearch:
                 "positions": model.encoder_positions.table.clone(),
                 "batches": [b.cpu() for b in batches],
                 "probe": tuple(t.cpu() for t in probe),
-                "beam": beam,
-                "force_len": force_len,
-                "lenpen": lenpen,
+                "generation": dict(
+                    beam=generation.beam,
+                    lenpen=generation.lenpen,
+                    max_len_a=generation.max_len_a,
+                    max_len_b=generation.max_len_b,
+                    min_len=generation.min_len,
+                ),
                 "threads": threads or torch.get_num_threads(),
             },
             self.export,
         )
 
-    def __call__(self) -> Tuple[List[Tensor], float]:
-        """fairseq's best hypotheses (without eos) and the CPU seconds of its timed pass; keeps its probe logits."""
+    def __call__(self, wall: bool = False) -> Tuple[List[Tensor], float]:
+        """fairseq's best hypotheses (without eos) and the seconds of its timed pass (CPU time; wall-clock time
+        with `wall`); keeps their scores and the probe logits."""
         result = Path(self.dir.name) / "result.pt"
         done = subprocess.run(
             [self.python, str(FAIRSEQ_SCRIPT), str(self.export), str(result)], capture_output=True, text=True
@@ -116,5 +121,6 @@ class FairseqBeamSearch:
             last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             raise UserError(f"--fairseq-python {self.python} failed: {last}")
         out = torch.load(result, weights_only=True)
-        self.probe_logits = out["probe_logits"]
-        return [h[:-1] for h in out["hypotheses"]], out["seconds"]  # without eos, as the toolkit side
+        self.probe_logits, self.scores = out["probe_logits"], out["scores"]
+        seconds = out["wall_seconds" if wall else "seconds"]
+        return [h[:-1] for h in out["hypotheses"]], seconds  # without eos, as the toolkit side

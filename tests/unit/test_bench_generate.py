@@ -106,7 +106,7 @@ def test_fairseq_export_refuses_a_model_fairseqs_transformer_cannot_hold(iwslt_s
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--force-len", "0"], "--fairseq-python needs --force-len (fairseq is timed in the forced-length comparison)"),
+        (["--device", "cuda"], "--fairseq-python needs --device cpu (fairseq runs on the CPU)"),
         (["--fairseq-python", "/nonexistent/python"], "--fairseq-python /nonexistent/python: not an executable file"),
         (
             [],
@@ -154,3 +154,22 @@ def test_bench_script_rejects_a_folder_without_a_dataset(tmp_path: Path, monkeyp
     assert capsys.readouterr().err.strip() == (
         f"error: --data {tmp_path}: no meta.json (expected a dataset folder from tk-preprocess)"
     )
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FAIRSEQ_PYTHON"),
+    reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
+)
+def test_fairseq_agrees_at_natural_lengths_under_one_length_rule(
+    iwslt_sample: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """max_len_a=0: fairseq's batch-wide maximum length and the toolkit's per-sentence one coincide."""
+    bench = load_script("bench_generate")
+    out = tmp_path / "bench.json"
+    argv = forced_mode_argv(iwslt_sample, out, "--fairseq-python", os.environ["FAIRSEQ_PYTHON"])
+    argv += ["--force-len", "0", "--train-steps", "20", "--max-len-a", "0", "--max-len-b", "12", "--lenpen", "0.6"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    (row,) = json.loads(out.read_text())
+    assert row["same_best_hypotheses_as_fairseq"] == "10/10" and row["bleu"] == row["fairseq_bleu"]
+    assert row["score_max_abs_diff_where_same"] < 1e-5 and row["probe_logits_max_abs_diff"] < 1e-5
