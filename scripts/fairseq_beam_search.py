@@ -27,8 +27,8 @@ from fairseq.sequence_generator import SequenceGenerator
 def build_model(export: dict) -> TransformerModel:
     arch = export["arch"]
     args = argparse.Namespace(
-        encoder_layers=arch["layers"],
-        decoder_layers=arch["layers"],
+        encoder_layers=arch["encoder_layers"],
+        decoder_layers=arch["decoder_layers"],
         encoder_embed_dim=arch["d_model"],
         decoder_embed_dim=arch["d_model"],
         encoder_ffn_embed_dim=arch["ffn_dim"],

@@ -88,7 +88,8 @@ class FairseqBeamSearch:
             {
                 "weights": fairseq_state_dict(model),
                 "arch": dict(
-                    layers=cfg.encoder_layers,
+                    encoder_layers=cfg.encoder_layers,
+                    decoder_layers=cfg.decoder_layers,
                     d_model=cfg.d_model,
                     ffn_dim=cfg.ffn_dim,
                     heads=cfg.n_heads,

@@ -20,6 +20,10 @@ from toolkit.eval.beam_search import generate
 from toolkit.models.transformer import TransformerConfig, TransformerModel
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+needs_fairseq = pytest.mark.skipif(
+    not os.environ.get("FAIRSEQ_PYTHON"),
+    reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
+)
 
 
 def load_script(name: str):
@@ -127,10 +131,7 @@ def test_bench_script_refuses_a_fairseq_run_it_cannot_do(
     assert not (tmp_path / "bench.json").exists()
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FAIRSEQ_PYTHON"),
-    reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
-)
+@needs_fairseq
 def test_fairseq_runs_the_same_model_and_finds_the_same_hypotheses(
     iwslt_sample: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -156,10 +157,7 @@ def test_bench_script_rejects_a_folder_without_a_dataset(tmp_path: Path, monkeyp
     )
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FAIRSEQ_PYTHON"),
-    reason="needs FAIRSEQ_PYTHON, a Python with fairseq 0.12.2 (bash scripts/setup_fairseq_bench.sh builds one)",
-)
+@needs_fairseq
 def test_fairseq_agrees_at_natural_lengths_under_one_length_rule(
     iwslt_sample: Path, tmp_path: Path, monkeypatch
 ) -> None:
