@@ -54,7 +54,7 @@ from toolkit.models.transformer import TransformerConfig, TransformerModel
 from toolkit.train.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fairseq_runner import FairseqBeamSearch, check_fairseq_python, fairseq_state_dict  # noqa: E402  (sibling script modules)
+from fairseq_runner import FairseqBeamSearch, check_fairseq_can_hold, check_fairseq_python  # noqa: E402  (sibling script modules)
 from plain_beam_search import plain_beam_search  # noqa: E402
 
 
@@ -101,8 +101,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json", help="also write the results here")
     p.add_argument(
         "--fairseq-python",
-        help="with --force-len: also time fairseq 0.12.2's beam search on the same model, run by this Python "
-        "(scripts/setup_fairseq_bench.sh builds one)",
+        help="also run fairseq 0.12.2's beam search on the same model and batches, with this Python "
+        "(scripts/setup_fairseq_bench.sh builds one; CPU only)",
     )
     return p.parse_args()
 
@@ -181,11 +181,11 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     if args.force_len < 0 or args.rounds < 1:
         raise UserError("--force-len must be >= 0 and --rounds >= 1")
-    if args.fairseq_python and args.device != "cpu":
-        raise UserError("--fairseq-python needs --device cpu (fairseq runs on the CPU)")
-    if args.fairseq_python and not os.access(args.fairseq_python, os.X_OK):
-        raise UserError(f"--fairseq-python {args.fairseq_python}: not an executable file")
     if args.fairseq_python:
+        if args.device != "cpu":
+            raise UserError("--fairseq-python needs --device cpu (fairseq runs on the CPU)")
+        if not os.access(args.fairseq_python, os.X_OK):
+            raise UserError(f"--fairseq-python {args.fairseq_python}: not an executable file")
         check_fairseq_python(args.fairseq_python)
     if args.train_steps is None:
         args.train_steps = 0 if args.force_len else 300
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
     task = SimpleNamespace(vocab_size=len(vocab), pad_idx=vocab.pad, eos_idx=vocab.eos, bos_idx=vocab.bos)
     model = load_model(args, task, data, src, tgt)
     if args.fairseq_python:
-        fairseq_state_dict(model)  # refuses a model fairseq's transformer cannot hold, before any timing
+        check_fairseq_can_hold(model)  # before any timing
     src_ds = IndexedDataset(data / f"{args.split}.{src}-{tgt}.{src}")
     refs = (data / f"{args.split}.{tgt}.txt").read_text(encoding="utf-8").split("\n")[: len(src_ds)]
     n = min(args.limit or len(src_ds), len(src_ds))
@@ -225,18 +225,13 @@ def run(args: argparse.Namespace) -> None:
         for batch_size in map(int, args.batch_sizes.split(",")):
             hyps: dict[int, list[int]] = {}
             scores: dict[int, float] = {}
-            generate(
-                model,
-                collate(order[:batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device),
-                cfg,
-            )  # warm-up
+            ids, batches = source_batches(order, batch_size, src_ds, task, args.device)
+            generate(model, batches[0], cfg)  # warm-up
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            for i in range(0, n, batch_size):
-                ids = order[i : i + batch_size]
-                tokens = collate(ids, src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(args.device)
-                for j, nbest in zip(ids.tolist(), generate(model, tokens, cfg)):
+            for batch_ids, tokens in zip(ids, batches):
+                for j, nbest in zip(batch_ids.tolist(), generate(model, tokens, cfg)):
                     hyps[j], scores[j] = nbest[0].tokens.tolist(), nbest[0].score
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -253,8 +248,10 @@ def run(args: argparse.Namespace) -> None:
                 bleu=round(bleu.score, 2),
             )
             if args.fairseq_python:
-                row.update(fairseq_at_natural_lengths(args, model, task, src_ds, order, batch_size, cfg, hyps, scores))
-                theirs = row.pop("fairseq_hypotheses")
+                versus, theirs = fairseq_at_natural_lengths(
+                    args, model, task, src_ds, order, batches, cfg, hyps, scores
+                )
+                row.update(versus)
                 fairseq_bleu = corpus_bleu([vocab.decode(theirs[j]) for j in range(n)], refs[:n], args.protocol, tgt)
                 row.update(
                     ratio_to_fairseq=round(row["fairseq_seconds"] / seconds, 3),
@@ -277,6 +274,12 @@ def forced_config(beam: int, length: int, lenpen: float) -> GenerationConfig:
     return GenerationConfig(beam=beam, lenpen=lenpen, min_len=length, max_len_a=0.0, max_len_b=length)
 
 
+def source_batches(order, batch_size: int, src_ds: IndexedDataset, task, device: str) -> tuple[list, list]:
+    """The sentences `order` in batches of `batch_size`: each batch's sentence indices and its (B, S) sources."""
+    ids = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return ids, [collate(b, src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(device) for b in ids]
+
+
 def probe_batch(order, src_ds: IndexedDataset, task, device: str) -> tuple:
     """A short teacher-forced batch (its sources as targets) whose decoder logits both sides of the fairseq
     comparison compute: equal logits mean the same model."""
@@ -293,28 +296,25 @@ def probe_gap(model: TransformerModel, probe: tuple, fairseq: FairseqBeamSearch,
 
 
 def fairseq_at_natural_lengths(
-    args, model, task, src_ds, order, batch_size: int, cfg, hyps: dict, scores: dict
-) -> dict:
-    """fairseq's SequenceGenerator on the same batches and settings as the toolkit's timed pass (wall clock):
-    its time, hypotheses (by sentence index) and how many of them and their scores equal the toolkit's."""
-    batches = [
-        collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"]
-        for i in range(0, len(order), batch_size)
-    ]
+    args, model, task, src_ds, order, batches: list, cfg, hyps: dict, scores: dict
+) -> tuple[dict, dict]:
+    """fairseq's SequenceGenerator on the batches and settings of the toolkit's timed pass (wall clock): its
+    time and how many of its best hypotheses and their scores equal the toolkit's; and those hypotheses (with
+    eos), by sentence index."""
     probe = probe_batch(order, src_ds, task, args.device)
     fairseq = FairseqBeamSearch(args.fairseq_python, model, batches, probe, cfg, args.threads)
     theirs, seconds = fairseq(wall=True)
     ids = order.tolist()
     same = [hyps[j][:-1] == h.tolist() for j, h in zip(ids, theirs)]
     gaps = [abs(scores[j] - float(s)) for j, s, equal in zip(ids, fairseq.scores, same) if equal]
-    return dict(
+    versus = dict(
         fairseq_seconds=round(seconds, 3),
         fairseq_sentences_per_s=round(len(ids) / seconds, 1),
         same_best_hypotheses_as_fairseq=f"{sum(same)}/{len(ids)}",
         score_max_abs_diff_where_same=max(gaps, default=0.0),
         probe_logits_max_abs_diff=probe_gap(model, probe, fairseq, task.pad_idx),
-        fairseq_hypotheses={j: h.tolist() + [task.eos_idx] for j, h in zip(ids, theirs)},
     )
+    return versus, {j: h.tolist() + [task.eos_idx] for j, h in zip(ids, theirs)}
 
 
 def timed(clock, cuda: bool, decode):
@@ -343,12 +343,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
         cfg = forced_config(beam, args.force_len, args.lenpen)
         cfg.shared_source_attention = args.shared_source_attention
         for batch_size in map(int, args.batch_sizes.split(",")):
-            batches = [
-                collate(order[i : i + batch_size], src_ds, None, task.pad_idx, task.eos_idx)["src_tokens"].to(
-                    args.device
-                )
-                for i in range(0, n, batch_size)
-            ]
+            _, batches = source_batches(order, batch_size, src_ds, task, args.device)
             runners = {
                 "toolkit": timed(clock, cuda, lambda b: [nbest[0].tokens[:-1] for nbest in generate(model, b, cfg)]),
                 "plain": timed(
@@ -359,7 +354,7 @@ def compare_with_plain_loop(args, model: TransformerModel, task, src_ds: Indexed
                     ],
                 ),
             }
-            for name, run_one in runners.items():  # warm-up
+            for run_one in runners.values():  # warm-up
                 run_one(batches[:1])
             if args.fairseq_python:
                 fairseq = FairseqBeamSearch(args.fairseq_python, model, batches, probe, cfg, args.threads)

@@ -22,13 +22,19 @@ from toolkit.models.transformer import TransformerModel
 FAIRSEQ_SCRIPT = Path(__file__).resolve().parent / "fairseq_beam_search.py"
 
 
-def fairseq_state_dict(model: TransformerModel) -> Dict[str, Tensor]:
-    """The toolkit transformer's weights under fairseq's names: the stacked q/k/v projection split in three,
-    `*_norm` as fairseq's `*_layer_norm`, the tied output projection as the shared embedding."""
+def check_fairseq_can_hold(model: TransformerModel) -> None:
+    """Refuse (UserError) a model that fairseq's `transformer` cannot express."""
     cfg = model.cfg
     positions = getattr(cfg.positions, "value", cfg.positions)  # an enum, or its value in a checkpoint's config
     if cfg.pre_ln or positions != "sinusoidal" or not cfg.share_all_embeddings or cfg.attention != "standard":
         raise UserError("--fairseq-python: only the post-LN, sinusoidal, shared-embedding standard transformer maps")
+
+
+def fairseq_state_dict(model: TransformerModel) -> Dict[str, Tensor]:
+    """The toolkit transformer's weights under fairseq's names: the stacked q/k/v projection split in three,
+    `*_norm` as fairseq's `*_layer_norm`, the tied output projection as the shared embedding."""
+    check_fairseq_can_hold(model)
+    cfg = model.cfg
     src = model.state_dict()
     out = {
         "encoder.embed_tokens.weight": src["encoder_embed.weight"],
@@ -62,10 +68,15 @@ def check_fairseq_python(python: str) -> None:
     probe = "import fairseq, fairseq.sequence_generator; print(fairseq.__version__)"
     done = subprocess.run([python, "-c", probe], capture_output=True, text=True)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise UserError(
-            f"--fairseq-python {python} cannot import fairseq ({last}); bash scripts/setup_fairseq_bench.sh"
+            f"--fairseq-python {python} cannot import fairseq ({last_error_line(done)}); "
+            "bash scripts/setup_fairseq_bench.sh"
         )
+
+
+def last_error_line(done: subprocess.CompletedProcess) -> str:
+    """The last line a failed interpreter wrote to stderr (the exception), or its exit code."""
+    return (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
 
 
 class FairseqBeamSearch:
@@ -119,8 +130,7 @@ class FairseqBeamSearch:
             [self.python, str(FAIRSEQ_SCRIPT), str(self.export), str(result)], capture_output=True, text=True
         )
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-            raise UserError(f"--fairseq-python {self.python} failed: {last}")
+            raise UserError(f"--fairseq-python {self.python} failed: {last_error_line(done)}")
         out = torch.load(result, weights_only=True)
         self.probe_logits, self.scores = out["probe_logits"], out["scores"]
         seconds = out["wall_seconds" if wall else "seconds"]
